@@ -1,0 +1,1 @@
+"""Adapters to the outside world: PostgreSQL, Redis, Kafka, the schema registry."""

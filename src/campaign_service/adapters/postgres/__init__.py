@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: pool, migrations, the tenant-scoped unit of work."""

@@ -1,0 +1,53 @@
+"""The embedded PostgreSQL (the `pgserver` wheel) used when no database is configured."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from campaign_service.adapters.postgres.provision import APP_ROLE, OWNER_ROLE, provision
+
+DATABASE = "campaign"
+
+
+@dataclass(frozen=True)
+class EmbeddedDatabase:
+    server: Any
+    superuser_dsn: str
+    socket_dir: str
+
+    def dsn(self, user: str) -> str:
+        return f"postgresql://{user}@/{DATABASE}?host={self.socket_dir}"
+
+    @property
+    def app_dsn(self) -> str:
+        return self.dsn(APP_ROLE)
+
+    @property
+    def owner_dsn(self) -> str:
+        return self.dsn(OWNER_ROLE)
+
+
+async def start_embedded(data_dir: Path) -> EmbeddedDatabase:
+    """Starts (or joins) the server in `data_dir/pg` and provisions roles and the database.
+
+    The server listens on a Unix socket only, with trust authentication for local users: it is
+    a single-machine development default, not a production set-up. It stops when the last
+    process using it exits.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.resolve()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(str((data_dir / "pg").resolve()), cleanup_mode="stop")
+    uri = server.get_uri()
+    socket_dir = parse_qs(urlparse(uri).query)["host"][0]
+    db = EmbeddedDatabase(server=server, superuser_dsn=uri, socket_dir=socket_dir)
+    await provision(uri, DATABASE)
+    return db

@@ -1,0 +1,38 @@
+"""Connection pools with JSON codecs and bounded timeouts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    statement_timeout_ms: int = 5000,
+    connect_timeout_s: float = 5.0,
+) -> asyncpg.Pool[asyncpg.Record]:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout_s,
+        command_timeout=statement_timeout_ms / 1000 + 1,
+        init=_init_connection,
+        server_settings={
+            "statement_timeout": str(statement_timeout_ms),
+            "idle_in_transaction_session_timeout": str(statement_timeout_ms * 2),
+            "application_name": "campaign-service",
+        },
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,1 @@
+"""The gRPC and HTTP entry points: server, interceptors, servicer, probes."""

@@ -1,0 +1,65 @@
+"""Conversions between protobuf messages and domain values."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from campaign_service.api.pb import campaign_pb2 as pb
+from campaign_service.domain.benefits import Benefits, Perk
+from campaign_service.domain.errors import invalid
+from campaign_service.domain.tiers import TierSpec, VIPTier
+
+
+def parse_uuid(value: str, field_path: str) -> UUID:
+    if len(value) != 36:
+        raise invalid(field_path, "must be a UUID like 123e4567-e89b-12d3-a456-426614174000")
+    try:
+        return UUID(value)
+    except ValueError:
+        raise invalid(field_path, "must be a UUID like 123e4567-e89b-12d3-a456-426614174000") from None
+
+
+def spec_from_proto(tier: pb.VIPTier) -> TierSpec:
+    return TierSpec(
+        name=tier.name,
+        locale=tier.locale or "en",
+        min_points=tier.min_points,
+        discount_percentage=tier.discount_percentage,
+        free_shipping=tier.free_shipping,
+        exclusive_access=tier.exclusive_access,
+        benefits=Benefits(
+            bonus_points=tier.benefits.bonus_points,
+            custom_perks=tuple(Perk(code=p.code, label=dict(p.label)) for p in tier.benefits.custom_perks),
+        ),
+        translations=dict(tier.translations),
+        is_default=tier.is_default,
+    )
+
+
+def tier_to_proto(tier: VIPTier, locale: str) -> pb.VIPTier:
+    spec = tier.spec
+    display = tier.display(locale)
+    msg = pb.VIPTier(
+        id=str(tier.id),
+        merchant_id=str(tier.merchant_id),
+        tier_id=tier.tier_id,
+        name=spec.name,
+        locale=spec.locale,
+        min_points=spec.min_points,
+        discount_percentage=spec.discount_percentage,
+        free_shipping=spec.free_shipping,
+        exclusive_access=spec.exclusive_access,
+        benefits=pb.Benefits(
+            bonus_points=spec.benefits.bonus_points,
+            custom_perks=[pb.Perk(code=p.code, label=p.label) for p in spec.benefits.custom_perks],
+        ),
+        translations=spec.translations,
+        is_default=spec.is_default,
+        version=tier.version,
+        resolved_locale=display.locale,
+        display_name=display.name,
+        display_perks=[pb.DisplayPerk(code=p.code, label=p.label, locale=p.locale) for p in display.perks],
+    )
+    msg.created_at.FromDatetime(tier.created_at)
+    msg.updated_at.FromDatetime(tier.updated_at)
+    return msg

@@ -1,0 +1,100 @@
+"""The one settings object, built from the environment at start-up; nothing else reads it.
+
+The plan's variable names are kept (`CAMPAIGN_DB_HOST`, `KAFKA_BROKER`, `REDIS_HOST`,
+`AUTH_HOST`); everything else has the `CAMPAIGN_` prefix. With no database configured the
+service runs on an embedded PostgreSQL in `CAMPAIGN_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAMPAIGN_", extra="ignore", frozen=True)
+
+    # Listening
+    bind_host: str = "0.0.0.0"  # noqa: S104 - a service in a container listens on all interfaces
+    grpc_port: int = Field(50058, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    grpc_max_message_bytes: int = Field(256 * 1024, ge=4096, le=16 * 1024 * 1024)
+
+    # PostgreSQL: a DSN, or host/port/name/user/password; none of them -> embedded server.
+    db_host: str | None = Field(None, validation_alias=AliasChoices("CAMPAIGN_DB_HOST"))
+    db_port: int = Field(5438, ge=1, le=65535)
+    db_name: str = "campaign"
+    db_user: str = "campaign_app"
+    db_password: SecretStr | None = None
+    db_dsn: SecretStr | None = None
+    # The owner role that runs migrations and provisions merchants.
+    db_owner_user: str = "campaign_owner"
+    db_owner_password: SecretStr | None = None
+    db_owner_dsn: SecretStr | None = None
+    db_pool_min: int = Field(2, ge=1, le=100)
+    db_pool_max: int = Field(10, ge=1, le=200)
+    db_statement_timeout_ms: int = Field(5000, ge=100, le=600_000)
+    db_connect_timeout_s: float = Field(5.0, gt=0, le=120)
+    migrate_on_start: bool = True
+    data_dir: Path = Path(".campaign-data")
+
+    # Other dependencies (later features); the plan's names.
+    kafka_broker: str | None = Field(None, validation_alias=AliasChoices("KAFKA_BROKER"))
+    redis_host: str | None = Field(None, validation_alias=AliasChoices("REDIS_HOST"))
+    redis_port: int = Field(6380, ge=1, le=65535)
+    auth_host: str | None = Field(None, validation_alias=AliasChoices("AUTH_HOST"))
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("CAMPAIGN_DB_POOL_MIN must not exceed CAMPAIGN_DB_POOL_MAX")
+        return self
+
+    @property
+    def embedded_db(self) -> bool:
+        return self.db_host is None and self.db_dsn is None
+
+    def app_dsn(self) -> str:
+        if self.db_dsn is not None:
+            return self.db_dsn.get_secret_value()
+        return self._dsn(self.db_user, self.db_password)
+
+    def owner_dsn(self) -> str:
+        if self.db_owner_dsn is not None:
+            return self.db_owner_dsn.get_secret_value()
+        return self._dsn(self.db_owner_user, self.db_owner_password)
+
+    def _dsn(self, user: str, password: SecretStr | None) -> str:
+        if self.db_host is None:
+            raise ConfigError("CAMPAIGN_DB_HOST or CAMPAIGN_DB_DSN is required for this command")
+        secret = f":{quote(password.get_secret_value(), safe='')}" if password else ""
+        return f"postgresql://{quote(user, safe='')}{secret}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+
+
+_ENV_NAMES = {
+    "db_host": "CAMPAIGN_DB_HOST",
+    "kafka_broker": "KAFKA_BROKER",
+    "redis_host": "REDIS_HOST",
+    "auth_host": "AUTH_HOST",
+}
+
+
+def load_settings() -> Settings:
+    """Builds the settings or raises ConfigError with one line naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        name = _ENV_NAMES.get(loc, f"CAMPAIGN_{loc.upper()}") if loc else "configuration"
+        raise ConfigError(f"{name}: {err['msg']}") from None

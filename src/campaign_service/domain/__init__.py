@@ -1,0 +1,1 @@
+"""Plain typed values of the VIP-tier domain: no I/O here."""

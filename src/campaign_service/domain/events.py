@@ -1,0 +1,86 @@
+"""Events this service announces; payload shapes match the Avro schemas in avro/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from campaign_service import topics
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message to publish, written to the outbox in the transaction of the change it announces."""
+
+    event_id: UUID
+    merchant_id: UUID
+    topic: str
+    key: str
+    payload: dict[str, Any]
+    headers: dict[str, str]
+
+
+def _ts_millis(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def tier_updated(
+    *,
+    event_id: UUID,
+    merchant_id: UUID,
+    tier_id: str,
+    updated_fields: list[str],
+    updated_at: datetime,
+    actor: str,
+    correlation_id: str,
+) -> OutboxMessage:
+    return OutboxMessage(
+        event_id=event_id,
+        merchant_id=merchant_id,
+        topic=topics.VIP_TIER_UPDATED,
+        key=f"{merchant_id}:{tier_id}",
+        payload={
+            "event_id": str(event_id),
+            "merchant_id": str(merchant_id),
+            "tier_id": tier_id,
+            "updated_fields": updated_fields,
+            "updated_at": _ts_millis(updated_at),
+            "actor": actor,
+            "correlation_id": correlation_id,
+        },
+        headers={"correlation_id": correlation_id},
+    )
+
+
+def tier_assigned(
+    *,
+    event_id: UUID,
+    merchant_id: UUID,
+    customer_id: UUID,
+    tier_id: str,
+    assigned_at: datetime,
+    correlation_id: str,
+    cause_event_id: UUID | None,
+) -> OutboxMessage:
+    cause = str(cause_event_id) if cause_event_id else None
+    headers = {"correlation_id": correlation_id}
+    if cause:
+        headers["cause_event_id"] = cause
+    return OutboxMessage(
+        event_id=event_id,
+        merchant_id=merchant_id,
+        topic=topics.VIP_TIER_ASSIGNED,
+        key=f"{merchant_id}:{customer_id}",
+        payload={
+            "event_id": str(event_id),
+            "customer_id": str(customer_id),
+            "merchant_id": str(merchant_id),
+            "tier_id": tier_id,
+            "assigned_at": _ts_millis(assigned_at),
+            "correlation_id": correlation_id,
+            "cause_event_id": cause,
+        },
+        headers=headers,
+    )
