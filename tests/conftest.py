@@ -1,0 +1,191 @@
+"""Shared fixtures: a fresh migrated database per session on the real PostgreSQL that
+scripts/test started, merchants, and a real service process with a gRPC client.
+
+Tests find the services only through environment variables written by `scripts/services up`
+(`CAMPAIGN_TEST_PG_DSN`, `CAMPAIGN_TEST_REDIS_URL`, `KAFKA_BROKER`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncpg
+import grpc
+import pytest
+
+from campaign_service.adapters.postgres import migrations
+from campaign_service.adapters.postgres.pool import create_pool
+from campaign_service.adapters.postgres.provision import provision
+from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.api.pb import campaign_grpc
+from campaign_service.service.tiers import TierService
+
+
+def required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run the tests through scripts/test, which starts the services")
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Database:
+    superuser_dsn: str
+    name: str
+
+    def dsn(self, user: str) -> str:
+        u = urlparse(self.superuser_dsn)
+        return f"postgresql://{user}@{u.hostname}:{u.port}/{self.name}"
+
+    @property
+    def owner_dsn(self) -> str:
+        return self.dsn("campaign_owner")
+
+    @property
+    def app_dsn(self) -> str:
+        return self.dsn("campaign_app")
+
+
+async def make_database(name: str | None = None) -> Database:
+    su = required_env("CAMPAIGN_TEST_PG_DSN")
+    db = Database(su, name or f"campaign_test_{uuid.uuid4().hex[:10]}")
+    await provision(su, db.name)
+    conn = await asyncpg.connect(db.owner_dsn)
+    try:
+        await migrations.migrate(conn)
+    finally:
+        await conn.close()
+    return db
+
+
+@pytest.fixture(scope="session")
+async def database() -> Database:
+    return await make_database()
+
+
+@pytest.fixture(scope="session")
+async def owner_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any]]:
+    conn = await asyncpg.connect(database.owner_dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def app_pool(database: Database) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    pool = await create_pool(database.app_dsn, min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def tier_service(app_pool: asyncpg.Pool[asyncpg.Record]) -> TierService:
+    return TierService(PgUnitOfWork(app_pool))
+
+
+@pytest.fixture
+async def new_merchant(owner_conn: asyncpg.Connection[Any]) -> Callable[[], Any]:
+    """Provisions a fresh merchant (as the owner, like `campaign-service merchants add`)."""
+
+    async def make() -> uuid.UUID:
+        merchant = uuid.uuid4()
+        await owner_conn.execute("INSERT INTO merchants (id) VALUES ($1)", merchant)
+        return merchant
+
+    return make
+
+
+@dataclass
+class ServiceProcess:
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = 15, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+def start_service(database: Database, tmp: Path, extra_env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
+    """Runs `python -m campaign_service serve` as its own process against `database`."""
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
+    }
+    env.update({
+        "CAMPAIGN_DB_DSN": database.app_dsn,
+        "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
+        "CAMPAIGN_BIND_HOST": "127.0.0.1",
+        "CAMPAIGN_GRPC_PORT": str(grpc_port),
+        "CAMPAIGN_HTTP_PORT": str(http_port),
+        "CAMPAIGN_DATA_DIR": str(tmp / "data"),
+        "CAMPAIGN_LOG_LEVEL": "debug",
+    })
+    env.update(extra_env or {})
+    log_path = tmp / f"service-{grpc_port}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "campaign_service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    service = ServiceProcess(proc, grpc_port, http_port, log_path)
+    if wait:
+        wait_ready(service)
+    return service
+
+
+def wait_ready(service: ServiceProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"service exited with {service.proc.returncode}:\n{service.logs()[-4000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", service.http_port), timeout=0.5) as s:
+                s.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+                if b"200" in s.recv(64):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    service.stop()
+    raise RuntimeError(f"service not ready in {timeout}s:\n{service.logs()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    svc = start_service(database, tmp_path_factory.mktemp("service"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+    async with grpc.aio.insecure_channel(service.target) as channel:
+        yield campaign_grpc.CampaignServiceStub(channel)
