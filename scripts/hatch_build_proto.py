@@ -62,13 +62,17 @@ def generate(force: bool = False) -> None:
         dots = "." * (depth + 1)
         fixed = re.sub(
             r"^from ((?:campaign|auth)(?:\.\w+)*) import (\w+_pb2)",
-            lambda m: f"from {dots}{m.group(1)} import {m.group(2)}",
+            lambda m, dots=dots: f"from {dots}{m.group(1)} import {m.group(2)}",
             text,
             flags=re.M,
         )
         # mypy stubs reference sibling modules as `campaign.v1.x_pb2`; make them package-local.
-        fixed = re.sub(r"^import ((?:campaign|auth)\.\w+\.\w+_pb2)$",
-                       lambda m: f"import campaign_service.api.gen.{m.group(1)}", fixed, flags=re.M)
+        fixed = re.sub(
+            r"^import ((?:campaign|auth)\.\w+\.\w+_pb2)$",
+            lambda m: f"import campaign_service.api.gen.{m.group(1)}",
+            fixed,
+            flags=re.M,
+        )
         if fixed != text:
             path.write_text(fixed)
     (OUT_DIR / ".stamp").touch()

@@ -135,26 +135,33 @@ class ServiceProcess:
         return int(self.proc.returncode)
 
 
-def start_service(database: Database, tmp: Path, extra_env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
+def start_service(
+    database: Database, tmp: Path, extra_env: dict[str, str] | None = None, wait: bool = True
+) -> ServiceProcess:
     """Runs `python -m campaign_service serve` as its own process against `database`."""
     grpc_port, http_port = free_port(), free_port()
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
     }
-    env.update({
-        "CAMPAIGN_DB_DSN": database.app_dsn,
-        "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
-        "CAMPAIGN_BIND_HOST": "127.0.0.1",
-        "CAMPAIGN_GRPC_PORT": str(grpc_port),
-        "CAMPAIGN_HTTP_PORT": str(http_port),
-        "CAMPAIGN_DATA_DIR": str(tmp / "data"),
-        "CAMPAIGN_LOG_LEVEL": "debug",
-    })
+    env.update(
+        {
+            "CAMPAIGN_DB_DSN": database.app_dsn,
+            "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
+            "CAMPAIGN_BIND_HOST": "127.0.0.1",
+            "CAMPAIGN_GRPC_PORT": str(grpc_port),
+            "CAMPAIGN_HTTP_PORT": str(http_port),
+            "CAMPAIGN_DATA_DIR": str(tmp / "data"),
+            "CAMPAIGN_LOG_LEVEL": "debug",
+        }
+    )
     env.update(extra_env or {})
     log_path = tmp / f"service-{grpc_port}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "campaign_service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "campaign_service", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     service = ServiceProcess(proc, grpc_port, http_port, log_path)
     if wait:
         wait_ready(service)

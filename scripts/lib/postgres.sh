@@ -44,8 +44,7 @@ pg_up() {
     bin="$(_pg_bin)"
     if [ ! -f "$state/pgdata/PG_VERSION" ]; then
         mkdir -p "$state/pgdata" "$state/pgsock"
-        chown postgres "$state/pgdata" "$state/pgsock"
-        chmod o+x "$state"
+        chown -R postgres "$state"
         runuser -u postgres -- "$bin/initdb" -D "$state/pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
         _pg_free_port >"$state/pg.port"
     fi

@@ -119,7 +119,7 @@ async def build_app(settings: Settings) -> App:
     async def db_check() -> str | None:
         try:
             return await db_ready()
-        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 

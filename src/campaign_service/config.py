@@ -78,7 +78,9 @@ class Settings(BaseSettings):
         if self.db_host is None:
             raise ConfigError("CAMPAIGN_DB_HOST or CAMPAIGN_DB_DSN is required for this command")
         secret = f":{quote(password.get_secret_value(), safe='')}" if password else ""
-        return f"postgresql://{quote(user, safe='')}{secret}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+        return (
+            f"postgresql://{quote(user, safe='')}{secret}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+        )
 
 
 _ENV_NAMES = {

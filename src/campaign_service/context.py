@@ -16,5 +16,6 @@ def current_correlation_id() -> str:
         correlation_id.set(value)
     return value
 
+
 # How the cache answered the current lookup: "hit", "miss", or "none" when no cache is in use.
 cache_result: ContextVar[str] = ContextVar("cache_result", default="none")

@@ -11,7 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -37,12 +37,20 @@ _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-def _wrap(handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behavior], Behavior]) -> grpc.RpcMethodHandler | None:
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler[Req, Resp] | None, wrap: Callable[[Behavior], Behavior]
+) -> grpc.RpcMethodHandler[Req, Resp] | None:
     """Returns `handler` with its unary-unary behaviour wrapped (other kinds are left alone)."""
     if handler is None or handler.unary_unary is None:
         return handler
+    # grpc.aio registers coroutine functions where the stubs say plain callables.
+    behavior = cast(Behavior, handler.unary_unary)
     return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary),
+        wrap(behavior),
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
@@ -56,17 +64,15 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if not method.startswith(SERVICE_PREFIX):
             return handler
-        name = method[len(SERVICE_PREFIX):]
-        wrapped = _wrap(handler, lambda behavior: self.wrap(name, behavior))
-        assert wrapped is not None
-        return wrapped
+        name = method[len(SERVICE_PREFIX) :]
+        return _wrap(handler, lambda behavior: self.wrap(name, behavior))
 
 
 class MetricsInterceptor(_ServiceInterceptor):
@@ -81,7 +87,7 @@ class MetricsInterceptor(_ServiceInterceptor):
             try:
                 return await behavior(request, ctx)
             except BaseException:
-                code = ctx.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = ctx.code() or grpc.StatusCode.UNKNOWN
                 if not isinstance(code, grpc.StatusCode):
                     code = grpc.StatusCode.UNKNOWN
                 raise

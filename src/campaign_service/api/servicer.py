@@ -20,26 +20,38 @@ class CampaignServicer(campaign_grpc.CampaignServiceServicer):
     def __init__(self, tiers: TierService) -> None:
         self._tiers = tiers
 
-    async def GetVIPTier(self, request: pb.GetVIPTierRequest, context: grpc.aio.ServicerContext[pb.GetVIPTierRequest, pb.VIPTier]) -> pb.VIPTier:
+    async def GetVIPTier(
+        self, request: pb.GetVIPTierRequest, context: grpc.aio.ServicerContext[pb.GetVIPTierRequest, pb.VIPTier]
+    ) -> pb.VIPTier:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
         tier = await self._tiers.get_tier(merchant, request.tier_id)
         return tier_to_proto(tier, locale)
 
-    async def ListVIPTiers(self, request: pb.ListVIPTiersRequest, context: grpc.aio.ServicerContext[pb.ListVIPTiersRequest, pb.ListVIPTiersResponse]) -> pb.ListVIPTiersResponse:
+    async def ListVIPTiers(
+        self,
+        request: pb.ListVIPTiersRequest,
+        context: grpc.aio.ServicerContext[pb.ListVIPTiersRequest, pb.ListVIPTiersResponse],
+    ) -> pb.ListVIPTiersResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
         tiers = await self._tiers.list_tiers(merchant)
         return pb.ListVIPTiersResponse(tiers=[tier_to_proto(t, locale) for t in tiers])
 
-    async def CreateVIPTier(self, request: pb.CreateVIPTierRequest, context: grpc.aio.ServicerContext[pb.CreateVIPTierRequest, pb.VIPTier]) -> pb.VIPTier:
+    async def CreateVIPTier(
+        self, request: pb.CreateVIPTierRequest, context: grpc.aio.ServicerContext[pb.CreateVIPTierRequest, pb.VIPTier]
+    ) -> pb.VIPTier:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         if request.tier.merchant_id and request.tier.merchant_id != request.merchant_id:
             raise invalid("tier.merchant_id", "must be empty or equal to merchant_id")
         tier = await self._tiers.create(merchant, request.tier.tier_id, spec_from_proto(request.tier))
         return tier_to_proto(tier, "")
 
-    async def UpdateVIPTier(self, request: pb.UpdateVIPTierRequest, context: grpc.aio.ServicerContext[pb.UpdateVIPTierRequest, pb.UpdateVIPTierResponse]) -> pb.UpdateVIPTierResponse:
+    async def UpdateVIPTier(
+        self,
+        request: pb.UpdateVIPTierRequest,
+        context: grpc.aio.ServicerContext[pb.UpdateVIPTierRequest, pb.UpdateVIPTierResponse],
+    ) -> pb.UpdateVIPTierResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         result = await self._tiers.update(
             merchant,
@@ -55,12 +67,20 @@ class CampaignServicer(campaign_grpc.CampaignServiceServicer):
             updated_fields=result.updated_fields,
         )
 
-    async def DeleteVIPTier(self, request: pb.DeleteVIPTierRequest, context: grpc.aio.ServicerContext[pb.DeleteVIPTierRequest, pb.DeleteVIPTierResponse]) -> pb.DeleteVIPTierResponse:
+    async def DeleteVIPTier(
+        self,
+        request: pb.DeleteVIPTierRequest,
+        context: grpc.aio.ServicerContext[pb.DeleteVIPTierRequest, pb.DeleteVIPTierResponse],
+    ) -> pb.DeleteVIPTierResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         await self._tiers.delete(merchant, request.tier_id, request.expected_version)
         return pb.DeleteVIPTierResponse(success=True)
 
-    async def GetCustomerTier(self, request: pb.GetCustomerTierRequest, context: grpc.aio.ServicerContext[pb.GetCustomerTierRequest, pb.CustomerTier]) -> pb.CustomerTier:
+    async def GetCustomerTier(
+        self,
+        request: pb.GetCustomerTierRequest,
+        context: grpc.aio.ServicerContext[pb.GetCustomerTierRequest, pb.CustomerTier],
+    ) -> pb.CustomerTier:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         customer = parse_uuid(request.customer_id, "customer_id")
         locale = check_requested(request.locale, "locale")
@@ -75,7 +95,9 @@ class CampaignServicer(campaign_grpc.CampaignServiceServicer):
         msg.assigned_at.FromDatetime(assignment.assigned_at)
         return msg
 
-    async def EvaluateTier(self, request: pb.EvaluateTierRequest, context: grpc.aio.ServicerContext[pb.EvaluateTierRequest, pb.VIPTier]) -> pb.VIPTier:
+    async def EvaluateTier(
+        self, request: pb.EvaluateTierRequest, context: grpc.aio.ServicerContext[pb.EvaluateTierRequest, pb.VIPTier]
+    ) -> pb.VIPTier:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
         tier = await self._tiers.evaluate(merchant, request.points)

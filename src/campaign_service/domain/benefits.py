@@ -72,5 +72,7 @@ def benefits_violations(benefits: Benefits, field_path: str) -> list[FieldViolat
     if not out:
         size = len(json.dumps(benefits.to_json(), ensure_ascii=False).encode())
         if size > MAX_JSON_BYTES:
-            out.append(FieldViolation(field_path, f"must encode to at most {MAX_JSON_BYTES} bytes of JSON (got {size})"))
+            out.append(
+                FieldViolation(field_path, f"must encode to at most {MAX_JSON_BYTES} bytes of JSON (got {size})")
+            )
     return out

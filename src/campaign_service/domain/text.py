@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 
-from campaign_service.domain.errors import InvalidArgument, FieldViolation
+from campaign_service.domain.errors import FieldViolation, InvalidArgument
 
-_BIDI_CONTROLS = frozenset(
-    chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
-)
+_BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 # Letters that prove a text is written in the script of its locale.
 _SCRIPT_RANGES: dict[str, tuple[tuple[int, int], ...]] = {
     "ar": ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
@@ -35,9 +33,7 @@ def text_violations(value: str, locale: str, field_path: str, max_chars: int) ->
             problems.append("must not start or end with whitespace")
         ranges = _SCRIPT_RANGES.get(locale)
         if ranges and not any(
-            lo <= ord(ch) <= hi and unicodedata.category(ch).startswith("L")
-            for ch in value
-            for lo, hi in ranges
+            lo <= ord(ch) <= hi and unicodedata.category(ch).startswith("L") for ch in value for lo, hi in ranges
         ):
             problems.append(f"must contain at least one {_SCRIPT_NAMES[locale]} letter for locale {locale}")
     return [FieldViolation(field_path, p) for p in problems]

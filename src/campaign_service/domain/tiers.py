@@ -96,7 +96,11 @@ def spec_violations(spec: TierSpec, prefix: str = "tier.") -> list[FieldViolatio
     """Every reason `spec` cannot be stored, with field paths."""
     out: list[FieldViolation] = []
     if spec.locale not in SUPPORTED_LOCALES:
-        out.append(FieldViolation(f"{prefix}locale", f"unsupported locale {spec.locale[:16]!r}; use one of {', '.join(SUPPORTED_LOCALES)}"))
+        out.append(
+            FieldViolation(
+                f"{prefix}locale", f"unsupported locale {spec.locale[:16]!r}; use one of {', '.join(SUPPORTED_LOCALES)}"
+            )
+        )
     else:
         out += text_violations(spec.name, spec.locale, f"{prefix}name", MAX_NAME_CHARS)
     if not 0 <= spec.min_points <= MAX_POINTS:
@@ -129,5 +133,7 @@ def check_mask(paths: list[str]) -> frozenset[str]:
         return frozenset(MUTABLE_FIELDS)
     unknown = [p for p in paths if p not in MUTABLE_FIELDS]
     if unknown:
-        raise invalid("update_mask", f"unknown or read-only field {unknown[0][:64]!r}; allowed: {', '.join(MUTABLE_FIELDS)}")
+        raise invalid(
+            "update_mask", f"unknown or read-only field {unknown[0][:64]!r}; allowed: {', '.join(MUTABLE_FIELDS)}"
+        )
     return frozenset(paths)

@@ -46,7 +46,9 @@ class TenantTransaction(Protocol):
 class UnitOfWork(Protocol):
     """Opens a transaction for a merchant; it commits when the block exits cleanly."""
 
-    def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AbstractAsyncContextManager[TenantTransaction]: ...
+    def __call__(
+        self, merchant_id: UUID, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[TenantTransaction]: ...
 
 
 class TierChangeListener(Protocol):

@@ -105,9 +105,7 @@ class TierService:
             if current is None:
                 raise NotFound(f"tier {tier_id!r} not found")
             if expected_version and current.version != expected_version:
-                raise VersionConflict(
-                    f"tier {tier_id!r} is at version {current.version}, not {expected_version}"
-                )
+                raise VersionConflict(f"tier {tier_id!r} is at version {current.version}, not {expected_version}")
             new_spec = check_spec(current.spec.patched(values, paths))
             changed = current.spec.changed_fields(new_spec)
             if not changed:

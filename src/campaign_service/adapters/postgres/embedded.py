@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from dataclasses import dataclass
@@ -32,6 +33,19 @@ class EmbeddedDatabase:
         return self.dsn(OWNER_ROLE)
 
 
+def _start_server(data_dir: Path) -> Any:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # pgserver keeps its lock file in the XDG runtime dir; give it one inside our data dir.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.resolve()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        return pgserver.get_server(  # type: ignore[attr-defined]
+            str((data_dir / "pg").resolve()), cleanup_mode="stop"
+        )
+
+
 async def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     """Starts (or joins) the server in `data_dir/pg` and provisions roles and the database.
 
@@ -39,13 +53,7 @@ async def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     a single-machine development default, not a production set-up. It stops when the last
     process using it exits.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir.resolve()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        server = pgserver.get_server(str((data_dir / "pg").resolve()), cleanup_mode="stop")
+    server = await asyncio.to_thread(_start_server, data_dir)
     uri = server.get_uri()
     socket_dir = parse_qs(urlparse(uri).query)["host"][0]
     db = EmbeddedDatabase(server=server, superuser_dsn=uri, socket_dir=socket_dir)

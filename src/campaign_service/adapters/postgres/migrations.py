@@ -8,6 +8,7 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 _LOCK_KEY = 0x43414D50  # "CAMP": one migrator at a time across instances
 
@@ -52,7 +53,9 @@ async def migrate(conn: asyncpg.Connection[Any]) -> list[str]:
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(_CREATE_LEDGER)
-        done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        done = {
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        }
         for m in available():
             if m.version in done:
                 if done[m.version] != m.checksum:
@@ -62,7 +65,9 @@ async def migrate(conn: asyncpg.Connection[Any]) -> list[str]:
                 await conn.execute(m.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    m.version, m.name, m.checksum,
+                    m.version,
+                    m.name,
+                    m.checksum,
                 )
             applied_now.append(m.name)
     finally:
@@ -70,7 +75,7 @@ async def migrate(conn: asyncpg.Connection[Any]) -> list[str]:
     return applied_now
 
 
-async def pending(conn: asyncpg.Connection[Any]) -> list[str]:
+async def pending(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> list[str]:
     """Names of migrations not applied yet (all of them when the ledger does not exist)."""
     exists = await conn.fetchval("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
     done: set[int] = set()

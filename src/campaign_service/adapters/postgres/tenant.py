@@ -9,9 +9,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from campaign_service.domain.benefits import Benefits
-from campaign_service.domain.errors import AlreadyExists, InvalidArgument, NotFound, FieldViolation
+from campaign_service.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.ports import CustomerAssignment
@@ -62,7 +63,7 @@ def _spec_args(spec: TierSpec) -> tuple[Any, ...]:
 
 
 class PgTenantTransaction:
-    def __init__(self, conn: asyncpg.Connection[Any], merchant_id: UUID) -> None:
+    def __init__(self, conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any], merchant_id: UUID) -> None:
         self._conn = conn
         self._merchant = merchant_id
 
@@ -73,7 +74,8 @@ class PgTenantTransaction:
         lock = " FOR UPDATE OF t" if for_update else ""
         row = await self._conn.fetchrow(
             f"SELECT {_TIER_COLUMNS} FROM vip_tiers t WHERE t.merchant_id = $1 AND t.tier_id = $2{lock}",
-            self._merchant, tier_id,
+            self._merchant,
+            tier_id,
         )
         return _tier(row) if row else None
 
@@ -91,7 +93,8 @@ class PgTenantTransaction:
         row = await self._conn.fetchrow(
             f"SELECT {_TIER_COLUMNS} FROM vip_tiers t WHERE t.merchant_id = $1 AND t.min_points <= $2"
             " ORDER BY t.min_points DESC, t.tier_id DESC LIMIT 1",
-            self._merchant, points,
+            self._merchant,
+            points,
         )
         return _tier(row) if row else None
 
@@ -109,7 +112,9 @@ class PgTenantTransaction:
                     "INSERT INTO vip_tiers (merchant_id, tier_id, name, locale, min_points,"
                     " discount_percentage, free_shipping, exclusive_access, benefits, is_default)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    self._merchant, tier_id, *_spec_args(spec),
+                    self._merchant,
+                    tier_id,
+                    *_spec_args(spec),
                 )
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "unique_vip_tiers_merchant_id_tier_id":
@@ -131,14 +136,17 @@ class PgTenantTransaction:
                     "UPDATE vip_tiers SET name = $3, locale = $4, min_points = $5,"
                     " discount_percentage = $6, free_shipping = $7, exclusive_access = $8,"
                     " benefits = $9, is_default = $10 WHERE merchant_id = $1 AND tier_id = $2",
-                    self._merchant, tier_id, *_spec_args(spec),
+                    self._merchant,
+                    tier_id,
+                    *_spec_args(spec),
                 )
         except asyncpg.CheckViolationError as exc:
             raise _check_failed(exc) from None
         if "translations" in changed:
             await self._conn.execute(
                 "DELETE FROM vip_tier_translations WHERE merchant_id = $1 AND tier_id = $2",
-                self._merchant, tier_id,
+                self._merchant,
+                tier_id,
             )
             await self._write_translations(tier_id, spec.translations)
         tier = await self.get_tier(tier_id)
@@ -156,7 +164,8 @@ class PgTenantTransaction:
         rows = await self._conn.fetch(
             "UPDATE vip_tiers SET is_default = false WHERE merchant_id = $1 AND is_default"
             " AND tier_id <> $2 RETURNING tier_id",
-            self._merchant, except_tier_id,
+            self._merchant,
+            except_tier_id,
         )
         return [r["tier_id"] for r in rows]
 
@@ -166,16 +175,20 @@ class PgTenantTransaction:
         )
 
     async def customers_holding(self, tier_id: str) -> int:
-        return int(await self._conn.fetchval(
-            "SELECT count(*) FROM customer_tiers WHERE merchant_id = $1 AND tier_id = $2",
-            self._merchant, tier_id,
-        ))
+        return int(
+            await self._conn.fetchval(
+                "SELECT count(*) FROM customer_tiers WHERE merchant_id = $1 AND tier_id = $2",
+                self._merchant,
+                tier_id,
+            )
+        )
 
     async def get_customer(self, customer_id: UUID) -> CustomerAssignment | None:
         row = await self._conn.fetchrow(
             "SELECT merchant_id, customer_id, tier_id, assigned_at, source, cause_event_id"
             " FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2",
-            self._merchant, customer_id,
+            self._merchant,
+            customer_id,
         )
         return CustomerAssignment(**dict(row)) if row else None
 
@@ -184,8 +197,12 @@ class PgTenantTransaction:
         inserted = await self._conn.fetchval(
             "INSERT INTO customer_tiers (merchant_id, customer_id, tier_id, assigned_at, source, cause_event_id)"
             " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, customer_id) DO NOTHING RETURNING 1",
-            assignment.merchant_id, assignment.customer_id, assignment.tier_id,
-            assignment.assigned_at, assignment.source, assignment.cause_event_id,
+            assignment.merchant_id,
+            assignment.customer_id,
+            assignment.tier_id,
+            assignment.assigned_at,
+            assignment.source,
+            assignment.cause_event_id,
         )
         return inserted is not None
 
@@ -194,7 +211,9 @@ class PgTenantTransaction:
         inserted = await self._conn.fetchval(
             "INSERT INTO processed_events (event_id, merchant_id, event_type) VALUES ($1, $2, $3)"
             " ON CONFLICT (event_id) DO NOTHING RETURNING 1",
-            event_id, self._merchant, event_type,
+            event_id,
+            self._merchant,
+            event_type,
         )
         return inserted is not None
 
@@ -202,8 +221,12 @@ class PgTenantTransaction:
         await self._conn.execute(
             "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
-            message.event_id, message.merchant_id, message.topic, message.key,
-            message.payload, message.headers,
+            message.event_id,
+            message.merchant_id,
+            message.topic,
+            message.key,
+            message.payload,
+            message.headers,
         )
 
 
