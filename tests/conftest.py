@@ -87,6 +87,14 @@ async def owner_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any
 
 
 @pytest.fixture(scope="session")
+async def superuser_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """Sees every row (superusers bypass RLS): for checking what really is in the tables."""
+    conn = await asyncpg.connect(database.superuser_dsn, database=database.name)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
 async def app_pool(database: Database) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
     pool = await create_pool(database.app_dsn, min_size=1, max_size=5)
     yield pool
