@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from campaign_service.adapters.postgres import migrations
-from campaign_service.adapters.postgres.pool import create_pool
+from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.provision import provision
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.api.pb import campaign_grpc
@@ -90,6 +90,7 @@ async def owner_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any
 async def superuser_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any]]:
     """Sees every row (superusers bypass RLS): for checking what really is in the tables."""
     conn = await asyncpg.connect(database.superuser_dsn, database=database.name)
+    await init_connection(conn)
     yield conn
     await conn.close()
 
