@@ -23,12 +23,16 @@ import asyncpg
 import grpc
 import pytest
 
+from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.provision import provision
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.schema_registry import SchemaRegistryClient
 from campaign_service.api.pb import campaign_grpc
+from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
+from tests.kafka_support import CustomerEvents, TopicReader
 
 
 def required_env(name: str) -> str:
@@ -205,3 +209,72 @@ def service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Ite
 async def stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
     async with grpc.aio.insecure_channel(service.target) as channel:
         yield campaign_grpc.CampaignServiceStub(channel)
+
+
+# --- Events: the real Kafka and schema registry -------------------------------------------
+
+
+def events_env(**overrides: str) -> dict[str, str]:
+    """Environment for a service process with Kafka, the registry and the Redis fast path; its own
+    consumer group so that it reads customer.created independently of other processes."""
+    redis = urlparse(required_env("CAMPAIGN_TEST_REDIS_URL"))
+    env = {
+        "KAFKA_BROKER": required_env("KAFKA_BROKER"),
+        "CAMPAIGN_SCHEMA_REGISTRY_URL": required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"),
+        "CAMPAIGN_KAFKA_CONSUMER_GROUP": f"campaign-test-{uuid.uuid4().hex[:10]}",
+        "REDIS_HOST": redis.hostname or "127.0.0.1",
+        "CAMPAIGN_REDIS_PORT": str(redis.port or 6379),
+        "CAMPAIGN_OUTBOX_POLL_INTERVAL_S": "1",
+        "CAMPAIGN_RELAY_BACKOFF_MAX_S": "1",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+async def avro_codec() -> AsyncIterator[AvroWireCodec]:
+    registry = SchemaRegistryClient(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    yield AvroWireCodec(registry)
+    await registry.close()
+
+
+@pytest.fixture(scope="session")
+def event_service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The service with Kafka: relay and customer.created consumer in the process."""
+    svc = start_service(database, tmp_path_factory.mktemp("event-service"), extra_env=events_env())
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def read_topic(avro_codec: AvroWireCodec) -> AsyncIterator[Callable[[str], TopicReader]]:
+    """Makes readers that see only what is written to a topic after they were made."""
+    readers: list[TopicReader] = []
+
+    def make(topic: str) -> TopicReader:
+        reader = TopicReader(required_env("KAFKA_BROKER"), topic, avro_codec)
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()
+
+
+@pytest.fixture
+async def customer_events(avro_codec: AvroWireCodec) -> AsyncIterator[CustomerEvents]:
+    producer = CustomerEvents(required_env("KAFKA_BROKER"), avro_codec)
+    yield producer
+    producer.close()
+
+
+@pytest.fixture
+async def merchant_with_default(new_merchant: Callable[[], Any], tier_service: TierService) -> Callable[[], Any]:
+    """A provisioned merchant whose default tier is `basic`."""
+
+    async def make() -> uuid.UUID:
+        merchant: uuid.UUID = await new_merchant()
+        await tier_service.create(merchant, "basic", TierSpec(name="Basic", min_points=0, is_default=True))
+        return merchant
+
+    return make

@@ -9,19 +9,32 @@ from typing import Any
 
 import asyncpg
 import grpc
+import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from grpc_health.v1 import health
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from campaign_service import metrics
+from campaign_service import metrics, topics
+from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
+from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
+from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
+from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
+from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.redis.processed import RedisProcessedEvents
+from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
 from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
-from campaign_service.config import Settings
+from campaign_service.backoff import Backoff
+from campaign_service.config import ConfigError, Settings
+from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.service.tiers import TierService
 
 log = structlog.get_logger(__name__)
@@ -69,6 +82,143 @@ async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
 
 
 @dataclass
+class Relay:
+    """The outbox relay with what it owns: Kafka producer, schema registry client, LISTEN connection."""
+
+    relay: OutboxRelay
+    listener: PgOutboxListener
+    producer: KafkaProducer
+    codec: AvroWireCodec
+    registry: SchemaRegistryClient
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.listener.run(self.relay.wake, stop))
+            tasks.create_task(self.relay.run(stop))
+
+    async def close(self) -> None:
+        await self.producer.close()  # flush: nothing enqueued is dropped on a clean stop
+        await self.registry.close()
+
+    async def kafka_check(self) -> str | None:
+        if self.relay.last_error:
+            return f"publishing fails: {self.relay.last_error}"[:200]
+        return "all brokers down" if self.producer.broker_down else None
+
+
+def build_relay(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> Relay:
+    if not settings.kafka_broker or not settings.schema_registry_url:
+        raise ConfigError("KAFKA_BROKER and CAMPAIGN_SCHEMA_REGISTRY_URL are required to publish events")
+    delivery_s = settings.kafka_delivery_timeout_ms / 1000
+    registry = SchemaRegistryClient(settings.schema_registry_url)
+    codec = AvroWireCodec(registry)
+    producer = KafkaProducer(
+        producer_config(
+            settings.kafka_broker,
+            client_id=settings.kafka_client_id,
+            delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+            linger_ms=settings.kafka_linger_ms,
+        )
+    )
+    relay = OutboxRelay(
+        PgOutbox(pool, claim_hold_s=delivery_s + 15),
+        KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s),
+        RelaySettings(
+            batch_size=settings.outbox_batch_size,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            retention_s=settings.outbox_retention_hours * 3600,
+            purge_interval_s=settings.outbox_purge_interval_s,
+            backoff_max_s=settings.relay_backoff_max_s,
+        ),
+    )
+    return Relay(relay, PgOutboxListener(listen_dsn), producer, codec, registry)
+
+
+async def register_schemas(codec: AvroWireCodec) -> None:
+    """Registers the Avro schemas now so a registry problem shows at start-up (publishing retries anyway)."""
+    try:
+        await asyncio.wait_for(codec.register_all(), 10)
+    except (RegistryUnavailable, RegistryRejected, TimeoutError) as exc:
+        log.warning("schema registration failed; publishing retries it", error=str(exc))
+
+
+def processed_fast_path(settings: Settings) -> tuple[RedisProcessedEvents | None, aioredis.Redis | None]:
+    """The Redis processed-events fast path, when REDIS_HOST is set."""
+    if not settings.redis_host:
+        return None, None
+    # A fast path must fail fast: no retries (redis-py retries 3 times with backoff by default).
+    client = aioredis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return RedisProcessedEvents(client), client
+
+
+@dataclass
+class EventPipeline:
+    """Relay and customer.created consumer running in the service process."""
+
+    relay: Relay
+    subscriber: KafkaEventSubscriber
+    handler: CustomerCreatedHandler
+    redis: aioredis.Redis | None
+    _stop_consumer: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.subscriber.run(self.handler, self._stop_consumer), name="consumer"),
+            asyncio.create_task(self.relay.run(self._stop_relay), name="relay"),
+        ]
+
+    async def stop(self, timeout_s: float = 20.0) -> None:
+        # Consumer first (it commits its offsets), then one last relay pass for the rows it just
+        # wrote, then the producer flush.
+        self._stop_consumer.set()
+        await _bounded(self._tasks[:1], timeout_s)
+        self._stop_relay.set()
+        await _bounded(self._tasks[1:], timeout_s)
+        await self.relay.relay.drain(timeout_s=5.0)
+        await self.relay.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for t in pending:
+        log.warning("task did not stop in time; cancelling", task=t.get_name())
+        t.cancel()
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("task failed", task=t.get_name(), error=repr(t.exception()))
+
+
+def build_events(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> EventPipeline:
+    relay = build_relay(settings, pool, listen_dsn)
+    assert settings.kafka_broker is not None
+    subscriber = KafkaEventSubscriber(
+        consumer_config(
+            settings.kafka_broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id
+        ),
+        topics.CUSTOMER_CREATED,
+        relay.codec,
+        relay.producer,
+        topics.CUSTOMER_CREATED_DLQ,
+        batch_size=settings.consumer_batch_size,
+        retry=Backoff(0.2, 5.0),
+    )
+    processed, client = processed_fast_path(settings)
+    return EventPipeline(relay, subscriber, CustomerCreatedHandler(PgUnitOfWork(pool), processed), client)
+
+
+@dataclass
 class App:
     settings: Settings
     pool: asyncpg.Pool[asyncpg.Record]
@@ -78,11 +228,14 @@ class App:
     http_runner: web.AppRunner
     grpc_port: int = 0
     http_port: int = 0
+    events: EventPipeline | None = None
     _closers: list[Any] = field(default_factory=list)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         await set_serving(self.health, False)
         await self.grpc_server.stop(grace_s)
+        if self.events is not None:
+            await self.events.stop()
         await self.http_runner.cleanup()
         await self.pool.close()
         for close in reversed(self._closers):
@@ -123,14 +276,24 @@ async def build_app(settings: Settings) -> App:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 
-    runner = web.AppRunner(build_http_app([Check("postgres", db_check)]), access_log=None)
+    checks = [Check("postgres", db_check)]
+    events: EventPipeline | None = None
+    if settings.kafka_broker:
+        events = build_events(settings, pool, target.app_dsn)
+        await register_schemas(events.relay.codec)
+        checks.append(Check("kafka", events.relay.kafka_check, critical=False))
+    else:
+        log.info("KAFKA_BROKER is not set: events stay in the outbox (see `campaign-service outbox list`)")
+    runner = web.AppRunner(build_http_app(checks), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
     await site.start()
     http_port = runner.addresses[0][1] if runner.addresses else settings.http_port
     await server.start()
     await set_serving(health_servicer, True)
-    app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port)
+    app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port, events)
+    if events is not None:
+        events.start()
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
     log.info("serving", grpc_port=grpc_port, http_port=http_port, embedded_db=settings.embedded_db)

@@ -52,12 +52,27 @@ class Settings(BaseSettings):
     redis_port: int = Field(6380, ge=1, le=65535)
     auth_host: str | None = Field(None, validation_alias=AliasChoices("AUTH_HOST"))
 
+    # Events. Without KAFKA_BROKER events stay in the outbox (`campaign-service outbox list`).
+    schema_registry_url: str | None = None
+    kafka_client_id: str = "campaign-service"
+    kafka_consumer_group: str = "campaign-service"
+    kafka_delivery_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
+    kafka_linger_ms: int = Field(5, ge=0, le=1000)
+    consumer_batch_size: int = Field(200, ge=1, le=10_000)
+    outbox_batch_size: int = Field(200, ge=1, le=10_000)
+    outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
+    outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)
+    outbox_purge_interval_s: float = Field(600.0, gt=0, le=86_400)
+    relay_backoff_max_s: float = Field(10.0, ge=0.1, le=300)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
-    def _pool_bounds(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("CAMPAIGN_DB_POOL_MIN must not exceed CAMPAIGN_DB_POOL_MAX")
+        if self.kafka_broker and not self.schema_registry_url:
+            raise ValueError("CAMPAIGN_SCHEMA_REGISTRY_URL is required when KAFKA_BROKER is set (events are Avro)")
         return self
 
     @property
