@@ -153,22 +153,7 @@ def start_service(
 ) -> ServiceProcess:
     """Runs `python -m campaign_service serve` as its own process against `database`."""
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
-    }
-    env.update(
-        {
-            "CAMPAIGN_DB_DSN": database.app_dsn,
-            "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
-            "CAMPAIGN_BIND_HOST": "127.0.0.1",
-            "CAMPAIGN_GRPC_PORT": str(grpc_port),
-            "CAMPAIGN_HTTP_PORT": str(http_port),
-            "CAMPAIGN_DATA_DIR": str(tmp / "data"),
-            "CAMPAIGN_LOG_LEVEL": "debug",
-        }
-    )
+    env = service_env(database, tmp, {"CAMPAIGN_GRPC_PORT": str(grpc_port), "CAMPAIGN_HTTP_PORT": str(http_port)})
     env.update(extra_env or {})
     log_path = tmp / f"service-{grpc_port}.log"
     with log_path.open("wb") as log:
@@ -179,6 +164,26 @@ def start_service(
     if wait:
         wait_ready(service)
     return service
+
+
+def service_env(database: Database, tmp: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `python -m campaign_service ...` process on `database`: only what is given."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
+    }
+    env.update(
+        {
+            "CAMPAIGN_DB_DSN": database.app_dsn,
+            "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
+            "CAMPAIGN_BIND_HOST": "127.0.0.1",
+            "CAMPAIGN_DATA_DIR": str(tmp / "data"),
+            "CAMPAIGN_LOG_LEVEL": "debug",
+        }
+    )
+    env.update(extra_env or {})
+    return env
 
 
 def wait_ready(service: ServiceProcess, timeout: float = 60) -> None:
@@ -278,3 +283,38 @@ async def merchant_with_default(new_merchant: Callable[[], Any], tier_service: T
         return merchant
 
     return make
+
+
+@dataclass
+class OwnDatabase:
+    """A database of one test: no other relay or consumer touches its outbox."""
+
+    db: Database
+    pool: asyncpg.Pool[asyncpg.Record]
+    su: asyncpg.Connection[Any]  # superuser: sees every row
+    tiers: TierService
+
+    async def merchant(self) -> uuid.UUID:
+        merchant = uuid.uuid4()
+        await self.su.execute("INSERT INTO merchants (id) VALUES ($1)", merchant)
+        return merchant
+
+    async def outbox(self, merchant: uuid.UUID) -> list[asyncpg.Record]:
+        return list(
+            await self.su.fetch(
+                "SELECT event_id, published_at, attempts, last_error FROM outbox_events"
+                " WHERE merchant_id = $1 ORDER BY created_at",
+                merchant,
+            )
+        )
+
+
+@pytest.fixture
+async def own_db() -> AsyncIterator[OwnDatabase]:
+    db = await make_database()
+    pool = await create_pool(db.app_dsn, min_size=1, max_size=4)
+    su = await asyncpg.connect(db.superuser_dsn, database=db.name)
+    await init_connection(su)
+    yield OwnDatabase(db, pool, su, TierService(PgUnitOfWork(pool)))
+    await su.close()
+    await pool.close()

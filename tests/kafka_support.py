@@ -41,7 +41,12 @@ class TopicReader:
         self.topic = topic
         self._codec = codec
         self._consumer = Consumer(
-            {"bootstrap.servers": broker, "group.id": f"test-reader-{uuid.uuid4()}", "enable.auto.commit": False}
+            {
+                "bootstrap.servers": broker,
+                "group.id": f"test-reader-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "reconnect.backoff.max.ms": 1000,
+            }
         )
         partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         start = []
@@ -98,7 +103,9 @@ class CustomerEvents:
     """Plays the Core Service: produces customer.created (Avro, registered schema)."""
 
     def __init__(self, broker: str, codec: AvroWireCodec) -> None:
-        self._producer = Producer({"bootstrap.servers": broker, "enable.idempotence": True, "acks": "all"})
+        self._producer = Producer(
+            {"bootstrap.servers": broker, "enable.idempotence": True, "acks": "all", "reconnect.backoff.max.ms": 1000}
+        )
         self._codec = codec
 
     async def created(
@@ -136,8 +143,9 @@ def kafka_sh(function: str) -> None:
     """Runs a scripts/lib/kafka.sh function on the test broker (chaos: kafka_kill, kafka_start_again)."""
     state = os.environ.get("CAMPAIGN_TEST_SERVICES_DIR")
     assert state, "CAMPAIGN_TEST_SERVICES_DIR is not set: run through scripts/test"
-    subprocess.run(
+    done = subprocess.run(
         ["bash", "-c", f'set -euo pipefail; source "$1/scripts/lib/kafka.sh"; {function} "$2/kafka"', "_", REPO, state],
-        check=True,
+        capture_output=True,
         timeout=120,
     )
+    assert done.returncode == 0, f"{function} failed: {done.stderr.decode(errors='replace')[:2500]}"

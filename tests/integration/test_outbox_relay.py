@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from campaign_service import topics
@@ -21,50 +18,20 @@ from campaign_service.adapters.kafka.producer import KafkaProducer, producer_con
 from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
-from campaign_service.adapters.postgres.pool import create_pool, init_connection
-from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.events.relay import OutboxRelay, RelaySettings
-from campaign_service.service.tiers import TierService
-from tests.conftest import Database, free_port, make_database, required_env
+from tests.conftest import OwnDatabase, free_port, required_env, service_env
 
 pytestmark = pytest.mark.kafka
 
 
-@dataclass
-class RelayDb:
-    db: Database
-    pool: asyncpg.Pool[asyncpg.Record]
-    su: asyncpg.Connection[Any]
-    tiers: TierService
-
-    async def merchant_with_changes(self, updates: int = 0) -> uuid.UUID:
-        merchant = uuid.uuid4()
-        await self.su.execute("INSERT INTO merchants (id) VALUES ($1)", merchant)
-        await self.tiers.create(merchant, "gold", TierSpec(name="Gold", min_points=100))
-        for i in range(updates):
-            await self.tiers.update(merchant, "gold", TierSpec(name="Gold", min_points=101 + i), ["min_points"])
-        return merchant
-
-    async def outbox(self, merchant: uuid.UUID) -> list[asyncpg.Record]:
-        return list(
-            await self.su.fetch(
-                "SELECT event_id, published_at, attempts, last_error FROM outbox_events"
-                " WHERE merchant_id = $1 ORDER BY created_at",
-                merchant,
-            )
-        )
-
-
-@pytest.fixture
-async def relay_db() -> AsyncIterator[RelayDb]:
-    db = await make_database()
-    pool = await create_pool(db.app_dsn, min_size=1, max_size=4)
-    su = await asyncpg.connect(db.superuser_dsn, database=db.name)
-    await init_connection(su)
-    yield RelayDb(db, pool, su, TierService(PgUnitOfWork(pool)))
-    await su.close()
-    await pool.close()
+async def merchant_with_changes(own: OwnDatabase, updates: int = 0) -> uuid.UUID:
+    """A merchant whose tier `gold` was created and then updated `updates` times (1 + updates events)."""
+    merchant = await own.merchant()
+    await own.tiers.create(merchant, "gold", TierSpec(name="Gold", min_points=100))
+    for i in range(updates):
+        await own.tiers.update(merchant, "gold", TierSpec(name="Gold", min_points=101 + i), ["min_points"])
+    return merchant
 
 
 def publisher(avro_codec: AvroWireCodec, broker: str, delivery_timeout_ms: int = 10_000) -> KafkaEventPublisher:
@@ -75,19 +42,19 @@ def publisher(avro_codec: AvroWireCodec, broker: str, delivery_timeout_ms: int =
 
 
 async def test_relay_publishes_in_order_with_key_and_headers_then_marks(
-    relay_db: RelayDb, avro_codec: AvroWireCodec, read_topic: Any
+    own_db: OwnDatabase, avro_codec: AvroWireCodec, read_topic: Any
 ) -> None:
-    merchant = await relay_db.merchant_with_changes(updates=3)
+    merchant = await merchant_with_changes(own_db, updates=3)
     reader = read_topic(topics.VIP_TIER_UPDATED)
     pub = publisher(avro_codec, required_env("KAFKA_BROKER"))
-    relay = OutboxRelay(PgOutbox(relay_db.pool), pub)
+    relay = OutboxRelay(PgOutbox(own_db.pool), pub)
     try:
         result = await relay.publish_batch()
         assert (result.claimed, result.published, result.error) == (4, 4, None)
         assert (await relay.publish_batch()).claimed == 0
     finally:
         await pub.close()
-    rows = await relay_db.outbox(merchant)
+    rows = await own_db.outbox(merchant)
     assert all(r["published_at"] is not None and r["attempts"] == 1 for r in rows)
     received = await reader.wait_for(lambda got: len(reader.matching(merchant_id=merchant)) >= 4)
     mine = [r for r in received if r.payload and str(r.payload["merchant_id"]) == str(merchant)]
@@ -97,72 +64,71 @@ async def test_relay_publishes_in_order_with_key_and_headers_then_marks(
 
 
 async def test_failed_publication_leaves_rows_pending_with_the_error(
-    relay_db: RelayDb, avro_codec: AvroWireCodec
+    own_db: OwnDatabase, avro_codec: AvroWireCodec
 ) -> None:
-    merchant = await relay_db.merchant_with_changes()
+    merchant = await merchant_with_changes(own_db)
     pub = publisher(avro_codec, f"127.0.0.1:{free_port()}", delivery_timeout_ms=1000)
     try:
-        result = await OutboxRelay(PgOutbox(relay_db.pool), pub).publish_batch()
+        result = await OutboxRelay(PgOutbox(own_db.pool), pub).publish_batch()
     finally:
         await pub.close()
     assert (result.claimed, result.published) == (1, 0)
-    [row] = await relay_db.outbox(merchant)
+    [row] = await own_db.outbox(merchant)
     assert row["published_at"] is None
     assert row["attempts"] == 1
     assert "timed out" in row["last_error"].lower()
 
 
-async def test_concurrent_claims_never_share_a_row(relay_db: RelayDb) -> None:
+async def test_concurrent_claims_never_share_a_row(own_db: OwnDatabase) -> None:
     for _ in range(2):
-        await relay_db.merchant_with_changes(updates=1)
-    store = PgOutbox(relay_db.pool)
+        await merchant_with_changes(own_db, updates=1)
+    store = PgOutbox(own_db.pool)
     async with store.claim(2) as first, store.claim(10) as second:
         a = {m.event_id for m in first.messages}
         b = {m.event_id for m in second.messages}
     assert (len(a), len(b), a & b) == (2, 2, set())
 
 
-async def test_purge_removes_only_published_rows_past_retention(relay_db: RelayDb) -> None:
-    merchant = await relay_db.merchant_with_changes(updates=2)
-    old, recent, pending = (r["event_id"] for r in await relay_db.outbox(merchant))
-    await relay_db.su.execute(
+async def test_purge_removes_only_published_rows_past_retention(own_db: OwnDatabase) -> None:
+    merchant = await merchant_with_changes(own_db, updates=2)
+    old, recent, pending = (r["event_id"] for r in await own_db.outbox(merchant))
+    await own_db.su.execute(
         "UPDATE outbox_events SET published_at = now() - interval '4 days' WHERE event_id = $1", old
     )
-    await relay_db.su.execute(
+    await own_db.su.execute(
         "UPDATE outbox_events SET published_at = now() - interval '1 hour' WHERE event_id = $1", recent
     )
-    assert await PgOutbox(relay_db.pool).purge(older_than_s=3 * 24 * 3600) == 1
-    assert [r["event_id"] for r in await relay_db.outbox(merchant)] == [recent, pending]
+    assert await PgOutbox(own_db.pool).purge(older_than_s=3 * 24 * 3600) == 1
+    assert [r["event_id"] for r in await own_db.outbox(merchant)] == [recent, pending]
 
 
 async def test_notify_wakes_the_relay_without_waiting_for_the_poll(
-    relay_db: RelayDb, avro_codec: AvroWireCodec
+    own_db: OwnDatabase, avro_codec: AvroWireCodec
 ) -> None:
     pub = publisher(avro_codec, required_env("KAFKA_BROKER"))
-    relay = OutboxRelay(PgOutbox(relay_db.pool), pub, RelaySettings(poll_interval_s=300))
+    relay = OutboxRelay(PgOutbox(own_db.pool), pub, RelaySettings(poll_interval_s=300))
     stop = asyncio.Event()
     tasks = [
-        asyncio.create_task(PgOutboxListener(relay_db.db.app_dsn).run(relay.wake, stop)),
+        asyncio.create_task(PgOutboxListener(own_db.db.app_dsn).run(relay.wake, stop)),
         asyncio.create_task(relay.run(stop)),
     ]
     try:
         await asyncio.sleep(1.0)  # the relay found nothing and now sleeps for up to 300 s
-        merchant = await relay_db.merchant_with_changes()
+        merchant = await merchant_with_changes(own_db)
         for _ in range(100):
-            if all(r["published_at"] for r in await relay_db.outbox(merchant)):
+            if all(r["published_at"] for r in await own_db.outbox(merchant)):
                 break
             await asyncio.sleep(0.1)
-        assert all(r["published_at"] for r in await relay_db.outbox(merchant)), "not published within 10 s"
+        assert all(r["published_at"] for r in await own_db.outbox(merchant)), "not published within 10 s"
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 15)
         await pub.close()
 
 
-async def test_cli_lists_the_outbox(relay_db: RelayDb, avro_codec: AvroWireCodec) -> None:
-    merchant = await relay_db.merchant_with_changes()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_") and k != "KAFKA_BROKER"}
-    env |= {"CAMPAIGN_DB_DSN": relay_db.db.app_dsn, "CAMPAIGN_DB_OWNER_DSN": relay_db.db.owner_dsn}
+async def test_cli_lists_the_outbox(own_db: OwnDatabase, avro_codec: AvroWireCodec, tmp_path: Path) -> None:
+    merchant = await merchant_with_changes(own_db)
+    env = service_env(own_db.db, tmp_path)  # no KAFKA_BROKER: events stay in the outbox
 
     def listing(*args: str) -> list[dict[str, Any]]:
         out = subprocess.run(
@@ -180,7 +146,7 @@ async def test_cli_lists_the_outbox(relay_db: RelayDb, avro_codec: AvroWireCodec
     assert pending["payload"]["tier_id"] == "gold"
     pub = publisher(avro_codec, required_env("KAFKA_BROKER"))
     try:
-        await OutboxRelay(PgOutbox(relay_db.pool), pub).publish_batch()
+        await OutboxRelay(PgOutbox(own_db.pool), pub).publish_batch()
     finally:
         await pub.close()
     assert listing("--pending") == []

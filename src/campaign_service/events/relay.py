@@ -98,6 +98,8 @@ class OutboxRelay:
             except Exception as exc:  # the store or transport failed: back off and retry
                 result = BatchResult(0, 0, f"{type(exc).__name__}: {exc}"[:300])
                 log.warning("outbox relay cycle failed", error=result.error)
+            if self.last_error and not result.error:
+                log.info("outbox publishing recovered", published=result.published)
             self.last_error = result.error
             now = time.monotonic()
             if now >= next_stats or result.error:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from campaign_service import metrics
+from campaign_service import context, metrics
 from campaign_service.adapters.kafka.producer import KafkaProducer
 from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
 from campaign_service.backoff import Backoff, sleep_unless
@@ -49,7 +49,9 @@ def consumer_config(bootstrap: str, *, group_id: str, client_id: str) -> dict[st
 
 
 def _log_error(err: KafkaError) -> None:
-    log.warning("kafka consumer error", error=err.str(), fatal=err.fatal())
+    # Connection failures are already in librdkafka's own log lines; say only what changes state.
+    if err.fatal() or err.code() == KafkaError._ALL_BROKERS_DOWN:
+        log.warning("kafka consumer error", error=err.str(), fatal=err.fatal())
 
 
 def _text(value: str | bytes | None) -> str:
@@ -170,12 +172,14 @@ class KafkaEventSubscriber:
 
     async def _one(self, handler: EventHandler, m: Message) -> None:
         topic = _text(m.topic())
+        headers = {k: _text(v) for k, v in _header_items(m)}
+        # Each message logs under its own correlation id, never the previous message's.
+        context.correlation_id.set(headers.get("correlation_id", ""))
         try:
             payload = await self._codec.decode(m.value())
         except Undecodable as exc:
             await self._dead_letter(m, "undecodable", str(exc))
             return
-        headers = {k: _text(v) for k, v in _header_items(m)}
         key = m.key()
         event = InboundEvent(topic, key.decode("utf-8", "replace") if key else None, payload, headers)
         try:

@@ -63,11 +63,13 @@ class KafkaProducer:
             self._producer.poll(0.1)
 
     def _on_error(self, err: KafkaError) -> None:
+        # Connection failures are already in librdkafka's own log lines; say only what changes state.
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._broker_down = True
+            log.warning("kafka producer: all brokers down", error=err.str())
         if err.fatal():
             self._fatal = err.str()
-        log.warning("kafka producer error", error=err.str(), fatal=err.fatal())
+            log.error("kafka producer: fatal error", error=err.str())
 
     def _rebuild_if_fatal(self) -> None:
         if self._fatal is None:
