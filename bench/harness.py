@@ -15,12 +15,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
-import asyncpg
-
-from campaign_service.adapters.postgres import migrations
-from campaign_service.adapters.postgres.provision import provision
+from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,25 +48,11 @@ def services(names: str = "postgres redis") -> Iterator[dict[str, str]]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class Database:
-    superuser_dsn: str
-    name: str
-
-    def dsn(self, user: str) -> str:
-        u = urlparse(self.superuser_dsn)
-        return f"postgresql://{user}@{u.hostname}:{u.port}/{self.name}"
+Database = ProvisionedDatabase
 
 
 async def fresh_database(superuser_dsn: str) -> Database:
-    db = Database(superuser_dsn, f"campaign_bench_{uuid.uuid4().hex[:8]}")
-    await provision(superuser_dsn, db.name)
-    conn = await asyncpg.connect(db.dsn("campaign_owner"))
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
-    return db
+    return await create_migrated(superuser_dsn, f"campaign_bench_{uuid.uuid4().hex[:8]}")
 
 
 @dataclass
