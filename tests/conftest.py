@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 import grpc
@@ -278,7 +279,7 @@ class OwnDatabase:
         return list(
             await self.su.fetch(
                 "SELECT event_id, published_at, attempts, last_error FROM outbox_events"
-                " WHERE merchant_id = $1 ORDER BY created_at",
+                " WHERE merchant_id = $1 ORDER BY seq",
                 merchant,
             )
         )

@@ -32,7 +32,7 @@ from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
 from campaign_service.backoff import Backoff
-from campaign_service.config import ConfigError, Settings
+from campaign_service.config import Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.service.tiers import TierService
@@ -107,14 +107,13 @@ class Relay:
 
 
 def build_relay(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> Relay:
-    if not settings.kafka_broker or not settings.schema_registry_url:
-        raise ConfigError("KAFKA_BROKER and CAMPAIGN_SCHEMA_REGISTRY_URL are required to publish events")
+    broker, registry_url = settings.kafka()
     delivery_s = settings.kafka_delivery_timeout_ms / 1000
-    registry = SchemaRegistryClient(settings.schema_registry_url)
+    registry = SchemaRegistryClient(registry_url)
     codec = AvroWireCodec(registry)
     producer = KafkaProducer(
         producer_config(
-            settings.kafka_broker,
+            broker,
             client_id=settings.kafka_client_id,
             delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
             linger_ms=settings.kafka_linger_ms,
@@ -202,10 +201,10 @@ async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
 
 def build_events(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> EventPipeline:
     relay = build_relay(settings, pool, listen_dsn)
-    assert settings.kafka_broker is not None
+    broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
         consumer_config(
-            settings.kafka_broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id
+            broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id
         ),
         topics.CUSTOMER_CREATED,
         relay.codec,
@@ -244,6 +243,8 @@ class App:
 
 
 async def build_app(settings: Settings) -> App:
+    if settings.kafka_broker:
+        settings.kafka()  # refuse an incomplete event configuration before starting anything
     target = await database_target(settings)
     if settings.migrate_on_start:
         applied = await run_migrations(target.owner_dsn)

@@ -44,6 +44,7 @@ async def _serve(settings: Settings) -> None:
 
 async def _relay(settings: Settings) -> None:
     """The outbox relay alone (no gRPC, no consumer), e.g. as its own deployment."""
+    settings.kafka()
     target = await database_target(settings)
     pool = await create_pool(
         target.app_dsn,

@@ -71,13 +71,19 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("CAMPAIGN_DB_POOL_MIN must not exceed CAMPAIGN_DB_POOL_MAX")
-        if self.kafka_broker and not self.schema_registry_url:
-            raise ValueError("CAMPAIGN_SCHEMA_REGISTRY_URL is required when KAFKA_BROKER is set (events are Avro)")
         return self
 
     @property
     def embedded_db(self) -> bool:
         return self.db_host is None and self.db_dsn is None
+
+    def kafka(self) -> tuple[str, str]:
+        """(broker, schema registry URL) for the commands that use Kafka."""
+        if not self.kafka_broker:
+            raise ConfigError("KAFKA_BROKER is required for this command")
+        if not self.schema_registry_url:
+            raise ConfigError("CAMPAIGN_SCHEMA_REGISTRY_URL is required when KAFKA_BROKER is set (events are Avro)")
+        return self.kafka_broker, self.schema_registry_url
 
     def app_dsn(self) -> str:
         if self.db_dsn is not None:

@@ -29,11 +29,19 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def without_service_settings() -> dict[str, str]:
+    """The test environment minus what configures the service (scripts/test exports KAFKA_BROKER)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
+    }
+
+
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     return subprocess.run(
         [sys.executable, "-m", "campaign_service", *args],
-        env={**clean, **env},
+        env={**without_service_settings(), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,7 +159,7 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
         "CAMPAIGN_GRPC_PORT": str(grpc_port),
         "CAMPAIGN_HTTP_PORT": str(http_port),
     }
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    clean = without_service_settings()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "campaign_service", "serve"], env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT

@@ -153,3 +153,26 @@ async def test_cli_lists_the_outbox(own_db: OwnDatabase, avro_codec: AvroWireCod
     [published] = listing("--limit", "5")
     assert published["event_id"] == pending["event_id"]
     assert published["published_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "variable"),
+    [
+        ("relay", {}, "KAFKA_BROKER"),
+        ("relay", {"KAFKA_BROKER": "127.0.0.1:9"}, "CAMPAIGN_SCHEMA_REGISTRY_URL"),
+        ("serve", {"KAFKA_BROKER": "127.0.0.1:9"}, "CAMPAIGN_SCHEMA_REGISTRY_URL"),
+    ],
+)
+def test_incomplete_event_configuration_is_one_clear_line(
+    database: Any, tmp_path: Path, command: str, env: dict[str, str], variable: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "campaign_service", command],
+        env=service_env(database, tmp_path, env),
+        capture_output=True,
+        timeout=60,
+    )
+    [line] = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2
+    assert line.startswith("configuration error:")
+    assert variable in line

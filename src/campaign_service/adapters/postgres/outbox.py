@@ -94,7 +94,7 @@ class PgOutbox:
             await conn.execute("SELECT set_config('idle_in_transaction_session_timeout', $1, true)", self._hold_ms)
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM outbox_events WHERE published_at IS NULL"
-                " ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+                " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
                 limit,
             )
             yield PgClaim(conn, [_message(r) for r in rows])
@@ -133,7 +133,7 @@ class PgOutbox:
         async with self._as_relay() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS}, created_at, published_at, attempts, last_error FROM outbox_events"
-                f" {where} ORDER BY created_at DESC LIMIT $1",
+                f" {where} ORDER BY seq DESC LIMIT $1",
                 limit,
             )
         return [
