@@ -211,6 +211,7 @@ def build_events(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_
         relay.producer,
         topics.CUSTOMER_CREATED_DLQ,
         batch_size=settings.consumer_batch_size,
+        concurrency=settings.consumer_concurrency,
         retry=Backoff(0.2, 5.0),
     )
     processed, client = processed_fast_path(settings)

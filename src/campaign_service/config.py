@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     kafka_delivery_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
     kafka_linger_ms: int = Field(5, ge=0, le=1000)
     consumer_batch_size: int = Field(200, ge=1, le=10_000)
+    # Events handled at once (different keys); each holds a database connection while it runs.
+    consumer_concurrency: int = Field(8, ge=1, le=100)
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)

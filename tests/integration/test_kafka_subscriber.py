@@ -43,10 +43,10 @@ async def dlq_producer() -> AsyncIterator[KafkaProducer]:
     await producer.close()
 
 
-async def produce(topic: str, values: list[bytes]) -> None:
+async def produce(topic: str, values: list[bytes], keys: list[bytes] | None = None) -> None:
     producer = Producer({"bootstrap.servers": required_env("KAFKA_BROKER")})
-    for value in values:
-        producer.produce(topic, value, b"same-key")
+    for value, key in zip(values, keys or [b"same-key"] * len(values), strict=True):
+        producer.produce(topic, value, key)
     assert await asyncio.to_thread(producer.flush, 15) == 0
 
 
@@ -101,6 +101,40 @@ async def test_failed_handling_is_retried_in_order_and_offsets_follow_the_handle
     await run_until(subscriber, flaky, lambda: ids[2] in calls)
     assert calls == [ids[0], ids[1], ids[1], ids[1], ids[2]]
     assert await asyncio.to_thread(committed, group, source) == 3
+
+
+async def test_a_failing_key_holds_back_only_itself_and_the_commit(
+    own_topics: tuple[str, str], avro_codec: AvroWireCodec, dlq_producer: KafkaProducer
+) -> None:
+    source, dlq = own_topics
+    ids = [uuid.uuid4() for _ in range(4)]  # keys a, b, a, b
+    values = [
+        await avro_codec.encode(
+            topics.CUSTOMER_CREATED,
+            {"event_id": str(i), "customer_id": str(uuid.uuid4()), "merchant_id": str(uuid.uuid4())},
+        )
+        for i in ids
+    ]
+    await produce(source, values, [b"a", b"b", b"a", b"b"])
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    config = consumer_config(required_env("KAFKA_BROKER"), group_id=group, client_id="test")
+    subscriber = KafkaEventSubscriber(config, source, avro_codec, dlq_producer, dlq, retry=Backoff(0.3, 0.3))
+    succeeded: list[uuid.UUID] = []
+    first_a_attempts = 0
+
+    async def fail_a_once(event: InboundEvent) -> None:
+        nonlocal first_a_attempts
+        if event.payload["event_id"] == ids[0]:
+            first_a_attempts += 1
+            if first_a_attempts == 1:
+                raise ConnectionError("database unreachable")
+        succeeded.append(event.payload["event_id"])
+
+    await run_until(subscriber, fail_a_once, lambda: ids[2] in succeeded)
+    a_order = [i for i in succeeded if i in (ids[0], ids[2])]
+    assert a_order == [ids[0], ids[2]], "key a stays in order across the retry"
+    assert succeeded.index(ids[1]) < succeeded.index(ids[0]), "key b did not wait for key a's retry"
+    assert await asyncio.to_thread(committed, group, source) == 4
 
 
 async def test_rejected_event_is_dead_lettered_with_its_reason_and_passed(

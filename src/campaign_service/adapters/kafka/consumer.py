@@ -1,10 +1,12 @@
 """EventSubscriber on Kafka: a consumer group member with manual offset commits and a dead-letter topic.
 
-Messages of one partition are handled in order, partitions concurrently. Offsets are committed
-only after the handler returned (its database transaction committed) or the message was
+Messages with the same key are handled in order; different keys (and partitions) concurrently,
+at most `concurrency` at a time. Offsets are committed only up to the first message not yet
+handled: after the handler returned (its database transaction committed) or the message was
 dead-lettered and the dead letter acknowledged by the broker. A handler failure other than
-Rejected stops that partition at the failing message: its offset is not committed, the
-partition is rewound to it and retried after a bounded backoff (counted in campaign_retries_total).
+Rejected stops its key at the failing message; the partition is rewound to the earliest such
+message and retried after a bounded backoff (counted in campaign_retries_total). Messages after
+it that did succeed come again, and the handler's deduplication absorbs them.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class KafkaEventSubscriber:
         dead_letter_topic: str,
         *,
         batch_size: int = 200,
+        concurrency: int = 8,
         retry: Backoff | None = None,
         dead_letter_timeout_s: float = 15.0,
     ) -> None:
@@ -79,6 +82,7 @@ class KafkaEventSubscriber:
         self._dlq = dead_letters
         self._dlq_topic = dead_letter_topic
         self._batch = batch_size
+        self._slots = asyncio.Semaphore(concurrency)
         self._retry = retry or Backoff(0.2, 5.0)
         self._dlq_timeout = dead_letter_timeout_s
         # Every call into the (blocking) consumer happens on this one thread, in order.
@@ -93,7 +97,7 @@ class KafkaEventSubscriber:
         log.info("consuming", topic=self._topic, group=self._config["group.id"])
         try:
             while not stop.is_set():
-                messages = await self._call(consumer.consume, self._batch, 0.25)
+                messages = await self._call(_fetch, consumer, self._batch, 0.25)
                 if messages:
                     await self._process(consumer, handler, messages, stop)
         finally:
@@ -151,12 +155,23 @@ class KafkaEventSubscriber:
                 log.warning("rewind failed; the message comes again after a rebalance", error=str(exc))
 
     async def _partition(self, handler: EventHandler, messages: list[Message]) -> tuple[int | None, int | None]:
-        """(offset to commit, offset to rewind to): handles in order, stops at the first failure."""
-        done: int | None = None
+        """(offset to commit, offset to rewind to) after handling one partition's messages."""
+        by_key: dict[bytes | int, list[Message]] = {}
+        for i, m in enumerate(messages):
+            by_key.setdefault(m.key() or i, []).append(m)  # no key: no order to keep
+        failures = await asyncio.gather(*(self._in_order(handler, ms) for ms in by_key.values()))
+        failed = min((f for f in failures if f is not None), default=None)
+        if failed is not None:
+            return (failed if failed > (messages[0].offset() or 0) else None), failed
+        return (messages[-1].offset() or 0) + 1, None
+
+    async def _in_order(self, handler: EventHandler, messages: list[Message]) -> int | None:
+        """Handles messages of one key in order; the offset of the first that failed, if any."""
         for m in messages:
             offset = m.offset() or 0
             try:
-                await self._one(handler, m)
+                async with self._slots:
+                    await self._one(handler, m)
             except Exception as exc:  # anything but Rejected is retried, never skipped
                 metrics.RETRIES.labels("consumer").inc()
                 log.warning(
@@ -166,9 +181,8 @@ class KafkaEventSubscriber:
                     offset=offset,
                     error=f"{type(exc).__name__}: {exc}"[:300],
                 )
-                return done, offset
-            done = offset + 1
-        return done, None
+                return offset
+        return None
 
     async def _one(self, handler: EventHandler, m: Message) -> None:
         topic = _text(m.topic())
@@ -201,6 +215,16 @@ class KafkaEventSubscriber:
         await asyncio.wait_for(delivered, self._dlq_timeout)
         metrics.ASSIGNMENT_FAILURES.labels(topic, reason).inc()
         log.warning("dead-lettered", topic=topic, partition=m.partition(), offset=m.offset(), reason=reason)
+
+
+def _fetch(consumer: Consumer, batch: int, timeout_s: float) -> list[Message]:
+    """Waits up to `timeout_s` for one message, then takes what else is already fetched.
+
+    consume(n, timeout) alone would wait for n messages or the whole timeout: latency at low rates."""
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(batch - 1, 0)] if batch > 1 else [first]
 
 
 def _header_items(m: Message) -> list[tuple[str, str | bytes | None]]:
