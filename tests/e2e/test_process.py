@@ -178,3 +178,8 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
         assert http_get(http_port, "/ready")[0] == 200
     finally:
         assert svc.stop() == 0
+    # No Kafka configured: the event waits in the outbox, and the CLI shows it.
+    listed = cli("outbox", "list", "--pending", env={"CAMPAIGN_DATA_DIR": str(data)})
+    assert listed.returncode == 0, listed.stderr
+    pending = [json.loads(line) for line in listed.stdout.splitlines() if '"payload"' in line]
+    assert [(e["topic"], e["key"]) for e in pending] == [("vip_tier.updated", f"{merchant}:gold")]
