@@ -1,11 +1,17 @@
-"""Bounded exponential backoff with jitter, and sleeps that end early when asked to stop."""
+"""Bounded exponential backoff with jitter, sleeps that end early when asked to stop, restarts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from campaign_service import metrics
+
+log = structlog.get_logger(__name__)
 
 
 class Backoff:
@@ -39,3 +45,16 @@ async def first_of(*waits: Awaitable[object], within: float | None = None) -> No
     finally:
         for t in tasks:
             t.cancel()
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Runs `run()` until `stop` is set, restarting it (with backoff, counted) if it crashes."""
+    backoff = Backoff(1.0, 30.0)
+    while not stop.is_set():
+        try:
+            await run()
+            return
+        except Exception:  # a background loop must come back, not die silently
+            log.exception("background task crashed; restarting", task=name)
+            metrics.RETRIES.labels(name).inc()
+            await sleep_unless(stop, backoff.next())

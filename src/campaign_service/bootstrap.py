@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ from campaign_service.adapters.schema_registry import RegistryRejected, Registry
 from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
-from campaign_service.backoff import Backoff
+from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.relay import OutboxRelay, RelaySettings
@@ -169,9 +170,11 @@ class EventPipeline:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
+        consume = functools.partial(self.subscriber.run, self.handler, self._stop_consumer)
+        relay = functools.partial(self.relay.run, self._stop_relay)
         self._tasks = [
-            asyncio.create_task(self.subscriber.run(self.handler, self._stop_consumer), name="consumer"),
-            asyncio.create_task(self.relay.run(self._stop_relay), name="relay"),
+            asyncio.create_task(supervise("consumer", consume, self._stop_consumer), name="consumer"),
+            asyncio.create_task(supervise("relay", relay, self._stop_relay), name="relay"),
         ]
 
     async def stop(self, timeout_s: float = 20.0) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
-from campaign_service import topics
+from campaign_service import metrics, topics
 from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
 from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
 from campaign_service.adapters.kafka.wire import AvroWireCodec
@@ -176,3 +177,22 @@ def test_incomplete_event_configuration_is_one_clear_line(
     assert done.returncode == 2
     assert line.startswith("configuration error:")
     assert variable in line
+
+
+async def test_producer_is_rebuilt_after_a_fatal_error_and_keeps_delivering(
+    own_db: OwnDatabase, avro_codec: AvroWireCodec
+) -> None:
+    await merchant_with_changes(own_db)
+    producer = KafkaProducer(
+        producer_config(required_env("KAFKA_BROKER"), client_id="relay-test", delivery_timeout_ms=10_000, linger_ms=1)
+    )
+    relay = OutboxRelay(PgOutbox(own_db.pool), KafkaEventPublisher(producer, avro_codec, delivery_timeout_s=10))
+    before = metrics.PRODUCER_REBUILDS._value.get()
+    try:
+        # What librdkafka's error callback receives when the idempotent producer cannot go on.
+        producer._on_error(KafkaError(KafkaError._FATAL, "simulated fatal error", fatal=True))
+        result = await relay.publish_batch()
+    finally:
+        await producer.close()
+    assert (result.claimed, result.published) == (1, 1)
+    assert metrics.PRODUCER_REBUILDS._value.get() == before + 1

@@ -8,6 +8,7 @@ rebuilt: what was queued on the dead one fails and its caller retries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -60,7 +61,10 @@ class KafkaProducer:
 
     def _poll_forever(self) -> None:
         while not self._closing:
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except Exception:  # a failing callback must not end delivery reports for everyone else
+                log.exception("kafka producer callback failed")
 
     def _on_error(self, err: KafkaError) -> None:
         # Connection failures are already in librdkafka's own log lines; say only what changes state.
@@ -102,7 +106,7 @@ class KafkaProducer:
                 self._broker_down = False
             elif err.fatal():
                 self._fatal = err.str()
-            if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 loop.call_soon_threadsafe(settle, err)
 
         deadline = loop.time() + _QUEUE_FULL_WAIT_S
