@@ -52,7 +52,8 @@ class TierCounts(Collector):
     CAMPAIGN_TIER_COUNTS_TOP_N, default 50), whatever the number of merchants; the rest are summed
     into merchant_id="other", so `sum(max by (merchant_id) (vip_tiers_total))` is still the exact
     total. Values come from one aggregate query per refresh interval (adapters/postgres/tier_counts),
-    not from per-request labels. Exposed as `untyped` because the plan's name ends in `_total`,
+    not from per-request labels: ~0.35 s at 100k merchants / 350k tiers (bench/tier_counts.py),
+    once a minute per instance by default. Exposed as `untyped` because the plan's name ends in `_total`,
     which Prometheus reserves for counters on gauges (`promtool check metrics` refuses that).
     Every replica exports the same values: dashboards take `max by (merchant_id)`.
     """
