@@ -162,12 +162,10 @@ async def build_app(settings: Settings) -> App:
             return f"unreachable ({type(exc).__name__})"
 
     app_ref: list[App] = []
-
-    async def lifecycle() -> str | None:
-        return "shutting down" if app_ref and app_ref[0].draining else None
-
-    checks = [Check("lifecycle", lifecycle), Check("postgres", db_check)]
-    runner = web.AppRunner(build_http_app(checks), access_log=None, shutdown_timeout=2.0)
+    http_app = build_http_app(
+        [Check("postgres", db_check)], draining=lambda: bool(app_ref) and app_ref[0].draining
+    )
+    runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
     await site.start()

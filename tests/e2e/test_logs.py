@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -29,6 +30,18 @@ def log_lines(service: ServiceProcess) -> list[dict[str, Any]]:
     return parsed
 
 
+async def lines_of(service: ServiceProcess, correlation_id: str, count: int) -> list[dict[str, Any]]:
+    """The lines of one request, waiting (5 s at most) for `count` of them: an aborted RPC's status
+    reaches the client before the server's interceptors have logged it."""
+    lines: list[dict[str, Any]] = []
+    for _ in range(100):
+        lines = [line for line in log_lines(service) if line["correlation_id"] == correlation_id]
+        if len(lines) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return lines
+
+
 async def test_update_logs_merchant_tier_event_type_and_the_callers_ids(
     service: ServiceProcess, stub: Any, new_merchant: Any
 ) -> None:
@@ -50,7 +63,7 @@ async def test_update_logs_merchant_tier_event_type_and_the_callers_ids(
     await call
     assert ("x-correlation-id", cid) in tuple(await call.initial_metadata())
 
-    mine = [line for line in log_lines(service) if line["correlation_id"] == cid]
+    mine = await lines_of(service, cid, 2)
     committed = [line for line in mine if line["message"] == "tier change committed"]
     assert len(committed) == 1
     line = committed[0]
@@ -78,7 +91,7 @@ async def test_failed_lookup_is_logged_with_a_generated_correlation_id(
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         echoed = dict(await call.initial_metadata())["x-correlation-id"]
     assert uuid.UUID(echoed)
-    lines = [line for line in log_lines(service) if line["correlation_id"] == echoed]
+    lines = await lines_of(service, echoed, 1)
     assert [(x["message"], x["grpc_code"], x["merchant_id"], x["tier_id"]) for x in lines] == [
         ("rpc handled", "NOT_FOUND", merchant, "nope")
     ]
