@@ -56,6 +56,22 @@ async def _wait_blocked(su: asyncpg.Connection[Any]) -> None:
     raise AssertionError("lookups never reached the database")
 
 
+async def start_blocked_lookups(
+    database: Database, lock: asyncpg.Connection[Any], stub: Any, merchant: str
+) -> tuple[Any, list[asyncio.Future[Any]]]:
+    """Locks vip_tiers (in a transaction it returns) and starts CALLS lookups that block on the
+    lock, so they are surely in flight when SIGTERM arrives."""
+    tx = lock.transaction()
+    await tx.start()
+    await lock.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
+    calls = [
+        asyncio.ensure_future(stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=merchant, tier_id="gold")))
+        for _ in range(CALLS)
+    ]
+    await blocked_lookups(database)
+    return tx, calls
+
+
 async def ready_status(service: ServiceProcess) -> int:
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{service.http_port}/ready") as r:
         return r.status
@@ -78,15 +94,7 @@ async def test_in_flight_rpcs_complete_during_sigterm(database: Database, tier: 
         async with grpc.aio.insecure_channel(service.target) as channel:
             stub = campaign_grpc.CampaignServiceStub(channel)
             await stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=tier, tier_id="gold"))  # channel connected
-            tx = lock.transaction()
-            await tx.start()
-            # Lookups block on this lock, so they are surely in flight when SIGTERM arrives.
-            await lock.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
-            calls = [
-                asyncio.ensure_future(stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=tier, tier_id="gold")))
-                for _ in range(CALLS)
-            ]
-            await blocked_lookups(database)
+            tx, calls = await start_blocked_lookups(database, lock, stub, tier)
             await asyncio.sleep(0.3)  # the calls beyond the pool size reach the server too
             service.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
@@ -144,14 +152,7 @@ async def test_rpcs_stuck_past_the_grace_period_do_not_hold_the_exit(
     try:
         async with grpc.aio.insecure_channel(service.target) as channel:
             stub = campaign_grpc.CampaignServiceStub(channel)
-            tx = lock.transaction()
-            await tx.start()
-            await lock.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
-            calls = [
-                asyncio.ensure_future(stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=tier, tier_id="gold")))
-                for _ in range(CALLS)
-            ]
-            await blocked_lookups(database)
+            tx, calls = await start_blocked_lookups(database, lock, stub, tier)
             service.proc.send_signal(signal.SIGTERM)
             code, took = await wait_for_exit(service, 15)  # the lock is still held
             await tx.rollback()

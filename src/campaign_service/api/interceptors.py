@@ -97,24 +97,36 @@ class MetricsInterceptor(_ServiceInterceptor):
         seconds = metrics.GRPC_HANDLING_SECONDS.labels(method)
         lookup = method in LOOKUP_METHODS
 
+        def record(code: grpc.StatusCode, elapsed: float) -> None:
+            handled[code].inc()
+            seconds.observe(elapsed)
+            if lookup:
+                metrics.LOOKUP_LATENCY.labels(method, context.cache_result.get()).observe(elapsed)
+                if code is not grpc.StatusCode.OK:
+                    metrics.LOOKUP_ERRORS.labels(code.name).inc()
+
         async def observed(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                return await behavior(request, ctx)
-            except BaseException:
-                code = _failed_code(ctx)
-                raise
-            finally:
-                elapsed = time.perf_counter() - start
-                handled[code].inc()
-                seconds.observe(elapsed)
-                if lookup:
-                    metrics.LOOKUP_LATENCY.labels(method, context.cache_result.get()).observe(elapsed)
-                    if code is not grpc.StatusCode.OK:
-                        metrics.LOOKUP_ERRORS.labels(code.name).inc()
+            return await _timed(behavior, request, ctx, record)
 
         return observed
+
+
+async def _timed(
+    behavior: Behavior,
+    request: Any,
+    ctx: grpc.aio.ServicerContext[Any, Any],
+    done: Callable[[grpc.StatusCode, float], None],
+) -> Any:
+    """Runs the RPC and reports its status code and duration to `done`, however it ends."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        return await behavior(request, ctx)
+    except BaseException:
+        code = _failed_code(ctx)
+        raise
+    finally:
+        done(code, time.perf_counter() - start)
 
 
 def _failed_code(ctx: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
@@ -144,6 +156,12 @@ class CorrelationInterceptor(_ServiceInterceptor):
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         lookup = method in LOOKUP_METHODS
 
+        def log_request(code: grpc.StatusCode, elapsed: float) -> None:
+            level = logging.DEBUG if lookup else logging.INFO
+            if code is not grpc.StatusCode.OK:
+                level = logging.INFO if code in _CALLER_CODES else logging.WARNING
+            access_log.log(level, "rpc handled", grpc_code=code.name, duration_ms=round(elapsed * 1000, 3))
+
         async def correlated(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             value = _metadata(ctx, "x-correlation-id")
             if not (value and _CORRELATION_ID.match(value)):
@@ -153,23 +171,7 @@ class CorrelationInterceptor(_ServiceInterceptor):
             context.cache_result.set("none")
             await ctx.send_initial_metadata((("x-correlation-id", value),))
             with structlog.contextvars.bound_contextvars(grpc_method=method, **_request_ids(request)):
-                start = time.perf_counter()
-                code = grpc.StatusCode.OK
-                try:
-                    return await behavior(request, ctx)
-                except BaseException:
-                    code = _failed_code(ctx)
-                    raise
-                finally:
-                    level = logging.DEBUG if lookup else logging.INFO
-                    if code is not grpc.StatusCode.OK:
-                        level = logging.INFO if code in _CALLER_CODES else logging.WARNING
-                    access_log.log(
-                        level,
-                        "rpc handled",
-                        grpc_code=code.name,
-                        duration_ms=round((time.perf_counter() - start) * 1000, 3),
-                    )
+                return await _timed(behavior, request, ctx, log_request)
 
         return correlated
 
