@@ -142,7 +142,7 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
-    tiers = TierService(PgUnitOfWork(pool))
+    tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s))
     server, health_servicer = build_grpc_server(
         CampaignServicer(tiers), max_message_bytes=settings.grpc_max_message_bytes
     )

@@ -26,6 +26,7 @@ from campaign_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     VersionConflict,
 )
 
@@ -182,6 +183,7 @@ _CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (VersionConflict, grpc.StatusCode.ABORTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
