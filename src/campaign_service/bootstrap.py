@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
 from campaign_service.api.http import Check, build_http_app
@@ -82,6 +83,10 @@ async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         )
 
 
+StopHook = Callable[[], Awaitable[None]]
+_HOOK_TIMEOUT_S = 5.0
+
+
 @dataclass
 class Relay:
     """The outbox relay with what it owns: Kafka producer, schema registry client, LISTEN connection."""
@@ -97,8 +102,8 @@ class Relay:
             tasks.create_task(self.listener.run(self.relay.wake, stop))
             tasks.create_task(self.relay.run(stop))
 
-    async def close(self) -> None:
-        await self.producer.close()  # flush: nothing enqueued is dropped on a clean stop
+    async def close(self, flush_s: float = 10.0) -> None:
+        await self.producer.close(flush_s)  # flush: nothing enqueued is dropped on a clean stop
         await self.registry.close()
 
     async def kafka_check(self) -> str | None:
@@ -177,15 +182,20 @@ class EventPipeline:
             asyncio.create_task(supervise("relay", relay, self._stop_relay), name="relay"),
         ]
 
-    async def stop(self, timeout_s: float = 20.0) -> None:
-        # Consumer first (it commits its offsets), then one last relay pass for the rows it just
-        # wrote, then the producer flush.
+    # Drain hooks, in this order, each well inside the App's per-hook bound.
+    async def stop_consumer(self) -> None:
+        """Finishes the batch in hand and commits its offsets, then leaves the group."""
         self._stop_consumer.set()
-        await _bounded(self._tasks[:1], timeout_s)
+        await _bounded(self._tasks[:1], 3.0)
+
+    async def stop_relay(self) -> None:
+        """Stops the relay loop, then one last pass for the rows the consumer just wrote."""
         self._stop_relay.set()
-        await _bounded(self._tasks[1:], timeout_s)
-        await self.relay.relay.drain(timeout_s=5.0)
-        await self.relay.close()
+        await _bounded(self._tasks[1:], 1.5)
+        await self.relay.relay.drain(timeout_s=1.5)
+
+    async def close(self) -> None:
+        await self.relay.close(flush_s=2.0)
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -231,19 +241,49 @@ class App:
     http_runner: web.AppRunner
     grpc_port: int = 0
     http_port: int = 0
-    events: EventPipeline | None = None
-    _closers: list[Any] = field(default_factory=list)
+    draining: bool = False
+    # Run in order after in-flight RPCs have finished and before the pools close: the place for
+    # the outbox relay's final flush and the consumer's last offset commit (each bounded).
+    drain_hooks: list[StopHook] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closers: list[StopHook] = field(default_factory=list)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    @property
+    def stop_bound_s(self) -> float:
+        """The longest `stop` may take: delay + RPC grace + bounded hooks and closes."""
+        return self.settings.shutdown_delay_s + self.settings.shutdown_grace_s + 10.0
+
+    async def stop(self) -> None:
+        """SIGTERM path: not ready -> (delay) -> refuse new RPCs, drain in-flight -> hooks -> close."""
+        s = self.settings
+        self.draining = True
         await set_serving(self.health, False)
-        await self.grpc_server.stop(grace_s)
-        if self.events is not None:
-            await self.events.stop()
+        log.info("shutting down", delay_s=s.shutdown_delay_s, grace_s=s.shutdown_grace_s)
+        if s.shutdown_delay_s:
+            await asyncio.sleep(s.shutdown_delay_s)
+        # New RPCs get UNAVAILABLE from here; in-flight ones have `grace` seconds, then are cancelled.
+        await self.grpc_server.stop(s.shutdown_grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self.drain_hooks:
+            await _run_bounded("drain hook", hook)
         await self.http_runner.cleanup()
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), _HOOK_TIMEOUT_S)
+        except TimeoutError:
+            self.pool.terminate()
         for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
+            await _run_bounded("closer", close)
+        log.info("stopped")
+
+
+async def _run_bounded(what: str, step: StopHook) -> None:
+    """One shutdown step; its failure is logged and does not keep the others from running."""
+    try:
+        await asyncio.wait_for(step(), _HOOK_TIMEOUT_S)
+    except Exception:  # shutdown must go on; the failure is logged with its trace
+        log.exception("shutdown step failed", step=what)
 
 
 async def build_app(settings: Settings) -> App:
@@ -262,7 +302,7 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
-    tiers = TierService(PgUnitOfWork(pool))
+    tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s))
     server, health_servicer = build_grpc_server(
         CampaignServicer(tiers), max_message_bytes=settings.grpc_max_message_bytes
     )
@@ -289,16 +329,26 @@ async def build_app(settings: Settings) -> App:
         checks.append(Check("kafka", events.relay.kafka_check, critical=False))
     else:
         log.info("KAFKA_BROKER is not set: events stay in the outbox (see `campaign-service outbox list`)")
-    runner = web.AppRunner(build_http_app(checks), access_log=None)
+    app_ref: list[App] = []
+    http_app = build_http_app(checks, draining=lambda: bool(app_ref) and app_ref[0].draining)
+    runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
     await site.start()
     http_port = runner.addresses[0][1] if runner.addresses else settings.http_port
     await server.start()
     await set_serving(health_servicer, True)
-    app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port, events)
+    app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port)
+    app_ref.append(app)
+    app._tasks.append(
+        asyncio.create_task(
+            refresh_tier_counts(pool, settings.tier_counts_top_n, settings.tier_counts_interval_s),
+            name="tier-counts",
+        )
+    )
     if events is not None:
         events.start()
+        app.drain_hooks += [events.stop_consumer, events.stop_relay, events.close]
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
     log.info("serving", grpc_port=grpc_port, http_port=http_port, embedded_db=settings.embedded_db)

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import structlog
 import uvloop
 
 from campaign_service import logs
@@ -27,6 +28,7 @@ from campaign_service.bootstrap import (
 )
 from campaign_service.config import ConfigError, Settings, load_settings
 
+log = structlog.get_logger(__name__)
 
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
@@ -36,10 +38,15 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings) -> int:
     app = await build_app(settings)
     await _stop_on_signals().wait()
-    await app.stop()
+    try:
+        await asyncio.wait_for(app.stop(), app.stop_bound_s)
+    except TimeoutError:
+        log.error("shutdown exceeded its bound; exiting anyway", bound_s=app.stop_bound_s)
+        return 1
+    return 0
 
 
 async def _relay(settings: Settings) -> None:
@@ -147,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(args: argparse.Namespace, settings: Settings) -> Callable[[], Coroutine[Any, Any, None]]:
+def _command(args: argparse.Namespace, settings: Settings) -> Callable[[], Coroutine[Any, Any, int | None]]:
     if args.command == "serve":
         return lambda: _serve(settings)
     if args.command == "migrate":
@@ -168,11 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level)
     try:
-        uvloop.run(_command(args, settings)())
+        return uvloop.run(_command(args, settings)()) or 0
     except (ConfigError, UnsafeDatabaseRole) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"error: cannot use the database: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return 0

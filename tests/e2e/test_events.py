@@ -189,7 +189,8 @@ async def test_metrics_count_assignments_dead_letters_and_the_outbox(
         line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")
     }
     assert values["vip_tier_assignment_events_total"] >= 1
-    assert values['vip_tier_assignment_failures_total{event_type="customer.created",reason="undecodable"}'] >= 1
+    assert values['vip_tier_assignment_failures_total{event_type="customer.created",reason="dead_letter"}'] >= 1
+    assert values['campaign_events_dead_lettered_total{event_type="customer.created",reason="undecodable"}'] >= 1
     assert values['campaign_outbox_published_total{topic="vip_tier.assigned"}'] >= 1
     assert "campaign_outbox_backlog" in values
     assert "campaign_outbox_oldest_age_seconds" in values

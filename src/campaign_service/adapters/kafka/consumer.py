@@ -174,6 +174,7 @@ class KafkaEventSubscriber:
                     await self._one(handler, m)
             except Exception as exc:  # anything but Rejected is retried, never skipped
                 metrics.RETRIES.labels("consumer").inc()
+                metrics.ASSIGNMENT_FAILURES.labels(_text(m.topic()), "transient").inc()
                 log.warning(
                     "event handling failed; will retry",
                     topic=m.topic(),
@@ -213,7 +214,8 @@ class KafkaEventSubscriber:
             self._dlq_topic, m.value(), key=m.key(), headers=[(k, _text(v).encode()) for k, v in headers]
         )
         await asyncio.wait_for(delivered, self._dlq_timeout)
-        metrics.ASSIGNMENT_FAILURES.labels(topic, reason).inc()
+        metrics.ASSIGNMENT_FAILURES.labels(topic, "dead_letter").inc()
+        metrics.DEAD_LETTERED.labels(topic, reason).inc()
         log.warning("dead-lettered", topic=topic, partition=m.partition(), offset=m.offset(), reason=reason)
 
 
