@@ -28,6 +28,7 @@ from campaign_service.events.ports import OutboxStats
 log = structlog.get_logger(__name__)
 
 CHANNEL = "outbox_events"
+_RELAY_LOCK = 0x43414D51  # advisory lock key held by the publishing relay
 _COLUMNS = "event_id, merchant_id, topic, key, payload, headers"
 
 
@@ -91,6 +92,11 @@ class PgOutbox:
     async def claim(self, limit: int) -> AsyncIterator[PgClaim]:
         """The oldest unpublished rows not claimed by another relay, locked until the block ends."""
         async with self._as_relay() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+                # Another relay (another replica) is publishing. One at a time keeps the events
+                # of each key in order; SKIP LOCKED alone would let two relays interleave them.
+                yield PgClaim(conn, [])
+                return
             await conn.execute("SELECT set_config('idle_in_transaction_session_timeout', $1, true)", self._hold_ms)
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM outbox_events WHERE published_at IS NULL"
