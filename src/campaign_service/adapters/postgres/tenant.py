@@ -278,3 +278,9 @@ class PgUnitOfWork:
         except _UNAVAILABLE as exc:
             # statement timeout, lost connection, pool exhausted: retryable, not a server bug
             raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+        except asyncpg.InterfaceError as exc:
+            # The connection died inside the transaction: its exit then fails with "connection is
+            # closed" on top of the lost-connection error. Other interface errors are our bugs.
+            if isinstance(exc.__context__, _UNAVAILABLE):
+                raise Unavailable(f"database unavailable ({type(exc.__context__).__name__})") from exc
+            raise

@@ -1,0 +1,46 @@
+"""A database connection lost in the middle of a transaction (PostgreSQL killed or restarted, the
+backend terminated) is Unavailable - retryable - for the caller, never an internal error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.domain.errors import Unavailable
+from tests.conftest import OwnDatabase
+
+
+async def test_connection_lost_during_a_statement_is_unavailable(own_db: OwnDatabase) -> None:
+    merchant = await own_db.merchant()
+    uow = PgUnitOfWork(own_db.pool)
+
+    async def lookup() -> object:
+        async with uow(merchant, readonly=True) as tx:
+            return await tx.get_tier("gold")
+
+    # The lookup waits on a lock, so its statement is surely running when its backend goes.
+    blocker = await asyncpg.connect(own_db.db.superuser_dsn, database=own_db.db.name)
+    try:
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
+            running = asyncio.create_task(lookup())
+            for _ in range(100):
+                waiting = await own_db.su.fetchval(
+                    "SELECT pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                    " WHERE a.datname = $1 AND a.usename = 'campaign_app' AND NOT l.granted",
+                    own_db.db.name,
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting, "the lookup never waited on the lock"
+            await own_db.su.execute("SELECT pg_terminate_backend($1)", waiting)
+            with pytest.raises(Unavailable):
+                await running
+    finally:
+        await blocker.close()
+    async with uow(merchant, readonly=True) as tx:  # the pool replaces the lost connection
+        assert await tx.get_tier("gold") is None
