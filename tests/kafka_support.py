@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
+from tests.dependencies import dependency_sh
 
-REPO = Path(__file__).resolve().parent.parent
+# librdkafka's lines (e.g. "Connection refused" while a chaos test has the broker down) go to
+# pytest's captured logs, not raw to stderr.
+_LIBRDKAFKA_LOG = logging.getLogger("tests.librdkafka")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Received:
     headers: dict[str, str]
     value: bytes | None
     payload: dict[str, Any] | None  # None when the value is not decodable
+    at: float = 0.0  # time.monotonic() when the reader got it
 
     @property
     def event_id(self) -> str | None:
@@ -46,6 +49,7 @@ class TopicReader:
                 "group.id": f"test-reader-{uuid.uuid4()}",
                 "enable.auto.commit": False,
                 "reconnect.backoff.max.ms": 1000,
+                "logger": _LIBRDKAFKA_LOG,
             }
         )
         partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -56,7 +60,8 @@ class TopicReader:
         self._consumer.assign(start)
         self.received: list[Received] = []
 
-    async def _poll(self) -> None:
+    async def poll(self) -> None:
+        """Reads what has arrived (waits up to 0.2 s for something)."""
         for m in await asyncio.to_thread(self._consumer.consume, 200, 0.2):
             if m.error() is not None:
                 continue
@@ -68,7 +73,13 @@ class TopicReader:
             key = m.key()
             self.received.append(
                 Received(
-                    m.topic() or "", m.partition() or 0, key.decode() if key else None, headers, m.value(), payload
+                    m.topic() or "",
+                    m.partition() or 0,
+                    key.decode() if key else None,
+                    headers,
+                    m.value(),
+                    payload,
+                    time.monotonic(),
                 )
             )
 
@@ -78,14 +89,14 @@ class TopicReader:
         while not done(self.received):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.topic}: condition not met in {within}s; got {self.received!r}"[:3000])
-            await self._poll()
+            await self.poll()
         return self.received
 
     async def settle(self, seconds: float) -> list[Received]:
         """Keeps reading for `seconds` more (to see duplicates that would come late)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            await self._poll()
+            await self.poll()
         return self.received
 
     def matching(self, **payload_fields: Any) -> list[Received]:
@@ -104,7 +115,13 @@ class CustomerEvents:
 
     def __init__(self, broker: str, codec: AvroWireCodec) -> None:
         self._producer = Producer(
-            {"bootstrap.servers": broker, "enable.idempotence": True, "acks": "all", "reconnect.backoff.max.ms": 1000}
+            {
+                "bootstrap.servers": broker,
+                "enable.idempotence": True,
+                "acks": "all",
+                "reconnect.backoff.max.ms": 1000,
+                "logger": _LIBRDKAFKA_LOG,
+            }
         )
         self._codec = codec
 
@@ -117,6 +134,24 @@ class CustomerEvents:
         key: str | None = None,
         correlation_id: str | None = None,
     ) -> uuid.UUID:
+        """Produces one customer.created and waits until the broker has it."""
+        event_id = await self.enqueue(
+            merchant_id, customer_id, event_id=event_id, key=key, correlation_id=correlation_id
+        )
+        await self.flush(15)
+        return event_id
+
+    async def enqueue(
+        self,
+        merchant_id: uuid.UUID,
+        customer_id: uuid.UUID | None = None,
+        *,
+        event_id: uuid.UUID | None = None,
+        key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> uuid.UUID:
+        """Produces one customer.created without waiting for the broker: while it is down the
+        producer keeps the message and retries (librdkafka's 5-minute message timeout)."""
         event_id = event_id or uuid.uuid4()
         payload = {
             "event_id": str(event_id),
@@ -126,26 +161,33 @@ class CustomerEvents:
             "correlation_id": None,
         }
         headers = [("correlation_id", correlation_id.encode())] if correlation_id else []
-        await self.raw(await self._codec.encode(topics.CUSTOMER_CREATED, payload), key=key or str(merchant_id),
-                       headers=headers)
+        value = await self._codec.encode(topics.CUSTOMER_CREATED, payload)
+        self._producer.produce(topics.CUSTOMER_CREATED, value, (key or str(merchant_id)).encode(), headers=headers)
+        self._producer.poll(0)
         return event_id
+
+    async def flush(self, timeout_s: float) -> None:
+        remaining = await asyncio.to_thread(self._producer.flush, timeout_s)
+        assert remaining == 0, "customer.created not acknowledged by the broker"
 
     async def raw(self, value: bytes | None, *, key: str, headers: list[tuple[str, bytes]] | None = None) -> None:
         self._producer.produce(topics.CUSTOMER_CREATED, value, key.encode(), headers=headers or [])
-        remaining = await asyncio.to_thread(self._producer.flush, 15)
-        assert remaining == 0, "customer.created not acknowledged by the broker"
+        await self.flush(15)
 
     def close(self) -> None:
         self._producer.flush(5)
 
 
+def drop_records(broker: str, topic: str) -> None:
+    """Deletes every record the topic has now: consumer groups made later (which start at the
+    earliest offset) then do not wade through a chaos test's thousands of foreign events."""
+    admin = AdminClient({"bootstrap.servers": broker, "logger": _LIBRDKAFKA_LOG})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+    done = admin.delete_records([TopicPartition(topic, p, OFFSET_END) for p in partitions], request_timeout=30)
+    for future in done.values():
+        future.result(timeout=30)
+
+
 def kafka_sh(function: str) -> None:
     """Runs a scripts/lib/kafka.sh function on the test broker (chaos: kafka_kill, kafka_start_again)."""
-    state = os.environ.get("CAMPAIGN_TEST_SERVICES_DIR")
-    assert state, "CAMPAIGN_TEST_SERVICES_DIR is not set: run through scripts/test"
-    done = subprocess.run(
-        ["bash", "-c", f'set -euo pipefail; source "$1/scripts/lib/kafka.sh"; {function} "$2/kafka"', "_", REPO, state],
-        capture_output=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"{function} failed: {done.stderr.decode(errors='replace')[:2500]}"
+    dependency_sh("kafka", function)

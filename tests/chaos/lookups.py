@@ -1,0 +1,158 @@
+"""Lookup traffic for chaos tests: GetVIPTier calls with a deadline, each recorded with its outcome,
+whether the answer was right, and when it started and ended; failure windows from the record."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from campaign_service.api.pb import campaign_grpc
+from campaign_service.api.pb import campaign_pb2 as pb
+
+# The client reconnects within a second after the service comes back (gRPC's default backoff
+# starts at 1 s and grows to 120 s, which would measure the client, not the service).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+def lookup_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+@dataclass(frozen=True)
+class ExpectedTier:
+    """What GetVIPTier must answer for (merchant_id, tier_id)."""
+
+    merchant_id: str
+    tier_id: str
+    name: str
+    min_points: int
+
+    def matches(self, got: pb.VIPTier) -> bool:
+        return (got.merchant_id, got.tier_id, got.name, got.min_points) == (
+            self.merchant_id,
+            self.tier_id,
+            self.name,
+            self.min_points,
+        )
+
+
+@dataclass(frozen=True)
+class Call:
+    started: float  # time.monotonic()
+    ended: float
+    code: grpc.StatusCode
+    wrong: bool = False  # OK, but not the expected tier
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+async def get_tier(
+    stub: campaign_grpc.CampaignServiceStub, expected: ExpectedTier, deadline_s: float
+) -> Call:
+    started = time.monotonic()
+    try:
+        got = await stub.GetVIPTier(
+            pb.GetVIPTierRequest(merchant_id=expected.merchant_id, tier_id=expected.tier_id), timeout=deadline_s
+        )
+    except grpc.aio.AioRpcError as err:
+        return Call(started, time.monotonic(), err.code())
+    return Call(started, time.monotonic(), grpc.StatusCode.OK, wrong=not expected.matches(got))
+
+
+async def burst(
+    stub: campaign_grpc.CampaignServiceStub, expected: Sequence[ExpectedTier], calls: int, deadline_s: float
+) -> list[Call]:
+    """`calls` lookups at once (a client that does not back off)."""
+    return list(await asyncio.gather(*(get_tier(stub, random.choice(expected), deadline_s) for _ in range(calls))))
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    end: float
+    failed: int
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def failure_windows(calls: Sequence[Call]) -> list[Window]:
+    """Spans in which every call failed: from the start of the first failed call after a success
+    to the end of the last failed call before the next success (calls ordered by their end)."""
+    windows: list[Window] = []
+    current: Window | None = None
+    for c in sorted(calls, key=lambda c: c.ended):
+        if c.ok:
+            if current is not None:
+                windows.append(current)
+                current = None
+        elif current is None:
+            current = Window(c.started, c.ended, 1)
+        else:
+            current = Window(min(current.start, c.started), c.ended, current.failed + 1)
+    if current is not None:
+        windows.append(current)
+    return windows
+
+
+@dataclass
+class LookupLoad:
+    """A steady GetVIPTier load: `workers` concurrent callers, together about `rate` calls per second,
+    each call with its own deadline. `target` may change (a restarted service on other ports)."""
+
+    target: str
+    expected: Sequence[ExpectedTier]
+    rate: float = 100.0
+    workers: int = 8
+    deadline_s: float = 1.0
+    calls: list[Call] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+
+    async def stop(self) -> list[Call]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.calls
+
+    async def _worker(self) -> None:
+        period = self.workers / self.rate
+        target = ""
+        channel: grpc.aio.Channel | None = None
+        stub: campaign_grpc.CampaignServiceStub | None = None
+        try:
+            while not self._stop.is_set():
+                if target != self.target or stub is None:
+                    if channel is not None:
+                        await channel.close()
+                    target = self.target
+                    channel = lookup_channel(target)
+                    stub = campaign_grpc.CampaignServiceStub(channel)
+                call = await get_tier(stub, random.choice(self.expected), self.deadline_s)
+                self.calls.append(call)
+                if (pause := period - call.seconds) > 0:
+                    await asyncio.sleep(pause)
+        finally:
+            if channel is not None:
+                await channel.close()
+
+    def between(self, start: float, end: float) -> list[Call]:
+        return [c for c in self.calls if start <= c.ended and c.started <= end]
