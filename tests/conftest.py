@@ -34,6 +34,12 @@ from campaign_service.service.tiers import TierService
 from tests.kafka_support import CustomerEvents, TopicReader
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that kill and restart the shared PostgreSQL, Redis or Kafka run first: a restart
+    would break the session-wide connections other tests open (`owner_conn`, `superuser_conn`)."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_dependencies") is None)
+
+
 def required_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:

@@ -1,0 +1,331 @@
+"""The fault matrix: while a bounded stream of customer.created events and a steady GetVIPTier load
+run, PostgreSQL, Redis, Kafka and the service itself are SIGKILLed and started again, in turn,
+twice each. Afterwards the ledger must balance:
+
+  * every customer of the stream has exactly one customer_tiers row (the default tier, caused by
+    its event) and one history row, and every event one processed_events row;
+  * vip_tier.assigned carries, after dedupe by event_id, exactly one event per customer.created
+    (copies with the same event_id are allowed - at-least-once - and counted; none may be missing);
+  * no event of the stream was dead-lettered, every outbox row was published;
+  * no lookup returned a tier other than the expected one.
+
+The error budget of each fault is printed: failed lookups, the longest failure window, how long
+after the restart lookups still failed, and how long until every event sent so far was assigned.
+
+CAMPAIGN_CHAOS_EVENTS sets the stream's size (default 2,000, so the suite stays within minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from campaign_service import topics
+from campaign_service.adapters.kafka.wire import AvroWireCodec
+from tests.chaos.lookups import Call, LookupLoad, failure_windows
+from tests.chaos.merchants import merchants_with_tiers
+from tests.conftest import (
+    Database,
+    ServiceProcess,
+    events_env,
+    make_database,
+    required_env,
+    start_service,
+    wait_ready,
+)
+from tests.dependencies import dependency_sh
+from tests.kafka_support import CustomerEvents, Received, TopicReader, drop_records
+
+EVENTS = int(os.environ.get("CAMPAIGN_CHAOS_EVENTS", "2000"))
+MERCHANTS = 10
+ROUNDS = 2
+LEAD_S = 1.0  # events and lookups flow normally this long before each kill
+DOWN_S = 3.0  # how long the killed part stays down
+LOOKUP_RATE = 100.0
+LOOKUP_DEADLINE_S = 1.0
+# After a restart, until every event sent so far is assigned. The longest case is the service's
+# own restart: its consumer rejoins the group only when the killed member's Kafka session (45 s,
+# librdkafka's default) has expired.
+CATCH_UP_S = 120.0
+# Lookups answer again this soon after the restarted part is back (the service: once ready).
+LOOKUPS_BACK_S = 5.0
+
+pytestmark = [
+    pytest.mark.kafka,
+    pytest.mark.redis,
+    pytest.mark.restarts_dependencies,
+    pytest.mark.timeout(420 + EVENTS // 20),
+]
+
+
+class RestartableService:
+    """The service process, SIGKILLed and started again on the same database, ports and consumer group."""
+
+    def __init__(self, db: Database, tmp: Path, env: dict[str, str]) -> None:
+        self._db, self._tmp, self._env = db, tmp, env
+        self.current = start_service(db, tmp, env)
+        self.incarnations = [self.current]
+
+    @property
+    def target(self) -> str:
+        return self.current.target
+
+    def kill(self) -> None:
+        self.current.proc.kill()
+        self.current.proc.wait(10)
+
+    def start_again(self) -> None:
+        ports = {"CAMPAIGN_GRPC_PORT": str(self.current.grpc_port), "CAMPAIGN_HTTP_PORT": str(self.current.http_port)}
+        started = start_service(self._db, self._tmp, {**self._env, **ports}, wait=False)
+        self.current = ServiceProcess(started.proc, self.current.grpc_port, self.current.http_port, started.log_path)
+        self.incarnations.append(self.current)
+        wait_ready(self.current)
+
+    def logs(self) -> str:
+        return "\n".join(s.logs()[-3000:] for s in self.incarnations)
+
+
+@dataclass
+class Stream:
+    """The customer.created events sent, and the vip_tier.assigned ones seen (by cause)."""
+
+    producer: CustomerEvents
+    merchants: list[uuid.UUID]
+    assigned: TopicReader
+    sent: dict[str, tuple[str, str]] = field(default_factory=dict)  # event_id -> (merchant, customer)
+    causes: set[str] = field(default_factory=set)
+    _seen: int = 0
+
+    async def emit(self, count: int, seconds: float) -> None:
+        """Sends `count` events evenly over `seconds` (the producer buffers while Kafka is down)."""
+        start = time.monotonic()
+        for i in range(count):
+            merchant, customer = random.choice(self.merchants), uuid.uuid4()
+            event_id = await self.producer.enqueue(merchant, customer)
+            self.sent[str(event_id)] = (str(merchant), str(customer))
+            if (ahead := start + seconds * (i + 1) / count - time.monotonic()) > 0:
+                await asyncio.sleep(ahead)
+
+    def _update(self) -> None:
+        new = self.assigned.received[self._seen :]
+        self._seen += len(new)
+        self.causes.update(str(r.payload["cause_event_id"]) for r in new if r.payload is not None)
+
+    async def caught_up(self, within: float) -> float:
+        """Waits until every event sent so far was assigned on the topic; returns when (monotonic)."""
+        deadline = time.monotonic() + within
+        while True:
+            self._update()
+            missing = self.sent.keys() - self.causes
+            if not missing:
+                return time.monotonic()
+            assert time.monotonic() < deadline, f"{len(missing)} of {len(self.sent)} events not assigned in {within}s"
+            await asyncio.sleep(0.1)
+
+
+async def follow(readers: list[TopicReader], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        for reader in readers:
+            await reader.poll()
+
+
+@dataclass
+class Phase:
+    fault: str
+    round: int
+    killed_at: float
+    restarted_at: float = 0.0
+    caught_up_at: float = 0.0
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Call]:
+        return [c for c in self.calls if not c.ok]
+
+    @property
+    def window_s(self) -> float:
+        """The longest span in which every lookup failed."""
+        return max((w.seconds for w in failure_windows(self.calls)), default=0.0)
+
+    @property
+    def lookups_s(self) -> float:
+        """How long after the restart lookups still failed."""
+        return max(0.0, max((c.ended for c in self.failed), default=0.0) - self.restarted_at)
+
+    def row(self) -> str:
+        return (
+            f"{self.fault:<9} {self.round:>5} {len(self.calls):>8} {len(self.failed):>7} {self.window_s:>9.2f}"
+            f" {self.restarted_at - self.killed_at - DOWN_S:>10.2f} {self.lookups_s:>10.2f}"
+            f" {self.caught_up_at - self.restarted_at:>12.2f}"
+        )
+
+
+HEADER = (
+    "fault     round  lookups  failed  window_s  restart_s  lookups_s  caught_up_s\n"
+    "  (window_s: longest span of only failed lookups; restart_s: the start command after the"
+    f" {DOWN_S:.0f} s down;\n   lookups_s / caught_up_s: after the restart, until lookups stopped failing /"
+    " every event sent so far was assigned)"
+)
+
+
+def faults(service: RestartableService) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
+    return {
+        "postgres": (lambda: dependency_sh("postgres", "pg_kill"), lambda: dependency_sh("postgres", "pg_start_again")),
+        "redis": (lambda: dependency_sh("redis", "redis_kill"), lambda: dependency_sh("redis", "redis_start_again")),
+        "kafka": (lambda: dependency_sh("kafka", "kafka_kill"), lambda: dependency_sh("kafka", "kafka_start_again")),
+        "service": (service.kill, service.start_again),
+    }
+
+
+@dataclass
+class Ledger:
+    events: int
+    on_topic: int
+    distinct: int
+    duplicates: int
+
+
+async def check_ledger(db: Database, stream: Stream, dlq: TopicReader) -> Ledger:
+    mine = {str(m) for m in stream.merchants}
+    su = await asyncpg.connect(db.superuser_dsn, database=db.name)
+    try:
+        merchants = list(stream.merchants)
+        rows = await su.fetch(
+            "SELECT merchant_id, customer_id, tier_id, cause_event_id FROM customer_tiers WHERE merchant_id = ANY($1)",
+            merchants,
+        )
+        history = await su.fetchval(
+            "SELECT count(*) FROM customer_tier_history WHERE merchant_id = ANY($1)", merchants
+        )
+        processed = await su.fetchval("SELECT count(*) FROM processed_events WHERE merchant_id = ANY($1)", merchants)
+        outbox = await su.fetch(
+            "SELECT event_id, published_at FROM outbox_events WHERE topic = $1 AND merchant_id = ANY($2)",
+            topics.VIP_TIER_ASSIGNED,
+            merchants,
+        )
+    finally:
+        await su.close()
+
+    assigned = {str(r["cause_event_id"]): (str(r["merchant_id"]), str(r["customer_id"]), r["tier_id"]) for r in rows}
+    missing = stream.sent.keys() - assigned.keys()
+    assert not missing, (
+        f"{len(missing)} of {len(stream.sent)} customers without a tier; of those on the topic anyway:"
+        f" {len(missing & stream.causes)}; events: {sorted(missing)[:5]}"
+    )
+    assert len(rows) == len(stream.sent), f"{len(rows)} assignments for {len(stream.sent)} customers"
+    assert assigned == {e: (m, c, "basic") for e, (m, c) in stream.sent.items()}, "wrong or missing assignments"
+    assert history == len(stream.sent), "a customer was assigned more than once"
+    assert processed == len(stream.sent)
+    assert all(r["published_at"] is not None for r in outbox), "outbox rows left unpublished"
+
+    on_topic = [r for r in stream.assigned.received if r.payload and str(r.payload["merchant_id"]) in mine]
+    by_event: dict[str, list[Received]] = {}
+    for r in on_topic:
+        by_event.setdefault(str(r.payload["event_id"] if r.payload else None), []).append(r)
+    assert by_event.keys() == {str(r["event_id"]) for r in outbox}, "topic and outbox disagree"
+    causes = [str(copies[0].payload["cause_event_id"]) for copies in by_event.values() if copies[0].payload]
+    assert sorted(causes) == sorted(stream.sent), "not exactly one vip_tier.assigned per customer.created"
+    for copies in by_event.values():
+        assert all(c.payload == copies[0].payload and c.key == copies[0].key for c in copies), "copies differ"
+    dead = [r for r in dlq.received if r.payload and str(r.payload.get("merchant_id")) in mine]
+    assert not dead, f"{len(dead)} events of the stream were dead-lettered: {dead[:3]}"
+    return Ledger(len(stream.sent), len(on_topic), len(by_event), len(on_topic) - len(by_event))
+
+
+async def durable_commits(db: Database) -> None:
+    """The test cluster runs with synchronous_commit=off for speed: a SIGKILLed server then loses
+    transactions it had reported committed (and the relay may already have published their
+    events). Production runs with it on; so does this test's database."""
+    su = await asyncpg.connect(db.superuser_dsn, database=db.name)
+    try:
+        await su.execute(f'ALTER DATABASE "{db.name}" SET synchronous_commit = on')
+    finally:
+        await su.close()
+
+
+async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: AvroWireCodec, tmp_path: Path) -> None:
+    db = await make_database()
+    await durable_commits(db)
+    expected = await merchants_with_tiers(db, MERCHANTS)
+    merchants = sorted({uuid.UUID(t.merchant_id) for t in expected})
+    env = events_env(
+        CAMPAIGN_DB_STATEMENT_TIMEOUT_MS="2000",
+        CAMPAIGN_DB_CONNECT_TIMEOUT_S="1",
+        CAMPAIGN_KAFKA_DELIVERY_TIMEOUT_MS="5000",
+        CAMPAIGN_LOG_LEVEL="info",
+    )
+    service = await asyncio.to_thread(RestartableService, db, tmp_path, env)
+    broker = required_env("KAFKA_BROKER")
+    assigned = TopicReader(broker, topics.VIP_TIER_ASSIGNED, avro_codec)
+    dlq = TopicReader(broker, topics.CUSTOMER_CREATED_DLQ, avro_codec)
+    producer = CustomerEvents(broker, avro_codec)
+    stream = Stream(producer, merchants, assigned)
+    load = LookupLoad(service.target, expected, rate=LOOKUP_RATE, deadline_s=LOOKUP_DEADLINE_S)
+    stop_following = asyncio.Event()
+    follower = asyncio.create_task(follow([assigned, dlq], stop_following))
+    phases: list[Phase] = []
+    schedule = [(r, f) for r in range(1, ROUNDS + 1) for f in faults(service)]
+    try:
+        load.start()
+        started = time.monotonic()
+        for i, (round_, fault) in enumerate(schedule):
+            kill, start_again = faults(service)[fault]
+            share = EVENTS * (i + 1) // len(schedule) - EVENTS * i // len(schedule)
+            emitter = asyncio.create_task(stream.emit(share, LEAD_S + DOWN_S + 1.0))
+            await asyncio.sleep(LEAD_S)
+            phase = Phase(fault, round_, time.monotonic())
+            await asyncio.to_thread(kill)
+            await asyncio.sleep(DOWN_S)
+            await asyncio.to_thread(start_again)
+            phase.restarted_at = time.monotonic()
+            await emitter
+            await producer.flush(60)
+            phase.caught_up_at = await stream.caught_up(CATCH_UP_S)
+            phases.append(phase)
+        await stream.caught_up(CATCH_UP_S)
+        await asyncio.sleep(3.0)  # late copies of published events still count as duplicates
+        calls = await load.stop()
+        total_s = time.monotonic() - started
+    finally:
+        stop_following.set()
+        await load.stop()
+        await follower
+        producer.close()
+        code = await asyncio.to_thread(service.current.stop)
+        await asyncio.to_thread(drop_records, broker, topics.CUSTOMER_CREATED)
+    assert code == 0, service.logs()
+
+    for phase, end in zip(phases, [p.killed_at for p in phases[1:]] + [time.monotonic()], strict=True):
+        phase.calls = [c for c in calls if phase.killed_at <= c.started < end - LEAD_S]
+    wrong = [c for c in calls if c.wrong]
+    failed = [c for c in calls if not c.ok]
+    print(
+        f"\nfault matrix: {len(stream.sent)} customer.created in {total_s:.0f} s;"
+        f" lookups {len(calls)}: {len(calls) - len(failed)} ok, {len(failed)} failed, {len(wrong)} wrong;"
+        f" failures by code {dict(Counter(c.code.name for c in failed))}\n" + HEADER + "\n" + "\n".join(p.row() for p in phases)
+    )
+    ledger = await check_ledger(db, stream, dlq)
+    assigned.close()
+    dlq.close()
+    print(
+        f"vip_tier.assigned on the topic: {ledger.on_topic} messages, {ledger.distinct} distinct event_ids,"
+        f" {ledger.duplicates} duplicates"
+    )
+    assert not wrong, f"{len(wrong)} lookups returned the wrong tier"
+    # A lookup fails only as retryable: never INTERNAL or anything else that blames the caller.
+    assert {c.code for c in failed} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    for phase in phases:
+        assert phase.lookups_s <= LOOKUPS_BACK_S, f"lookups still failed after the restart: {phase.row()}"
+        if phase.fault in ("redis", "kafka"):  # neither is needed to answer a lookup
+            assert phase.window_s <= 2 * LOOKUP_DEADLINE_S, f"lookups failed for a while: {phase.row()}"
