@@ -1,7 +1,7 @@
 """Cross-cutting concerns of every CampaignService RPC, as grpc.aio server interceptors.
 
-Order (outermost first): metrics -> correlation id -> errors. Health and reflection RPCs pass
-through untouched.
+Order (outermost first): metrics -> correlation id -> request decoding -> extra (auth, rate
+limit) -> errors. Health and reflection RPCs pass through untouched.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,7 +25,11 @@ from campaign_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
     VersionConflict,
+    invalid,
 )
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,9 @@ Resp = TypeVar("Resp")
 
 
 def _wrap(
-    handler: grpc.RpcMethodHandler[Req, Resp] | None, wrap: Callable[[Behavior], Behavior]
+    handler: grpc.RpcMethodHandler[Req, Resp] | None,
+    wrap: Callable[[Behavior], Behavior],
+    deserializer: Callable[[Callable[[bytes], Any] | None], Callable[[bytes], Any] | None] = lambda d: d,
 ) -> grpc.RpcMethodHandler[Req, Resp] | None:
     """Returns `handler` with its unary-unary behaviour wrapped (other kinds are left alone)."""
     if handler is None or handler.unary_unary is None:
@@ -51,7 +57,7 @@ def _wrap(
     behavior = cast(Behavior, handler.unary_unary)
     return grpc.unary_unary_rpc_method_handler(
         wrap(behavior),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -73,6 +79,51 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         name = method[len(SERVICE_PREFIX) :]
         return _wrap(handler, lambda behavior: self.wrap(name, behavior))
+
+
+class _Undecodable:
+    """Stands in for a request body that is not a valid message of the method's type."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except message.DecodeError:
+            # grpc would answer UNKNOWN with protobuf's own message; RequestDecodingInterceptor
+            # answers INVALID_ARGUMENT instead.
+            return UNDECODABLE
+
+    return parse
+
+
+class RequestDecodingInterceptor(_ServiceInterceptor):
+    """A body that does not parse (bad wire format, invalid UTF-8 in a string field, nesting
+    too deep) is INVALID_ARGUMENT; the layers inside never see it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
+        handler = await continuation(handler_call_details)
+        if not handler_call_details.method.startswith(SERVICE_PREFIX):
+            return handler
+        return _wrap(handler, self._guard, _tolerant)
+
+    def _guard(self, behavior: Behavior) -> Behavior:
+        async def decoded(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if request is UNDECODABLE:
+                await _abort(ctx, status_for(invalid("request", "not a valid protobuf message of the request type")))
+            return await behavior(request, ctx)
+
+        return decoded
 
 
 class MetricsInterceptor(_ServiceInterceptor):
@@ -128,6 +179,9 @@ _CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (VersionConflict, grpc.StatusCode.ABORTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -148,7 +202,7 @@ def status_for(exc: DomainError) -> status_pb2.Status:
     return status
 
 
-async def _abort(ctx: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+async def _abort(ctx: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:
     """Ends the RPC with `status`, its details in the `grpc-status-details-bin` trailer."""
     st = rpc_status.to_status(status)
     await ctx.abort(st.code, st.details, st.trailing_metadata)

@@ -12,7 +12,7 @@ class FieldViolation:
 
 
 class DomainError(Exception):
-    """Base of errors that are the caller's to fix (never an internal fault)."""
+    """Base of errors whose status and message the caller sees (never an internal fault)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -46,3 +46,15 @@ class FailedPrecondition(DomainError):
 
 def invalid(field_path: str, description: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field_path, description)])
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that are not valid; the message says which, nothing more."""
+
+
+class PermissionDenied(DomainError):
+    """Valid credentials that do not allow this request."""
+
+
+class Unavailable(DomainError):
+    """A dependency the request needs is down; safe to retry with backoff."""
