@@ -188,4 +188,6 @@ def load_settings() -> Settings:
         message = err["msg"].removeprefix("Value error, ")
         if not loc:  # a check across fields: its message starts with the variable's name
             raise ConfigError(message) from None
-        raise ConfigError(f"{_ENV_NAMES.get(loc, f'CAMPAIGN_{loc.upper()}')}: {message}") from None
+        # Fields read through a validation alias report the alias (the variable's own name).
+        name = loc if loc.isupper() else _ENV_NAMES.get(loc, f"CAMPAIGN_{loc.upper()}")
+        raise ConfigError(f"{name}: {message}") from None
