@@ -82,7 +82,7 @@ def newcomer() -> Iterator[Newcomer]:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-async def test_newcomer_flow_on_the_embedded_default(newcomer: Newcomer, superuser_conn: Any) -> None:
+async def test_newcomer_flow_on_the_embedded_default(newcomer: Newcomer) -> None:
     svc, merchant = newcomer.svc, str(newcomer.merchant)
     assert '"auth": "dev"' in svc.logs()
     assert newcomer.token.count(".") == 2
