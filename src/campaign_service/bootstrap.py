@@ -143,6 +143,7 @@ async def token_verifier(settings: Settings, mode: AuthMode, closers: list[Any])
             log.warning("JWKS URL not reachable at start; requests fail with UNAVAILABLE until it is")
     else:
         keys = StaticKeys(dev_key_set(dev_signing_key(settings.data_dir)))
+        log.info("embedded default: tokens from `campaign-service dev-token --merchant <uuid>` (same data dir)")
         rules = ClaimRules((DEV_ALGORITHM,), settings.jwt_audience, DEV_ISSUER, settings.jwt_leeway_s)
     cache = CachingVerifier(LocalJwtVerifier(keys, rules), settings.auth_cache_size, settings.auth_cache_max_ttl_s)
     keys.subscribe(cache.clear)
