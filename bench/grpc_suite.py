@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from tests.tokens import ISSUER, SESSION_ISSUER, mint_token
 
 from bench.harness import ROOT, Database, Process, free_port, fresh_database, services, start
-from tests.tokens import ISSUER, SESSION_ISSUER, mint_token
 
 SERVER_CORE = 1
 LOADGEN_CORE = 0

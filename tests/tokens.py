@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
+from campaign_service.adapters.auth.dev import token_claims
 from campaign_service.domain.access import SCOPE_ADMIN
 
 ISSUER = "campaign-service-tests"
@@ -55,18 +55,9 @@ class TokenIssuer:
         **claims: Any,
     ) -> str:
         """A signed token; `claims` override or add claims (e.g. exp=..., aud=..., iss=None drops iss)."""
-        now = int(time.time())
-        body: dict[str, Any] = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": subject,
-            "iat": now,
-            "nbf": now,
-            "exp": now + ttl_s,
-            "scope": " ".join(scopes),
-        }
-        if merchant is not None:
-            body["merchant_id"] = str(merchant)
+        body = token_claims(
+            issuer=ISSUER, audience=AUDIENCE, merchant_id=merchant, scopes=scopes, subject=subject, ttl_s=ttl_s
+        )
         body.update(claims)
         body = {k: v for k, v in body.items() if v is not None}
         return jwt.encode(body, self.key, algorithm="ES256", headers={"kid": self.kid, **(headers or {})})

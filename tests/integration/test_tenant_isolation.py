@@ -11,14 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-TENANT_TABLES = [
-    "vip_tiers",
-    "vip_tier_translations",
-    "customer_tiers",
-    "customer_tier_history",
-    "processed_events",
-    "outbox_events",
-]
+from tests.integration.test_schema import TENANT_TABLES
 
 # A row for merchant $1 per table, as the service role would write it for that merchant.
 INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[Any]]] = {

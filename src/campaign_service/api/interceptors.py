@@ -45,10 +45,13 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+Deserializer = Callable[[bytes], Any]
+
+
 def _wrap(
     handler: grpc.RpcMethodHandler[Req, Resp] | None,
     wrap: Callable[[Behavior], Behavior],
-    deserializer: Callable[[Callable[[bytes], Any] | None], Callable[[bytes], Any] | None] = lambda d: d,
+    deserializer: Callable[[Deserializer | None], Deserializer | None],
 ) -> grpc.RpcMethodHandler[Req, Resp] | None:
     """Returns `handler` with its unary-unary behaviour wrapped (other kinds are left alone)."""
     if handler is None or handler.unary_unary is None:
@@ -68,6 +71,10 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
 
+    def deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
+        """How the request body is parsed; the default keeps the method's own parser."""
+        return deserialize
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
@@ -78,7 +85,7 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
         if not method.startswith(SERVICE_PREFIX):
             return handler
         name = method[len(SERVICE_PREFIX) :]
-        return _wrap(handler, lambda behavior: self.wrap(name, behavior))
+        return _wrap(handler, lambda behavior: self.wrap(name, behavior), self.deserializer)
 
 
 class _Undecodable:
@@ -88,36 +95,24 @@ class _Undecodable:
 UNDECODABLE = _Undecodable()
 
 
-def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserialize is None:
-        return None
-
-    def parse(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except message.DecodeError:
-            # grpc would answer UNKNOWN with protobuf's own message; RequestDecodingInterceptor
-            # answers INVALID_ARGUMENT instead.
-            return UNDECODABLE
-
-    return parse
-
-
 class RequestDecodingInterceptor(_ServiceInterceptor):
     """A body that does not parse (bad wire format, invalid UTF-8 in a string field, nesting
     too deep) is INVALID_ARGUMENT; the layers inside never see it."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Req, Resp] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Req, Resp] | None:
-        handler = await continuation(handler_call_details)
-        if not handler_call_details.method.startswith(SERVICE_PREFIX):
-            return handler
-        return _wrap(handler, self._guard, _tolerant)
+    def deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
+        if deserialize is None:
+            return None
 
-    def _guard(self, behavior: Behavior) -> Behavior:
+        def parse(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except message.DecodeError:
+                # Left to grpc, this is UNKNOWN carrying protobuf's own message.
+                return UNDECODABLE
+
+        return parse
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def decoded(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if request is UNDECODABLE:
                 await _abort(ctx, status_for(invalid("request", "not a valid protobuf message of the request type")))

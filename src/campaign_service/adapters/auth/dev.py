@@ -52,6 +52,25 @@ def dev_key_set(key: ec.EllipticCurvePrivateKey) -> KeySet:
     return KeySet([VerificationKey(key.public_key(), None, DEV_ALGORITHM)])
 
 
+def token_claims(
+    *, issuer: str, audience: str, merchant_id: UUID | str | None, scopes: Iterable[str], subject: str, ttl_s: int
+) -> dict[str, object]:
+    """The claims this service reads (see domain/access.py), valid from now for `ttl_s`."""
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": subject,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_s,
+        "scope": " ".join(scopes),
+    }
+    if merchant_id is not None:
+        claims["merchant_id"] = str(merchant_id)
+    return claims
+
+
 def mint_dev_token(
     key: ec.EllipticCurvePrivateKey,
     *,
@@ -63,16 +82,7 @@ def mint_dev_token(
 ) -> str:
     if not 0 < ttl_s <= MAX_DEV_TTL_S:
         raise ValueError(f"ttl must be 1..{MAX_DEV_TTL_S} seconds")
-    now = int(time.time())
-    claims: dict[str, object] = {
-        "iss": DEV_ISSUER,
-        "aud": audience,
-        "sub": subject,
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl_s,
-        "scope": " ".join(scopes),
-    }
-    if merchant_id is not None:
-        claims["merchant_id"] = str(merchant_id)
+    claims = token_claims(
+        issuer=DEV_ISSUER, audience=audience, merchant_id=merchant_id, scopes=scopes, subject=subject, ttl_s=ttl_s
+    )
     return jwt.encode(claims, key, algorithm=DEV_ALGORITHM)
