@@ -404,3 +404,38 @@ async def test_raw_h2_client_reaches_the_service(service: Any, target: Target) -
     token = mint_token().encode()
     result = await raw_h2_call(service.grpc_port, [(b"authorization", b"Bearer " + token)], body)
     assert result.get("grpc-status") == "0", result
+
+
+async def test_a_trailing_newline_is_not_part_of_a_valid_identifier(stub: Any, target: Target) -> None:
+    """Regression: Python's `$` matches before a final newline; `gold\\n` passed as a tier id."""
+    m = str(target.merchant)
+    cases = [
+        (stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=m, tier_id="gold\n")), "tier_id"),
+        (stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=m, tier_id="gold", locale="en\n")), "locale"),
+        (stub.CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=m, tier=gold(tier_id="new\n"))), "tier.tier_id"),
+        (
+            stub.CreateVIPTier(
+                pb.CreateVIPTierRequest(
+                    merchant_id=m,
+                    tier=gold(tier_id="new", benefits=pb.Benefits(custom_perks=[pb.Perk(code="gift\n", label={"en": "Gift"})])),
+                )
+            ),
+            "tier.benefits.custom_perks[0].code",
+        ),
+        (stub.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=m + "\n")), "merchant_id"),
+    ]
+    before = await target.snapshot()
+    for call, field in cases:
+        code, details = await outcome(call)
+        assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert await target.snapshot() == before
+
+
+async def test_correlation_id_with_a_newline_is_replaced_not_echoed(service: Any, target: Target) -> None:
+    body = pb.ListVIPTiersRequest(merchant_id=str(target.merchant)).SerializeToString()
+    token = mint_token().encode()
+    result = await raw_h2_call(
+        service.grpc_port, [(b"authorization", b"Bearer " + token), (b"x-correlation-id", b"abc\n")], body
+    )
+    assert result.get("grpc-status") == "0", result
+    assert uuid.UUID(result["x-correlation-id"])  # a generated one, not the caller's

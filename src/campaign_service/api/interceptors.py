@@ -156,7 +156,7 @@ class CorrelationInterceptor(_ServiceInterceptor):
         async def correlated(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             value = ""
             for key, val in ctx.invocation_metadata() or ():
-                if key == "x-correlation-id" and isinstance(val, str) and _CORRELATION_ID.match(val):
+                if key == "x-correlation-id" and isinstance(val, str) and _CORRELATION_ID.fullmatch(val):
                     value = val
                     break
             value = value or str(uuid.uuid4())
