@@ -18,6 +18,7 @@ from campaign_service.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unavailable,
     VersionConflict,
 )
 from campaign_service.domain.events import OutboxMessage
@@ -258,6 +259,23 @@ class PgUnitOfWork:
 
     @asynccontextmanager
     async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[PgTenantTransaction]:
-        async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
-            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
-            yield PgTenantTransaction(conn, merchant_id)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
+                await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
+                yield PgTenantTransaction(conn, merchant_id)
+        except _TRANSIENT:
+            # The transaction rolled back; the caller may retry (UNAVAILABLE), it is not our bug (INTERNAL).
+            raise Unavailable("the database is busy or unreachable; retry with backoff") from None
+
+
+# Failures of the moment rather than of the request: timeouts (statement_timeout, lock waits,
+# pool acquire), lost connections, a server shutting down or out of connections, deadlocks.
+_TRANSIENT = (
+    asyncpg.OperatorInterventionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.ConnectionDoesNotExistError,
+    TimeoutError,
+    OSError,
+)
