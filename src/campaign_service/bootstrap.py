@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.server import build_grpc_server, set_serving
@@ -84,6 +85,10 @@ async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         )
 
 
+StopHook = Callable[[], Awaitable[None]]
+_HOOK_TIMEOUT_S = 5.0
+
+
 @dataclass
 class App:
     settings: Settings
@@ -94,16 +99,49 @@ class App:
     http_runner: web.AppRunner
     grpc_port: int = 0
     http_port: int = 0
-    _closers: list[Any] = field(default_factory=list)
+    draining: bool = False
+    # Run in order after in-flight RPCs have finished and before the pools close: the place for
+    # the outbox relay's final flush and the consumer's last offset commit (each bounded).
+    drain_hooks: list[StopHook] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closers: list[StopHook] = field(default_factory=list)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    @property
+    def stop_bound_s(self) -> float:
+        """The longest `stop` may take: delay + RPC grace + bounded hooks and closes."""
+        return self.settings.shutdown_delay_s + self.settings.shutdown_grace_s + 10.0
+
+    async def stop(self) -> None:
+        """SIGTERM path: not ready -> (delay) -> refuse new RPCs, drain in-flight -> hooks -> close."""
+        s = self.settings
+        self.draining = True
         await set_serving(self.health, False)
-        await self.grpc_server.stop(grace_s)
+        log.info("shutting down", delay_s=s.shutdown_delay_s, grace_s=s.shutdown_grace_s)
+        if s.shutdown_delay_s:
+            await asyncio.sleep(s.shutdown_delay_s)
+        # New RPCs get UNAVAILABLE from here; in-flight ones have `grace` seconds, then are cancelled.
+        await self.grpc_server.stop(s.shutdown_grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self.drain_hooks:
+            await _run_bounded("drain hook", hook)
         await self.http_runner.cleanup()
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), _HOOK_TIMEOUT_S)
+        except TimeoutError:
+            self.pool.terminate()
         for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
+            await _run_bounded("closer", close)
+        log.info("stopped")
+
+
+async def _run_bounded(what: str, step: StopHook) -> None:
+    """One shutdown step; its failure is logged and does not keep the others from running."""
+    try:
+        await asyncio.wait_for(step(), _HOOK_TIMEOUT_S)
+    except Exception:  # shutdown must go on; the failure is logged with its trace
+        log.exception("shutdown step failed", step=what)
 
 
 def _file_keys(path: Path, variable: str, kind: str) -> FileKeys:
@@ -113,7 +151,9 @@ def _file_keys(path: Path, variable: str, kind: str) -> FileKeys:
         raise ConfigError(f"{variable}: cannot use {path} ({type(exc).__name__})") from None
 
 
-async def token_verifier(settings: Settings, mode: AuthMode, closers: list[Any]) -> TokenVerifier:
+async def token_verifier(
+    settings: Settings, mode: AuthMode, closers: list[StopHook], tasks: list[asyncio.Task[None]]
+) -> TokenVerifier:
     """The verifier for `mode`, behind the verified-token cache; key refreshers start here."""
     if mode == "auth_service":
         assert settings.auth_host is not None
@@ -147,21 +187,12 @@ async def token_verifier(settings: Settings, mode: AuthMode, closers: list[Any])
         rules = ClaimRules((DEV_ALGORITHM,), settings.jwt_audience, DEV_ISSUER, settings.jwt_leeway_s)
     cache = CachingVerifier(LocalJwtVerifier(keys, rules), settings.auth_cache_size, settings.auth_cache_max_ttl_s)
     keys.subscribe(cache.clear)
-    closers.append(_cancel(asyncio.create_task(_key_refresher(keys))))
+    tasks.append(asyncio.create_task(_key_refresher(keys), name="token-keys"))
     return cache
 
 
 async def _key_refresher(keys: KeySource) -> None:
     await keys.run()
-
-
-def _cancel(task: asyncio.Task[None]) -> Any:
-    async def cancel() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return cancel
 
 
 def tls_credentials(settings: Settings) -> ReloadingServerCredentials | None:
@@ -176,8 +207,9 @@ def tls_credentials(settings: Settings) -> ReloadingServerCredentials | None:
 async def build_app(settings: Settings) -> App:
     auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
     tls = tls_credentials(settings)
-    closers: list[Any] = []
-    verifier = await token_verifier(settings, auth_mode, closers)
+    closers: list[StopHook] = []
+    tasks: list[asyncio.Task[None]] = []
+    verifier = await token_verifier(settings, auth_mode, closers, tasks)
     target = await database_target(settings)
     if settings.migrate_on_start:
         applied = await run_migrations(target.owner_dsn)
@@ -191,7 +223,7 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
-    tiers = TierService(PgUnitOfWork(pool))
+    tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s))
     server, health_servicer = build_grpc_server(
         CampaignServicer(tiers),
         extra_interceptors=[AuthInterceptor(verifier)],
@@ -213,14 +245,27 @@ async def build_app(settings: Settings) -> App:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 
-    runner = web.AppRunner(build_http_app([Check("postgres", db_check)]), access_log=None)
+    app_ref: list[App] = []
+    http_app = build_http_app(
+        [Check("postgres", db_check)], draining=lambda: bool(app_ref) and app_ref[0].draining
+    )
+    runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
     await site.start()
     http_port = runner.addresses[0][1] if runner.addresses else settings.http_port
     await server.start()
     await set_serving(health_servicer, True)
-    app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port, closers)
+    app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port)
+    app._closers.extend(closers)
+    app._tasks.extend(tasks)
+    app_ref.append(app)
+    app._tasks.append(
+        asyncio.create_task(
+            refresh_tier_counts(pool, settings.tier_counts_top_n, settings.tier_counts_interval_s),
+            name="tier-counts",
+        )
+    )
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
     log.info(

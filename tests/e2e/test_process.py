@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -196,3 +197,17 @@ async def rpc_code(call: Any) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
+async def test_database_timeout_is_unavailable_not_internal(database: Any, superuser_conn: Any, new_merchant: Any, tmp_path: Path) -> None:
+    merchant = await new_merchant()
+    svc = start_service(database, tmp_path, {"CAMPAIGN_DB_STATEMENT_TIMEOUT_MS": "300"})
+    try:
+        async with auth_channel(svc.target) as channel:
+            stub = campaign_grpc.CampaignServiceStub(channel)
+            async with superuser_conn.transaction():
+                await superuser_conn.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="gold"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "SELECT" not in (err.value.details() or "")
+    finally:
+        svc.stop()

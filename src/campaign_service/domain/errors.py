@@ -12,7 +12,7 @@ class FieldViolation:
 
 
 class DomainError(Exception):
-    """Base of errors whose status and message the caller sees (never an internal fault)."""
+    """Base of errors with a meaningful status for the caller (never an internal fault)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -44,6 +44,10 @@ class FailedPrecondition(DomainError):
     pass
 
 
+class Unavailable(DomainError):
+    """A dependency (the database) is down or too slow right now; the caller may retry."""
+
+
 def invalid(field_path: str, description: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field_path, description)])
 
@@ -54,7 +58,3 @@ class Unauthenticated(DomainError):
 
 class PermissionDenied(DomainError):
     """Valid credentials that do not allow this request."""
-
-
-class Unavailable(DomainError):
-    """A dependency the request needs is down; safe to retry with backoff."""

@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-from campaign_service import context
+import structlog
+
+from campaign_service import context, topics
 from campaign_service.domain import events
 from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
 from campaign_service.domain.tiers import (
@@ -30,6 +32,8 @@ from campaign_service.service.ports import (
     TierChangeListener,
     UnitOfWork,
 )
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class TierService:
                 await self._announce(tx, merchant_id, tier, ["is_default"])
 
     async def _changed(self, merchant_id: UUID, tier_ids: list[str]) -> None:
+        for tier_id in tier_ids:
+            log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
         for listener in self._listeners:
             await listener.tiers_changed(merchant_id, tier_ids)
 

@@ -253,29 +253,30 @@ def _check_failed(exc: asyncpg.CheckViolationError) -> InvalidArgument:
     return InvalidArgument([FieldViolation(f"tier.{field}" if description else "tier", description or message)])
 
 
+_UNAVAILABLE = (
+    asyncpg.QueryCanceledError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.OperatorInterventionError,  # e.g. the server shutting down (admin_shutdown)
+    asyncpg.TransactionRollbackError,  # deadlock or serialization failure: rolled back, retryable
+    OSError,
+    TimeoutError,
+)
+
+
 class PgUnitOfWork:
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
         self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
 
     @asynccontextmanager
     async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[PgTenantTransaction]:
         try:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
+            async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn, conn.transaction(readonly=readonly):
                 await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
                 yield PgTenantTransaction(conn, merchant_id)
-        except _TRANSIENT:
-            # The transaction rolled back; the caller may retry (UNAVAILABLE), it is not our bug (INTERNAL).
-            raise Unavailable("the database is busy or unreachable; retry with backoff") from None
-
-
-# Failures of the moment rather than of the request: timeouts (statement_timeout, lock waits,
-# pool acquire), lost connections, a server shutting down or out of connections, deadlocks.
-_TRANSIENT = (
-    asyncpg.OperatorInterventionError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.TransactionRollbackError,
-    asyncpg.ConnectionDoesNotExistError,
-    TimeoutError,
-    OSError,
-)
+        except _UNAVAILABLE as exc:
+            # statement timeout, lost connection, pool exhausted: retryable, not a server bug
+            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
