@@ -127,7 +127,7 @@ async def test_health_reports_not_serving_during_the_shutdown_delay(
 ) -> None:
     service = start_service(database, tmp_path, {"CAMPAIGN_SHUTDOWN_DELAY_S": "2"})
     try:
-        async with grpc.aio.insecure_channel(service.target) as channel:
+        async with auth_channel(service.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             serving = await health.Check(health_pb2.HealthCheckRequest(service=""))
             assert serving.status == health_pb2.HealthCheckResponse.SERVING
