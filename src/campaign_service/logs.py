@@ -8,6 +8,7 @@ Kafka consumer per message), so every line logged while handling it carries them
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -55,6 +56,15 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str
     return {key: _redacted(value) for key, value in event.items()}
 
 
+# JSON leaves these unescaped, yet many readers (Python's splitlines, JavaScript) end a line at
+# them: a caller's field holding one would split a log record in two.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def one_line_json(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, **kwargs).translate(_LINE_BREAKS)
+
+
 def configure(level: str = "info") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -70,7 +80,7 @@ def configure(level: str = "info") -> None:
             structlog.processors.format_exc_info,
             redact_secrets,
             structlog.processors.EventRenamer("message"),
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            structlog.processors.JSONRenderer(serializer=one_line_json),
         ],
     )
     handler = logging.StreamHandler(sys.stdout)

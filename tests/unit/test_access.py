@@ -175,3 +175,14 @@ def test_logs_redact_tokens_whoever_logs_them(capsys: pytest.CaptureFixture[str]
     assert token.split(".")[1] not in out
     assert "abc" not in out
     assert lines[0]["message"] == "header was [REDACTED]"
+
+
+def test_a_log_record_stays_on_one_line_whatever_the_caller_sent(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info")
+    try:
+        logging.getLogger("x").warning("got", extra={"merchant_id": "a\u2028b\u2029c\x85d\ne\x1cf"})
+    finally:
+        logging.getLogger().handlers.clear()
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1
+    assert json.loads(out)["merchant_id"] == "a\u2028b\u2029c\x85d\ne\x1cf"
