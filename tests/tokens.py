@@ -42,7 +42,10 @@ class TokenIssuer:
         return {"keys": [self.jwk()]}
 
     def write_jwks(self, path: Path) -> Path:
-        path.write_text(json.dumps(self.jwks()))
+        """Replaces `path` atomically: a service may be polling it."""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(self.jwks()))
+        tmp.replace(path)
         return path
 
     def mint(

@@ -40,6 +40,7 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "published_at",
         "attempts",
         "last_error",
+        "seq",
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
 }

@@ -171,3 +171,15 @@ async def test_the_relay_role_reaches_only_the_outbox(app_pool: Any, two_merchan
         assert await conn.fetchval("SELECT count(*) FROM outbox_events") >= 2
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetchval(f"SELECT count(*) FROM {table}")
+
+
+async def test_other_policies_settings_do_not_open_tenant_rows_to_the_service_role(
+    app_pool: Any, two_merchants: Any
+) -> None:
+    """`campaign.tier_counts` opens vip_tiers to the owner's counting function only (0006)."""
+    a, _, _ = two_merchants
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('campaign.tier_counts', 'on', true)")
+        assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 0
+        await as_merchant(conn, a)
+        assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 1

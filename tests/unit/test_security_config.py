@@ -100,20 +100,20 @@ def test_unusable_key_and_certificate_files_name_the_variable(tmp_path: Path, mo
         {"CAMPAIGN_JWT_PUBLIC_KEY_FILE": "/k.pem"},
     ],
 )
-def test_dev_token_mints_only_on_the_embedded_default(
+async def test_dev_token_mints_only_on_the_embedded_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]
 ) -> None:
     args = argparse.Namespace(merchant=uuid.uuid4(), scope=None, subject="dev", ttl=60)
     with pytest.raises(ConfigError, match="dev-token works only on the embedded default"):
-        _dev_token(settings(monkeypatch, **env), args)
+        await _dev_token(settings(monkeypatch, **env), args)
     assert not (tmp_path / "auth").exists()
 
 
-def test_dev_token_on_the_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_dev_token_on_the_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import jwt
 
     merchant = uuid.uuid4()
-    _dev_token(settings(monkeypatch), argparse.Namespace(merchant=merchant, scope=["tiers:read"], subject="me", ttl=60))
+    await _dev_token(settings(monkeypatch), argparse.Namespace(merchant=merchant, scope=["tiers:read"], subject="me", ttl=60))
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert (claims["merchant_id"], claims["scope"], claims["sub"], claims["exp"] - claims["iat"]) == (
         str(merchant),
