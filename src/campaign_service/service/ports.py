@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
+from campaign_service.domain.access import Principal
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.tiers import TierSpec, VIPTier
 
@@ -55,3 +56,13 @@ class TierChangeListener(Protocol):
     """Told after a commit that a merchant's tiers changed (cache invalidation hooks here)."""
 
     async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None: ...
+
+
+class TokenVerifier(Protocol):
+    """Turns a bearer token into the principal it was issued to.
+
+    Raises Unauthenticated for a token that is not valid and Unavailable when the means of
+    checking it (JWKS URL, Auth Service) cannot be reached: callers fail closed.
+    """
+
+    async def verify(self, token: str) -> Principal: ...
