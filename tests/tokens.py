@@ -93,7 +93,10 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 
 def auth_channel(
-    target: str, token: str | None = None, credentials: grpc.ChannelCredentials | None = None
+    target: str,
+    token: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """A channel to `target` sending `token` (default: a fresh admin token) on every call.
 
@@ -101,5 +104,5 @@ def auth_channel(
     """
     interceptors = [BearerToken(token if token is not None else mint_token())]
     if credentials is not None:
-        return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
-    return grpc.aio.insecure_channel(target, interceptors=interceptors)
+        return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

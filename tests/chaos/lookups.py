@@ -13,6 +13,7 @@ import grpc
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
+from tests.tokens import auth_channel, mint_token
 
 # The client reconnects within a second after the service comes back (gRPC's default backoff
 # starts at 1 s and grows to 120 s, which would measure the client, not the service).
@@ -24,7 +25,8 @@ CHANNEL_OPTIONS = [
 
 
 def lookup_channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    """A channel with an admin token that outlives the longest chaos run."""
+    return auth_channel(target, mint_token(ttl_s=3600), options=CHANNEL_OPTIONS)
 
 
 @dataclass(frozen=True)
