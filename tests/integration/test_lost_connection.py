@@ -44,3 +44,22 @@ async def test_connection_lost_during_a_statement_is_unavailable(own_db: OwnData
         await blocker.close()
     async with uow(merchant, readonly=True) as tx:  # the pool replaces the lost connection
         assert await tx.get_tier("gold") is None
+
+
+async def test_connection_terminated_between_statements_is_unavailable(own_db: OwnDatabase) -> None:
+    """The backend ends while the connection idles inside the transaction. Depending on where the
+    next statement meets the dying connection, asyncpg raises ConnectionDoesNotExistError, an
+    InternalClientError ("another operation (2) is in progress": it is still consuming the
+    server's FATAL message) or an InterfaceError from the transaction's exit: each must be
+    Unavailable, so the race is run a number of times."""
+    merchant = await own_db.merchant()
+    uow = PgUnitOfWork(own_db.pool)
+    for _ in range(30):
+        with pytest.raises(Unavailable):
+            async with uow(merchant, readonly=True) as tx:
+                await own_db.su.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND usename = 'campaign_app' AND state = 'idle in transaction'",
+                    own_db.db.name,
+                )
+                await tx.get_tier("gold")

@@ -261,6 +261,10 @@ _UNAVAILABLE = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.OperatorInterventionError,  # e.g. the server shutting down (admin_shutdown)
     asyncpg.TransactionRollbackError,  # deadlock or serialization failure: rolled back, retryable
+    # asyncpg's protocol met the server's FATAL "terminating connection" (PostgreSQL killed or
+    # restarted, backend terminated) while starting a statement or resetting the connection:
+    # "another operation (2) is in progress". The pool drops that connection.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -281,8 +285,18 @@ class PgUnitOfWork:
             # statement timeout, lost connection, pool exhausted: retryable, not a server bug
             raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
         except asyncpg.InterfaceError as exc:
-            # The connection died inside the transaction: its exit then fails with "connection is
-            # closed" on top of the lost-connection error. Other interface errors are our bugs.
-            if isinstance(exc.__context__, _UNAVAILABLE):
-                raise Unavailable(f"database unavailable ({type(exc.__context__).__name__})") from exc
+            if _lost_connection(exc):
+                raise Unavailable("database unavailable (connection lost)") from exc
             raise
+
+
+def _lost_connection(exc: asyncpg.InterfaceError) -> bool:
+    """When the connection dies inside a unit of work, asyncpg hands it back to the pool at once,
+    and the next use of it (a statement, the transaction's exit) is an InterfaceError saying so.
+    We never release a connection early ourselves; any other InterfaceError is our bug."""
+    message = str(exc)
+    return (
+        isinstance(exc.__context__, _UNAVAILABLE)
+        or "the underlying connection is closed" in message
+        or "released back to the pool" in message
+    )
