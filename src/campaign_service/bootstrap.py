@@ -12,16 +12,26 @@ import grpc
 import structlog
 from aiohttp import web
 from grpc_health.v1 import health
+from redis.asyncio import Redis
 
 from campaign_service import metrics
+from campaign_service.adapters.memory.cache import MemoryViewCache
+from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.redis.cache import RedisViewCache
+from campaign_service.adapters.redis.client import RedisBreaker, create_client, ping
+from campaign_service.adapters.redis.limiter import RedisRateLimiter
 from campaign_service.api.http import Check, build_http_app
+from campaign_service.api.interceptors import RateLimitInterceptor
+from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
 from campaign_service.config import Settings
+from campaign_service.service.ports import RateLimiter, ViewCache
+from campaign_service.service.reads import NoCache, TierReads
 from campaign_service.service.tiers import TierService
 
 log = structlog.get_logger(__name__)
@@ -90,6 +100,72 @@ class App:
                 await close()
 
 
+@dataclass
+class RedisParts:
+    """What sits on Redis, or its in-process stand-ins when REDIS_HOST is not set."""
+
+    cache: ViewCache
+    limiter: RateLimiter | None  # None: the rate limit is off
+    client: Redis | None = None
+    breaker: RedisBreaker | None = None
+
+    def checks(self) -> list[Check]:
+        """Redis readiness, non-critical: lookups go to PostgreSQL while it is down."""
+        client, breaker, cache = self.client, self.breaker, self.cache
+        if client is None or breaker is None:
+            return []
+
+        async def redis_check() -> str | None:
+            problem = await ping(client, breaker)
+            if problem is None and isinstance(cache, RedisViewCache) and cache.pending:
+                return f"{cache.pending} cache invalidations pending; cache bypassed"
+            return problem
+
+        return [Check("redis", redis_check, critical=False)]
+
+    def start(self, settings: Settings) -> list[Any]:
+        """Starts background work; returns the closers."""
+        closers: list[Any] = []
+        if isinstance(self.cache, RedisViewCache):
+            task = asyncio.create_task(self.cache.redeliver_forever(settings.redis_retry_after_ms / 1000))
+
+            async def cancel() -> None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+            closers.append(cancel)
+        if self.client is not None:
+            closers.append(self.client.aclose)
+        return closers
+
+
+def redis_parts(settings: Settings) -> RedisParts:
+    client = create_client(settings) if settings.redis_host else None
+    breaker = RedisBreaker(settings.redis_retry_after_ms / 1000) if client is not None else None
+    cache: ViewCache
+    backend = settings.cache_backend
+    if backend == "redis" and client is not None and breaker is not None:
+        cache = RedisViewCache(client, breaker, settings.cache_ttl_s)
+    elif backend == "memory":
+        cache = MemoryViewCache(settings.cache_ttl_s, settings.cache_memory_max_bytes)
+    else:
+        cache = NoCache()
+    limiter: RateLimiter | None = None
+    window_s = settings.rate_limit_window_ms / 1000
+    if settings.rate_limit_requests and client is not None and breaker is not None:
+        limiter = RedisRateLimiter(client, breaker, settings.rate_limit_requests, window_s)
+    elif settings.rate_limit_requests:
+        limiter = LocalRateLimiter(settings.rate_limit_requests, window_s)
+    log.info(
+        "cache and rate limit",
+        cache=backend,
+        rate_limit=f"{settings.rate_limit_requests}/{settings.rate_limit_window_ms}ms" if limiter else "off",
+        rate_limit_shared=isinstance(limiter, RedisRateLimiter),
+    )
+    return RedisParts(cache, limiter, client, breaker)
+
+
 async def build_app(settings: Settings) -> App:
     target = await database_target(settings)
     if settings.migrate_on_start:
@@ -104,9 +180,13 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
-    tiers = TierService(PgUnitOfWork(pool))
+    parts = redis_parts(settings)
+    tiers = TierService(PgUnitOfWork(pool), [parts.cache])
+    reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(
-        CampaignServicer(tiers), max_message_bytes=settings.grpc_max_message_bytes
+        CampaignServicer(tiers, reads),
+        extra_interceptors=[RateLimitInterceptor(parts.limiter)] if parts.limiter else [],
+        max_message_bytes=settings.grpc_max_message_bytes,
     )
     grpc_port = server.add_insecure_port(f"{settings.bind_host}:{settings.grpc_port}")
 
@@ -123,7 +203,7 @@ async def build_app(settings: Settings) -> App:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 
-    runner = web.AppRunner(build_http_app([Check("postgres", db_check)]), access_log=None)
+    runner = web.AppRunner(build_http_app([Check("postgres", db_check), *parts.checks()]), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
     await site.start()
@@ -131,6 +211,7 @@ async def build_app(settings: Settings) -> App:
     await server.start()
     await set_serving(health_servicer, True)
     app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port)
+    app._closers.extend(parts.start(settings))
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
     log.info("serving", grpc_port=grpc_port, http_port=http_port, embedded_db=settings.embedded_db)

@@ -1,7 +1,7 @@
 """Cross-cutting concerns of every CampaignService RPC, as grpc.aio server interceptors.
 
-Order (outermost first): metrics -> correlation id -> errors. Health and reflection RPCs pass
-through untouched.
+Order (outermost first): metrics -> correlation id -> extra (auth, rate limit) -> errors. Health
+and reflection RPCs pass through untouched.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
+from uuid import UUID
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -27,6 +28,7 @@ from campaign_service.domain.errors import (
     NotFound,
     VersionConflict,
 )
+from campaign_service.service.ports import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +172,47 @@ class ErrorInterceptor(_ServiceInterceptor):
                 await _abort(ctx, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
 
         return guarded
+
+
+def _merchant_of(request: Any) -> UUID | None:
+    """The request's merchant in canonical form; None when malformed (the servicer rejects it)."""
+    value = getattr(request, "merchant_id", "")
+    if not isinstance(value, str) or len(value) != 36:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        return None
+
+
+def exhausted_status(retry_after_s: float) -> status_pb2.Status:
+    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail saying when to retry."""
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(1_000_000, int(retry_after_s * 1e9)))  # at least 1 ms
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status_pb2.Status(
+        code=code_pb2.RESOURCE_EXHAUSTED,
+        message=f"rate limit exceeded for this merchant; retry in {delay.ToMilliseconds()} ms",
+        details=[detail],
+    )
+
+
+class RateLimitInterceptor(_ServiceInterceptor):
+    """Counts every CampaignService request against its merchant's limit (the request's
+    `merchant_id`; every request message has one)."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        async def limited(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            merchant = _merchant_of(request)
+            if merchant is not None:
+                decision = await self._limiter.acquire(merchant)
+                if not decision.allowed:
+                    metrics.RATE_LIMITED.labels(method, decision.limiter).inc()
+                    await _abort(ctx, exhausted_status(decision.retry_after_s))
+            return await behavior(request, ctx)
+
+        return limited
