@@ -24,9 +24,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from campaign_service.adapters.postgres import migrations
-from campaign_service.adapters.postgres.pool import create_pool
-from campaign_service.adapters.postgres.provision import provision
+from campaign_service.adapters.postgres.pool import create_pool, init_connection
+from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.client import create_client
 from campaign_service.api.pb import campaign_grpc
@@ -47,34 +46,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
-class Database:
-    superuser_dsn: str
-    name: str
-
-    def dsn(self, user: str) -> str:
-        u = urlparse(self.superuser_dsn)
-        return f"postgresql://{user}@{u.hostname}:{u.port}/{self.name}"
-
-    @property
-    def owner_dsn(self) -> str:
-        return self.dsn("campaign_owner")
-
-    @property
-    def app_dsn(self) -> str:
-        return self.dsn("campaign_app")
+Database = ProvisionedDatabase
 
 
 async def make_database(name: str | None = None) -> Database:
-    su = required_env("CAMPAIGN_TEST_PG_DSN")
-    db = Database(su, name or f"campaign_test_{uuid.uuid4().hex[:10]}")
-    await provision(su, db.name)
-    conn = await asyncpg.connect(db.owner_dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
-    return db
+    return await create_migrated(required_env("CAMPAIGN_TEST_PG_DSN"), name or f"campaign_test_{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +61,15 @@ async def database() -> Database:
 @pytest.fixture(scope="session")
 async def owner_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any]]:
     conn = await asyncpg.connect(database.owner_dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def superuser_conn(database: Database) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """Sees every row (superusers bypass RLS): for checking what really is in the tables."""
+    conn = await asyncpg.connect(database.superuser_dsn, database=database.name)
+    await init_connection(conn)
     yield conn
     await conn.close()
 

@@ -298,28 +298,51 @@ _kafka_format() {  # <state>
 
 _kafka_spawn() {  # <state>: start the JVM in the background, record its pid
   local state="$1" pid
+  # where this run's output starts in the (appended) kafka.log
+  stat -c %s "$state/kafka.log" 2>/dev/null >"$state/kafka.log.offset" || echo 0 >"$state/kafka.log.offset"
+  rm -f "$state/kafka.pid"
+  # Started from a subshell that exits at once: the JVM is not a job of the caller's shell
+  # (no "Killed" job notices, no zombie in long-lived shells; init reaps it).
   # shellcheck disable=SC2086
-  "$(_kafka_java_bin)" ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} \
-    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$state/log4j2.properties" \
-    ${KAFKA_EXTRA_JVM_OPTS:-} \
-    -cp "$(kafka_libs_dir)/*" kafka.Kafka "$state/server.properties" \
-    </dev/null >>"$state/kafka.log" 2>&1 &
-  pid=$!
-  printf '%s\n' "$pid" >"$state/kafka.pid"
+  (
+    "$(_kafka_java_bin)" ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m} \
+      -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$state/log4j2.properties" \
+      ${KAFKA_EXTRA_JVM_OPTS:-} \
+      -cp "$(kafka_libs_dir)/*" kafka.Kafka "$state/server.properties" \
+      </dev/null >>"$state/kafka.log" 2>&1 &
+    printf '%s\n' "$!" >"$state/kafka.pid"
+  )
+  pid="$(cat "$state/kafka.pid")"
+  # Until the forked shell has exec'd java, /proc/<pid>/cmdline is the shell's: wait (bounded)
+  # for the exec so that _kafka_pid does not mistake a starting broker for a dead one.
+  local i
+  for (( i = 0; i < 200; i++ )); do
+    _kafka_pid_alive "$pid" || return 0
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F -q -- "$state/server.properties"; then return 0; fi
+    sleep 0.05
+  done
 }
 
-# Wait (bounded) until the broker listens; returns 2 if it died of a port clash.
+_kafka_run_log() {  # output of the current run only
+  local off
+  off="$(cat "$1/kafka.log.offset" 2>/dev/null || echo 0)"
+  tail -c "+$(( off + 1 ))" "$1/kafka.log" 2>/dev/null || true
+}
+
+# Wait (bounded) until this broker has started (it logs that only after binding its
+# listeners, so a foreign process on the port does not fool us) and accepts connections.
+# Returns 2 if it died of a port clash.
 _kafka_wait_listening() {  # <state> <deadline_epoch>
   local state="$1" deadline="$2" port
   port="$(_kafka_broker_port "$state")"
   while :; do
     if ! _kafka_pid "$state" >/dev/null; then
-      if grep -q 'Address already in use' "$state/kafka.log" 2>/dev/null; then return 2; fi
+      if _kafka_run_log "$state" | grep -q 'Address already in use'; then return 2; fi
       _kafka_log "broker exited during start-up; last log lines:"; tail -n 30 "$state/kafka.log" >&2
       return 1
     fi
-    if _kafka_port_open "$port"; then return 0; fi
+    if _kafka_run_log "$state" | grep -q 'Kafka Server started' && _kafka_port_open "$port"; then return 0; fi
     if (( $(_kafka_now) >= deadline )); then
       _kafka_log "broker not listening on 127.0.0.1:$port before timeout"; tail -n 30 "$state/kafka.log" >&2
       return 1
@@ -371,7 +394,11 @@ kafka_up() {
   deadline=$(( $(_kafka_now) + ${KAFKA_READY_TIMEOUT:-90} ))
   if [[ -f "$state/server.properties" && -f "$state/data/meta.properties" ]]; then
     _kafka_spawn "$state"
-    _kafka_wait_listening "$state" "$deadline" || return 1
+    rc=0; _kafka_wait_listening "$state" "$deadline" || rc=$?
+    if (( rc == 2 )); then
+      _kafka_log "the ports of the existing $state are taken; remove that dir for a fresh broker"
+    fi
+    (( rc == 0 )) || { kafka_kill "$state" || true; return 1; }
   else
     fresh=1
     for attempt in 1 2 3; do
@@ -383,12 +410,14 @@ kafka_up() {
       _kafka_spawn "$state"
       rc=0; _kafka_wait_listening "$state" "$deadline" || rc=$?
       if (( rc == 0 )); then break; fi
+      kafka_kill "$state" || true
       if (( rc == 2 && attempt < 3 )); then _kafka_log "port clash, retrying with new ports"; continue; fi
       return 1
     done
   fi
   if ! _kafka_wait_ready "$state" "$deadline" "${topics[@]}"; then
     _kafka_log "last broker log lines:"; tail -n 30 "$state/kafka.log" >&2
+    kafka_kill "$state" || true
     return 1
   fi
   _kafka_write_env "$state"
@@ -409,11 +438,17 @@ kafka_start_again() {
   if _kafka_pid "$state" >/dev/null; then _kafka_log "already running"; return 0; fi
   deadline=$(( $(_kafka_now) + ${KAFKA_READY_TIMEOUT:-90} ))
   _kafka_spawn "$state"
-  _kafka_wait_listening "$state" "$deadline" || return 1
+  if ! _kafka_wait_listening "$state" "$deadline"; then
+    _kafka_log "restart failed (ports of $state taken?)"; kafka_kill "$state" || true; return 1
+  fi
   # ready = metadata served and the default topics (those that exist) have leaders again
   # shellcheck disable=SC2206
   local topics=(${KAFKA_TOPICS-customer.created:3 vip_tier.assigned:3 vip_tier.updated:3 customer.created.dlq:1})
-  _kafka_wait_ready "$state" "$deadline" "${topics[@]}" || return 1
+  if ! _kafka_wait_ready "$state" "$deadline" "${topics[@]}"; then
+    _kafka_log "broker restarted but not ready; last log lines:"; tail -n 30 "$state/kafka.log" >&2
+    kafka_kill "$state" || true
+    return 1
+  fi
   _kafka_write_env "$state"
 }
 
@@ -431,8 +466,6 @@ _kafka_stop() {  # <state> <signal> <timeout_s>
     fi
     sleep 0.1
   done
-  # reap if it is our child (avoids a zombie keeping kill -0 true in long-lived shells)
-  wait "$pid" 2>/dev/null || true
   rm -f "$state/kafka.pid"
 }
 

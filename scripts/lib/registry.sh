@@ -147,7 +147,7 @@ _registry_http_ok() {  # <url>: 2xx within 3 s
 }
 
 registry_up() {
-  local state="${1:?usage: registry_up <state_dir>}" java ports hp mp deadline attempt pid t0 ready
+  local state="${1:?usage: registry_up <state_dir>}" java ports hp mp deadline attempt pid t0 ready i
   t0="$(_registry_now)"
   registry_fetch || return 1
   java="$(registry_java)" || return 1
@@ -163,22 +163,32 @@ registry_up() {
     read -r hp mp <<<"$ports"
     printf 'http=%s\nmanagement=%s\n' "$hp" "$mp" >"$state/registry.ports"
     : >"$state/registry.log"
+    rm -f "$state/registry.pid"
+    # from a subshell that exits at once: not a job of the caller's shell (see kafka.sh)
     # shellcheck disable=SC2086
-    "$java" ${REGISTRY_HEAP_OPTS:--Xms64m -Xmx384m} -XX:+ExitOnOutOfMemoryError \
-      -Dcampaign.registry.state="$state" \
-      -Djava.io.tmpdir="$state/tmp" -Dvertx.cacheDirBase="$state/tmp/vertx-cache" \
-      -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$hp" \
-      -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$mp" \
-      -Dquarkus.http.access-log.enabled=false \
-      -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
-      -Dapicurio.datasource.jdbc.initial-size=2 -Dapicurio.datasource.jdbc.min-size=2 \
-      -Dapicurio.datasource.jdbc.max-size=20 \
-      -Dapicurio.storage.snapshot.location="$state/tmp" -Dapicurio.import.work-dir="$state/tmp" \
-      ${REGISTRY_EXTRA_JVM_OPTS:-} \
-      -jar "$(registry_home)/quarkus-app/quarkus-run.jar" \
-      </dev/null >>"$state/registry.log" 2>&1 &
-    pid=$!
-    printf '%s\n' "$pid" >"$state/registry.pid"
+    (
+      "$java" ${REGISTRY_HEAP_OPTS:--Xms64m -Xmx384m} -XX:+ExitOnOutOfMemoryError \
+        -Dcampaign.registry.state="$state" \
+        -Djava.io.tmpdir="$state/tmp" -Dvertx.cacheDirBase="$state/tmp/vertx-cache" \
+        -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$hp" \
+        -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$mp" \
+        -Dquarkus.http.access-log.enabled=false \
+        -Dapicurio.storage.kind=sql -Dapicurio.storage.sql.kind=h2 \
+        -Dapicurio.datasource.jdbc.initial-size=2 -Dapicurio.datasource.jdbc.min-size=2 \
+        -Dapicurio.datasource.jdbc.max-size=20 \
+        -Dapicurio.storage.snapshot.location="$state/tmp" -Dapicurio.import.work-dir="$state/tmp" \
+        ${REGISTRY_EXTRA_JVM_OPTS:-} \
+        -jar "$(registry_home)/quarkus-app/quarkus-run.jar" \
+        </dev/null >>"$state/registry.log" 2>&1 &
+      printf '%s\n' "$!" >"$state/registry.pid"
+    )
+    pid="$(cat "$state/registry.pid")"
+    # wait (bounded) for the forked shell to exec java, so _registry_pid recognises it
+    for (( i = 0; i < 200; i++ )); do
+      _registry_pid_alive "$pid" || break
+      if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F -q -- "-Dcampaign.registry.state=$state"; then break; fi
+      sleep 0.05
+    done
     ready=0
     while :; do
       if ! _registry_pid "$state" >/dev/null; then break; fi
@@ -214,7 +224,6 @@ _registry_stop() {  # <state> <signal> <timeout_s>
     fi
     sleep 0.1
   done
-  wait "$pid" 2>/dev/null || true
   rm -f "$state/registry.pid"
 }
 

@@ -2,7 +2,7 @@
 # Smoke check of the local Kafka broker and schema registry (scripts/lib/kafka.sh, registry.sh):
 # fetch (cached), start both in a temp dir, register an Avro schema through the Confluent API,
 # produce and consume one message with the Java console tools from the Kafka jars, tear down.
-# If a Python with confluent-kafka and fastavro is at hand (SMOKE_PYTHON, default the repo's
+# If a Python with confluent-kafka[avro,schemaregistry] is at hand (SMOKE_PYTHON, default the repo's
 # .venv/bin/python), it also does a Confluent-framed Avro round trip through the registry.
 #   bash scripts/lib/smoke_kafka.sh          exit 0 = pass
 # Uses curl when present, python3 otherwise. Prints timings and RSS of both JVMs.
@@ -83,10 +83,23 @@ consumed="$(kafka_java "$smoke_dir/kafka" org.apache.kafka.tools.consumer.Consol
 [[ "$consumed" == *"$nonce"* ]] || fail "consumed '$consumed', wanted nonce $nonce"
 echo "smoke: produced and consumed one message on customer.created" >&2
 
+# --- optional (SMOKE_CHAOS=1): SIGKILL the broker, restart it on the same data, read again -----
+if [[ -n "${SMOKE_CHAOS:-}" ]]; then
+  t=$(ms); kafka_kill "$smoke_dir/kafka"; t_kill=$(( $(ms) - t ))
+  kafka_is_running "$smoke_dir/kafka" && fail "kafka still running after kafka_kill"
+  t=$(ms); kafka_start_again "$smoke_dir/kafka"; t_again=$(( $(ms) - t ))
+  [[ "$(cat "$smoke_dir/kafka/env")" == "export KAFKA_BROKER=$KAFKA_BROKER" ]] || fail "broker address changed on restart"
+  consumed="$(kafka_java "$smoke_dir/kafka" org.apache.kafka.tools.consumer.ConsoleConsumer \
+      --bootstrap-server "$KAFKA_BROKER" --topic customer.created --from-beginning \
+      --max-messages 1 --timeout-ms 30000 --group "smoke-again-$$" 2>/dev/null)" || fail "consume after restart"
+  [[ "$consumed" == *"$nonce"* ]] || fail "after restart consumed '$consumed', wanted nonce $nonce"
+  echo "smoke: kafka_kill ${t_kill}ms, kafka_start_again ${t_again}ms, message still there" >&2
+fi
+
 # --- optional: Confluent-framed Avro through confluent-kafka + the registry --------------------
 py="${SMOKE_PYTHON:-}"
 if [[ -z "$py" && -x "$here/../../.venv/bin/python" ]]; then py="$here/../../.venv/bin/python"; fi
-if [[ -n "$py" ]] && "$py" -c 'import confluent_kafka, fastavro' 2>/dev/null; then
+if [[ -n "$py" ]] && "$py" -c 'import confluent_kafka.schema_registry.avro, fastavro' 2>/dev/null; then
   timeout 60 "$py" - "$KAFKA_BROKER" "$CAMPAIGN_SCHEMA_REGISTRY_URL" "$schema" "$nonce" <<'PY' || fail "python Avro round trip"
 import sys, time
 from confluent_kafka import Consumer, Producer
@@ -124,7 +137,7 @@ finally:
     c.close()
 PY
 else
-  echo "smoke: (no Python with confluent-kafka+fastavro: skipped the Avro client round trip)" >&2
+  echo "smoke: (no Python that imports confluent_kafka.schema_registry.avro: skipped the Avro client round trip)" >&2
 fi
 
 k_rss="$(rss_mb "$(cat "$smoke_dir/kafka/kafka.pid")")"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.adapters.redis.cache import RedisViewCache
 from campaign_service.adapters.redis.client import RedisBreaker, create_client, ping
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
@@ -78,6 +79,10 @@ async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         )
 
 
+StopHook = Callable[[], Awaitable[None]]
+_HOOK_TIMEOUT_S = 5.0
+
+
 @dataclass
 class App:
     settings: Settings
@@ -88,16 +93,49 @@ class App:
     http_runner: web.AppRunner
     grpc_port: int = 0
     http_port: int = 0
-    _closers: list[Any] = field(default_factory=list)
+    draining: bool = False
+    # Run in order after in-flight RPCs have finished and before the pools close: the place for
+    # the outbox relay's final flush and the consumer's last offset commit (each bounded).
+    drain_hooks: list[StopHook] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closers: list[StopHook] = field(default_factory=list)
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    @property
+    def stop_bound_s(self) -> float:
+        """The longest `stop` may take: delay + RPC grace + bounded hooks and closes."""
+        return self.settings.shutdown_delay_s + self.settings.shutdown_grace_s + 10.0
+
+    async def stop(self) -> None:
+        """SIGTERM path: not ready -> (delay) -> refuse new RPCs, drain in-flight -> hooks -> close."""
+        s = self.settings
+        self.draining = True
         await set_serving(self.health, False)
-        await self.grpc_server.stop(grace_s)
+        log.info("shutting down", delay_s=s.shutdown_delay_s, grace_s=s.shutdown_grace_s)
+        if s.shutdown_delay_s:
+            await asyncio.sleep(s.shutdown_delay_s)
+        # New RPCs get UNAVAILABLE from here; in-flight ones have `grace` seconds, then are cancelled.
+        await self.grpc_server.stop(s.shutdown_grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for hook in self.drain_hooks:
+            await _run_bounded("drain hook", hook)
         await self.http_runner.cleanup()
-        await self.pool.close()
+        try:
+            await asyncio.wait_for(self.pool.close(), _HOOK_TIMEOUT_S)
+        except TimeoutError:
+            self.pool.terminate()
         for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
+            await _run_bounded("closer", close)
+        log.info("stopped")
+
+
+async def _run_bounded(what: str, step: StopHook) -> None:
+    """One shutdown step; its failure is logged and does not keep the others from running."""
+    try:
+        await asyncio.wait_for(step(), _HOOK_TIMEOUT_S)
+    except Exception:  # shutdown must go on; the failure is logged with its trace
+        log.exception("shutdown step failed", step=what)
 
 
 @dataclass
@@ -122,22 +160,6 @@ class RedisParts:
             return problem
 
         return [Check("redis", redis_check, critical=False)]
-
-    def start(self, settings: Settings) -> list[Any]:
-        """Starts background work; returns the closers."""
-        closers: list[Any] = []
-        if isinstance(self.cache, RedisViewCache):
-            task = asyncio.create_task(self.cache.redeliver_forever(settings.redis_retry_after_ms / 1000))
-
-            async def cancel() -> None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-            closers.append(cancel)
-        if self.client is not None:
-            closers.append(self.client.aclose)
-        return closers
 
 
 def redis_parts(settings: Settings) -> RedisParts:
@@ -203,7 +225,11 @@ async def build_app(settings: Settings) -> App:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 
-    runner = web.AppRunner(build_http_app([Check("postgres", db_check), *parts.checks()]), access_log=None)
+    app_ref: list[App] = []
+    http_app = build_http_app(
+        [Check("postgres", db_check), *parts.checks()], draining=lambda: bool(app_ref) and app_ref[0].draining
+    )
+    runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
     await site.start()
@@ -211,7 +237,18 @@ async def build_app(settings: Settings) -> App:
     await server.start()
     await set_serving(health_servicer, True)
     app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port)
-    app._closers.extend(parts.start(settings))
+    app_ref.append(app)
+    app._tasks.append(
+        asyncio.create_task(
+            refresh_tier_counts(pool, settings.tier_counts_top_n, settings.tier_counts_interval_s),
+            name="tier-counts",
+        )
+    )
+    if isinstance(parts.cache, RedisViewCache):
+        interval_s = settings.redis_retry_after_ms / 1000
+        app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))
+    if parts.client is not None:
+        app._closers.append(parts.client.aclose)
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
     log.info("serving", grpc_port=grpc_port, http_port=http_port, embedded_db=settings.embedded_db)

@@ -9,21 +9,29 @@ import sys
 from uuid import UUID
 
 import asyncpg
+import structlog
 import uvloop
 
 from campaign_service import logs
 from campaign_service.bootstrap import UnsafeDatabaseRole, build_app, database_target, run_migrations
 from campaign_service.config import ConfigError, Settings, load_settings
 
+log = structlog.get_logger(__name__)
 
-async def _serve(settings: Settings) -> None:
+
+async def _serve(settings: Settings) -> int:
     app = await build_app(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await app.stop()
+    try:
+        await asyncio.wait_for(app.stop(), app.stop_bound_s)
+    except TimeoutError:
+        log.error("shutdown exceeded its bound; exiting anyway", bound_s=app.stop_bound_s)
+        return 1
+    return 0
 
 
 async def _migrate(settings: Settings) -> None:
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         if args.command == "serve":
-            uvloop.run(_serve(settings))
+            return uvloop.run(_serve(settings))
         elif args.command == "migrate":
             uvloop.run(_migrate(settings))
         elif args.command == "merchants":

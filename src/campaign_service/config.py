@@ -75,6 +75,17 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # vip_tiers_total: how many merchants get their own series (the rest are summed as "other")
+    # and how often the counts are refreshed.
+    tier_counts_top_n: int = Field(50, ge=0, le=1000)
+    tier_counts_interval_s: float = Field(60.0, ge=0.1, le=3600)
+
+    # Graceful shutdown on SIGTERM: keep serving (but report NOT_SERVING / not ready) for
+    # `shutdown_delay_s` so load balancers stop sending traffic, then refuse new RPCs and give
+    # in-flight ones up to `shutdown_grace_s`; the whole stop is bounded by delay + grace + 10 s.
+    shutdown_delay_s: float = Field(0.0, ge=0, le=60)
+    shutdown_grace_s: float = Field(10.0, ge=0, le=300)
+
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:

@@ -19,11 +19,18 @@ class Check:
     critical: bool = True
 
 
-def build_http_app(checks: list[Check], timeout_s: float = 2.0) -> web.Application:
+def build_http_app(
+    checks: list[Check], timeout_s: float = 2.0, draining: Callable[[], bool] = lambda: False
+) -> web.Application:
+    """`draining()` true (SIGTERM received) makes /ready answer 503 so no new traffic arrives;
+    /health stays 200 while in-flight work finishes."""
+
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def ready(_: web.Request) -> web.Response:
+        if draining():
+            return web.json_response({"status": "shutting down", "checks": {}}, status=503)
         report: dict[str, str] = {}
         ok = True
         for check in checks:

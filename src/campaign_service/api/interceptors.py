@@ -1,7 +1,7 @@
 """Cross-cutting concerns of every CampaignService RPC, as grpc.aio server interceptors.
 
-Order (outermost first): metrics -> correlation id -> extra (auth, rate limit) -> errors. Health
-and reflection RPCs pass through untouched.
+Order (outermost first): metrics -> correlation id, trace and request log -> extra (auth, rate
+limit) -> errors. Health and reflection RPCs pass through untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import grpc
+import structlog
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -31,10 +32,25 @@ from campaign_service.domain.errors import (
 from campaign_service.service.ports import RateLimiter
 
 log = logging.getLogger(__name__)
+access_log = structlog.get_logger("campaign_service.access")
 
 SERVICE_PREFIX = "/campaign.v1.CampaignService/"
 LOOKUP_METHODS = frozenset({"GetVIPTier", "ListVIPTiers", "EvaluateTier", "GetCustomerTier"})
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Status codes that describe the caller's request, not a fault of ours: logged at info.
+_CALLER_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
@@ -83,43 +99,81 @@ class MetricsInterceptor(_ServiceInterceptor):
         seconds = metrics.GRPC_HANDLING_SECONDS.labels(method)
         lookup = method in LOOKUP_METHODS
 
+        def record(code: grpc.StatusCode, elapsed: float) -> None:
+            handled[code].inc()
+            seconds.observe(elapsed)
+            if lookup:
+                metrics.LOOKUP_LATENCY.labels(method, context.cache_result.get()).observe(elapsed)
+                if code is not grpc.StatusCode.OK:
+                    metrics.LOOKUP_ERRORS.labels(code.name).inc()
+
         async def observed(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                return await behavior(request, ctx)
-            except BaseException:
-                code = ctx.code() or grpc.StatusCode.UNKNOWN
-                if not isinstance(code, grpc.StatusCode):
-                    code = grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                elapsed = time.perf_counter() - start
-                handled[code].inc()
-                seconds.observe(elapsed)
-                if lookup:
-                    metrics.LOOKUP_LATENCY.labels(method, context.cache_result.get()).observe(elapsed)
-                    if code is not grpc.StatusCode.OK:
-                        metrics.LOOKUP_ERRORS.labels(code.name).inc()
+            return await _timed(behavior, request, ctx, record)
 
         return observed
 
 
+async def _timed(
+    behavior: Behavior,
+    request: Any,
+    ctx: grpc.aio.ServicerContext[Any, Any],
+    done: Callable[[grpc.StatusCode, float], None],
+) -> Any:
+    """Runs the RPC and reports its status code and duration to `done`, however it ends."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        return await behavior(request, ctx)
+    except BaseException:
+        code = _failed_code(ctx)
+        raise
+    finally:
+        done(code, time.perf_counter() - start)
+
+
+def _failed_code(ctx: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The status an RPC that raised ends with (UNKNOWN when nothing set one)."""
+    code = ctx.code()
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _metadata(ctx: grpc.aio.ServicerContext[Any, Any], key: str) -> str | None:
+    for k, v in ctx.invocation_metadata() or ():
+        if k == key and isinstance(v, str):
+            return v
+    return None
+
+
+def _request_ids(request: Any) -> dict[str, str | None]:
+    """merchant_id and tier_id of a request, as sent (truncated: not validated yet)."""
+    tier = getattr(request, "tier_id", "") or getattr(getattr(request, "tier", None), "tier_id", "")
+    return {"merchant_id": getattr(request, "merchant_id", "")[:64] or None, "tier_id": tier[:64] or None}
+
+
 class CorrelationInterceptor(_ServiceInterceptor):
-    """Takes `x-correlation-id` from metadata (or makes one) and echoes it back."""
+    """Takes `x-correlation-id` (or makes one) and echoes it back; joins the caller's W3C trace
+    (`traceparent`); binds correlation id, merchant and tier to every log line of the RPC and
+    writes one request log line (debug for successful lookups, info otherwise, warning for ours)."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        lookup = method in LOOKUP_METHODS
+
+        def log_request(code: grpc.StatusCode, elapsed: float) -> None:
+            level = logging.DEBUG if lookup else logging.INFO
+            if code is not grpc.StatusCode.OK:
+                level = logging.INFO if code in _CALLER_CODES else logging.WARNING
+            access_log.log(level, "rpc handled", grpc_code=code.name, duration_ms=round(elapsed * 1000, 3))
+
         async def correlated(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            value = ""
-            for key, val in ctx.invocation_metadata() or ():
-                if key == "x-correlation-id" and isinstance(val, str) and _CORRELATION_ID.match(val):
-                    value = val
-                    break
-            value = value or str(uuid.uuid4())
+            value = _metadata(ctx, "x-correlation-id")
+            if not (value and _CORRELATION_ID.match(value)):
+                value = str(uuid.uuid4())
             context.correlation_id.set(value)
+            context.continue_trace(_metadata(ctx, "traceparent"))
             context.cache_result.set("none")
             await ctx.send_initial_metadata((("x-correlation-id", value),))
-            return await behavior(request, ctx)
+            with structlog.contextvars.bound_contextvars(grpc_method=method, **_request_ids(request)):
+                return await _timed(behavior, request, ctx, log_request)
 
         return correlated
 

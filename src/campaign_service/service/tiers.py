@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-from campaign_service import context
+import structlog
+
+from campaign_service import context, topics
 from campaign_service.domain import events
 from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
 from campaign_service.domain.tiers import (
@@ -30,6 +32,8 @@ from campaign_service.service.ports import (
     TierChangeListener,
     UnitOfWork,
 )
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,14 +102,9 @@ class TierService:
     ) -> UpdateResult:
         check_tier_id(tier_id)
         paths = check_mask(mask)
-        if expected_version < 0:
-            raise invalid("expected_version", "must be >= 0")
+        _check_expected_version(expected_version)
         async with self._uow(merchant_id) as tx:
-            current = await tx.get_tier(tier_id, for_update=True)
-            if current is None:
-                raise NotFound(f"tier {tier_id!r} not found")
-            if expected_version and current.version != expected_version:
-                raise VersionConflict(f"tier {tier_id!r} is at version {current.version}, not {expected_version}")
+            current = await _locked(tx, tier_id, expected_version)
             new_spec = check_spec(current.spec.patched(values, paths))
             changed = current.spec.changed_fields(new_spec)
             if not changed:
@@ -119,12 +118,9 @@ class TierService:
 
     async def delete(self, merchant_id: UUID, tier_id: str, expected_version: int = 0) -> None:
         check_tier_id(tier_id)
+        _check_expected_version(expected_version)
         async with self._uow(merchant_id) as tx:
-            current = await tx.get_tier(tier_id, for_update=True)
-            if current is None:
-                raise NotFound(f"tier {tier_id!r} not found")
-            if expected_version and current.version != expected_version:
-                raise VersionConflict(f"tier {tier_id!r} is at version {current.version}, not {expected_version}")
+            current = await _locked(tx, tier_id, expected_version)
             holders = await tx.customers_holding(tier_id)
             if holders:
                 raise FailedPrecondition(f"{holders} customer(s) hold tier {tier_id!r}; move them first")
@@ -152,5 +148,22 @@ class TierService:
                 await self._announce(tx, merchant_id, tier, ["is_default"])
 
     async def _changed(self, merchant_id: UUID, tier_ids: list[str]) -> None:
+        for tier_id in tier_ids:
+            log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
         for listener in self._listeners:
             await listener.tiers_changed(merchant_id, tier_ids)
+
+
+def _check_expected_version(expected_version: int) -> None:
+    if expected_version < 0:
+        raise invalid("expected_version", "must be >= 0 (0: any version)")
+
+
+async def _locked(tx: TenantTransaction, tier_id: str, expected_version: int) -> VIPTier:
+    """The tier, row-locked until commit; raises unless it exists at the expected version."""
+    current = await tx.get_tier(tier_id, for_update=True)
+    if current is None:
+        raise NotFound(f"tier {tier_id!r} not found")
+    if expected_version and current.version != expected_version:
+        raise VersionConflict(f"tier {tier_id!r} is at version {current.version}, not {expected_version}")
+    return current

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 
-async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+async def init_connection(conn: asyncpg.Connection[Any]) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -27,7 +27,7 @@ async def create_pool(
         max_size=max_size,
         timeout=connect_timeout_s,
         command_timeout=statement_timeout_ms / 1000 + 1,
-        init=_init_connection,
+        init=init_connection,
         server_settings={
             "statement_timeout": str(statement_timeout_ms),
             "idle_in_transaction_session_timeout": str(statement_timeout_ms * 2),

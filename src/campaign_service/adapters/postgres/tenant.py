@@ -12,7 +12,14 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from campaign_service.domain.benefits import Benefits
-from campaign_service.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from campaign_service.domain.errors import (
+    AlreadyExists,
+    DomainError,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    VersionConflict,
+)
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.ports import CustomerAssignment
@@ -117,9 +124,7 @@ class PgTenantTransaction:
                     *_spec_args(spec),
                 )
         except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name == "unique_vip_tiers_merchant_id_tier_id":
-                raise AlreadyExists(f"tier {tier_id!r} already exists") from None
-            raise
+            raise _unique_failed(exc, tier_id) from None
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("merchant is not provisioned") from None
         except asyncpg.CheckViolationError as exc:
@@ -142,6 +147,8 @@ class PgTenantTransaction:
                 )
         except asyncpg.CheckViolationError as exc:
             raise _check_failed(exc) from None
+        except asyncpg.UniqueViolationError as exc:
+            raise _unique_failed(exc, tier_id) from None
         if "translations" in changed:
             await self._conn.execute(
                 "DELETE FROM vip_tier_translations WHERE merchant_id = $1 AND tier_id = $2",
@@ -228,6 +235,13 @@ class PgTenantTransaction:
             message.payload,
             message.headers,
         )
+
+
+def _unique_failed(exc: asyncpg.UniqueViolationError, tier_id: str) -> DomainError:
+    # Partition indexes carry their own names (vip_tiers_p3_..._default...), so match by part.
+    if "default" in (exc.constraint_name or ""):
+        return VersionConflict("another default tier was set concurrently; retry")
+    return AlreadyExists(f"tier {tier_id!r} already exists")
 
 
 def _check_failed(exc: asyncpg.CheckViolationError) -> InvalidArgument:

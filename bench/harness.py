@@ -1,0 +1,92 @@
+"""Shared plumbing of the benchmarks: dependencies on loopback, a fresh database, processes
+pinned to cores, readiness and peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def services(names: str = "postgres redis") -> Iterator[dict[str, str]]:
+    """The addresses of running dependencies: the caller's (from the environment, when
+    scripts/test or scripts/services set them) or ones started here and stopped afterwards."""
+    if os.environ.get("CAMPAIGN_TEST_PG_DSN"):
+        yield dict(os.environ)
+        return
+    state = tempfile.mkdtemp(prefix="campaign-bench.")
+    os.chmod(state, 0o755)
+    try:
+        subprocess.run([str(ROOT / "scripts/services"), "up", state], check=True, env={**os.environ, "SERVICES": names})
+        env: dict[str, str] = {}
+        for line in Path(state, "env").read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value
+        yield {**os.environ, **env}
+    finally:
+        subprocess.run([str(ROOT / "scripts/services"), "down", state], check=False)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+Database = ProvisionedDatabase
+
+
+async def fresh_database(superuser_dsn: str) -> Database:
+    return await create_migrated(superuser_dsn, f"campaign_bench_{uuid.uuid4().hex[:8]}")
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def peak_rss_mib(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        return kib / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start(args: list[str], *, port: int, core: int | None, env: dict[str, str], log: Path) -> Process:
+    """Starts `args` (pinned to `core` with taskset when given) and waits until `port` accepts."""
+    cmd = ["taskset", "-c", str(core), *args] if core is not None and shutil.which("taskset") else args
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"{args[:4]} exited early:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return Process(proc, port, log)
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"{args[:4]} did not listen on {port} in 60 s")
