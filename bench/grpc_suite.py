@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 
@@ -124,9 +125,21 @@ def service_env(db: Database, env: dict[str, str], port: int, extra: dict[str, s
     }
 
 
+# A limit no benchmark reaches: the shared limiter still runs on every request, it just never refuses.
+UNLIMITED = {"CAMPAIGN_RATE_LIMIT_REQUESTS": "1000000000"}
+
+
+def redis_env(env: dict[str, str]) -> dict[str, str]:
+    u = urlparse(env["CAMPAIGN_TEST_REDIS_URL"])
+    return {"REDIS_HOST": u.hostname or "127.0.0.1", "CAMPAIGN_REDIS_PORT": str(u.port)}
+
+
 def service_configs(env: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Service configurations compared; extend as features land (cache, auth)."""
-    return {"service": {}}
+    """Service configurations compared; extend as features land (auth)."""
+    return {
+        "service": {**redis_env(env), **UNLIMITED},  # the production shape: Redis cache and limit
+        "uncached": {**redis_env(env), **UNLIMITED, "CAMPAIGN_CACHE": "off"},
+    }
 
 
 def scenarios(merchant: uuid.UUID) -> list[Scenario]:
@@ -134,6 +147,9 @@ def scenarios(merchant: uuid.UUID) -> list[Scenario]:
     return [
         Scenario("no-op GetVIPTier", "noop", "GetVIPTier", {"merchant_id": m, "tier_id": "gold"}),
         Scenario("GetVIPTier", "service", "GetVIPTier", {"merchant_id": m, "tier_id": "gold", "locale": "ar"}),
+        Scenario(
+            "GetVIPTier (uncached)", "uncached", "GetVIPTier", {"merchant_id": m, "tier_id": "gold", "locale": "ar"}
+        ),
         Scenario("ListVIPTiers (10 tiers, ar)", "service", "ListVIPTiers", {"merchant_id": m, "locale": "ar"}),
         Scenario(
             "UpdateVIPTier",
