@@ -203,7 +203,7 @@ async def build_app(settings: Settings) -> App:
     )
     await check_app_role(pool)
     parts = redis_parts(settings)
-    tiers = TierService(PgUnitOfWork(pool), [parts.cache])
+    tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
     reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(
         CampaignServicer(tiers, reads),

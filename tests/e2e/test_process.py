@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -170,3 +171,19 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
         assert http_get(http_port, "/ready")[0] == 200
     finally:
         assert svc.stop() == 0
+
+
+async def test_database_timeout_is_unavailable_not_internal(database: Any, superuser_conn: Any, new_merchant: Any, tmp_path: Path) -> None:
+    merchant = await new_merchant()
+    svc = start_service(database, tmp_path, {"CAMPAIGN_DB_STATEMENT_TIMEOUT_MS": "300"})
+    try:
+        async with grpc.aio.insecure_channel(svc.target) as channel:
+            stub = campaign_grpc.CampaignServiceStub(channel)
+            async with superuser_conn.transaction():
+                await superuser_conn.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="gold"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "SELECT" not in (err.value.details() or "")
+    finally:
+        svc.stop()

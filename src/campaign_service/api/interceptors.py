@@ -27,6 +27,7 @@ from campaign_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
     VersionConflict,
 )
 from campaign_service.service.ports import RateLimiter
@@ -196,6 +197,7 @@ _CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (VersionConflict, grpc.StatusCode.ABORTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
 

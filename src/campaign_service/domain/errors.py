@@ -12,7 +12,7 @@ class FieldViolation:
 
 
 class DomainError(Exception):
-    """Base of errors that are the caller's to fix (never an internal fault)."""
+    """Base of errors with a meaningful status for the caller (never an internal fault)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -42,6 +42,10 @@ class VersionConflict(DomainError):
 
 class FailedPrecondition(DomainError):
     pass
+
+
+class Unavailable(DomainError):
+    """A dependency (the database) is down or too slow right now; the caller may retry."""
 
 
 def invalid(field_path: str, description: str) -> InvalidArgument:

@@ -18,6 +18,7 @@ from campaign_service.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unavailable,
     VersionConflict,
 )
 from campaign_service.domain.events import OutboxMessage
@@ -252,12 +253,28 @@ def _check_failed(exc: asyncpg.CheckViolationError) -> InvalidArgument:
     return InvalidArgument([FieldViolation(f"tier.{field}" if description else "tier", description or message)])
 
 
+_UNAVAILABLE = (
+    asyncpg.QueryCanceledError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    OSError,
+    TimeoutError,
+)
+
+
 class PgUnitOfWork:
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
         self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
 
     @asynccontextmanager
     async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[PgTenantTransaction]:
-        async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
-            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
-            yield PgTenantTransaction(conn, merchant_id)
+        try:
+            async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn, conn.transaction(readonly=readonly):
+                await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
+                yield PgTenantTransaction(conn, merchant_id)
+        except _UNAVAILABLE as exc:
+            # statement timeout, lost connection, pool exhausted: retryable, not a server bug
+            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
