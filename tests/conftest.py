@@ -24,13 +24,17 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.client import create_client
+from campaign_service.adapters.schema_registry import SchemaRegistryClient
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.config import Settings
+from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
+from tests.kafka_support import CustomerEvents, TopicReader
 
 
 def required_env(name: str) -> str:
@@ -128,22 +132,7 @@ def start_service(
 ) -> ServiceProcess:
     """Runs `python -m campaign_service serve` as its own process against `database`."""
     grpc_port, http_port = free_port(), free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
-    }
-    env.update(
-        {
-            "CAMPAIGN_DB_DSN": database.app_dsn,
-            "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
-            "CAMPAIGN_BIND_HOST": "127.0.0.1",
-            "CAMPAIGN_GRPC_PORT": str(grpc_port),
-            "CAMPAIGN_HTTP_PORT": str(http_port),
-            "CAMPAIGN_DATA_DIR": str(tmp / "data"),
-            "CAMPAIGN_LOG_LEVEL": "debug",
-        }
-    )
+    env = service_env(database, tmp, {"CAMPAIGN_GRPC_PORT": str(grpc_port), "CAMPAIGN_HTTP_PORT": str(http_port)})
     env.update(extra_env or {})
     log_path = tmp / f"service-{grpc_port}.log"
     with log_path.open("wb") as log:
@@ -154,6 +143,26 @@ def start_service(
     if wait:
         wait_ready(service)
     return service
+
+
+def service_env(database: Database, tmp: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `python -m campaign_service ...` process on `database`: only what is given."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
+    }
+    env.update(
+        {
+            "CAMPAIGN_DB_DSN": database.app_dsn,
+            "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
+            "CAMPAIGN_BIND_HOST": "127.0.0.1",
+            "CAMPAIGN_DATA_DIR": str(tmp / "data"),
+            "CAMPAIGN_LOG_LEVEL": "debug",
+        }
+    )
+    env.update(extra_env or {})
+    return env
 
 
 def wait_ready(service: ServiceProcess, timeout: float = 60) -> None:
@@ -287,3 +296,107 @@ def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
         if server.proc is not None and server.proc.poll() is None:
             server.resume()
         server.kill()
+
+
+# --- Events: the real Kafka and schema registry -------------------------------------------
+
+
+def events_env(**overrides: str) -> dict[str, str]:
+    """Environment for a service process with Kafka, the registry and the Redis fast path; its own
+    consumer group so that it reads customer.created independently of other processes."""
+    redis = urlparse(required_env("CAMPAIGN_TEST_REDIS_URL"))
+    env = {
+        "KAFKA_BROKER": required_env("KAFKA_BROKER"),
+        "CAMPAIGN_SCHEMA_REGISTRY_URL": required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"),
+        "CAMPAIGN_KAFKA_CONSUMER_GROUP": f"campaign-test-{uuid.uuid4().hex[:10]}",
+        "REDIS_HOST": redis.hostname or "127.0.0.1",
+        "CAMPAIGN_REDIS_PORT": str(redis.port or 6379),
+        "CAMPAIGN_OUTBOX_POLL_INTERVAL_S": "1",
+        "CAMPAIGN_RELAY_BACKOFF_MAX_S": "1",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+async def avro_codec() -> AsyncIterator[AvroWireCodec]:
+    registry = SchemaRegistryClient(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    yield AvroWireCodec(registry)
+    await registry.close()
+
+
+@pytest.fixture(scope="session")
+def event_service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The service with Kafka: relay and customer.created consumer in the process."""
+    svc = start_service(database, tmp_path_factory.mktemp("event-service"), extra_env=events_env())
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def read_topic(avro_codec: AvroWireCodec) -> AsyncIterator[Callable[[str], TopicReader]]:
+    """Makes readers that see only what is written to a topic after they were made."""
+    readers: list[TopicReader] = []
+
+    def make(topic: str) -> TopicReader:
+        reader = TopicReader(required_env("KAFKA_BROKER"), topic, avro_codec)
+        readers.append(reader)
+        return reader
+
+    yield make
+    for reader in readers:
+        reader.close()
+
+
+@pytest.fixture
+async def customer_events(avro_codec: AvroWireCodec) -> AsyncIterator[CustomerEvents]:
+    producer = CustomerEvents(required_env("KAFKA_BROKER"), avro_codec)
+    yield producer
+    producer.close()
+
+
+@pytest.fixture
+async def merchant_with_default(new_merchant: Callable[[], Any], tier_service: TierService) -> Callable[[], Any]:
+    """A provisioned merchant whose default tier is `basic`."""
+
+    async def make() -> uuid.UUID:
+        merchant: uuid.UUID = await new_merchant()
+        await tier_service.create(merchant, "basic", TierSpec(name="Basic", min_points=0, is_default=True))
+        return merchant
+
+    return make
+
+
+@dataclass
+class OwnDatabase:
+    """A database of one test: no other relay or consumer touches its outbox."""
+
+    db: Database
+    pool: asyncpg.Pool[asyncpg.Record]
+    su: asyncpg.Connection[Any]  # superuser: sees every row
+    tiers: TierService
+
+    async def merchant(self) -> uuid.UUID:
+        merchant = uuid.uuid4()
+        await self.su.execute("INSERT INTO merchants (id) VALUES ($1)", merchant)
+        return merchant
+
+    async def outbox(self, merchant: uuid.UUID) -> list[asyncpg.Record]:
+        return list(
+            await self.su.fetch(
+                "SELECT event_id, published_at, attempts, last_error FROM outbox_events"
+                " WHERE merchant_id = $1 ORDER BY seq",
+                merchant,
+            )
+        )
+
+
+@pytest.fixture
+async def own_db() -> AsyncIterator[OwnDatabase]:
+    db = await make_database()
+    pool = await create_pool(db.app_dsn, min_size=1, max_size=4)
+    su = await asyncpg.connect(db.superuser_dsn, database=db.name)
+    await init_connection(su)
+    yield OwnDatabase(db, pool, su, TierService(PgUnitOfWork(pool)))
+    await su.close()
+    await pool.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,23 +15,33 @@ from aiohttp import web
 from grpc_health.v1 import health
 from redis.asyncio import Redis
 
-from campaign_service import metrics
+from campaign_service import metrics, topics
+from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
+from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
+from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
+from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.memory.cache import MemoryViewCache
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
+from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.adapters.redis.cache import RedisViewCache
 from campaign_service.adapters.redis.client import RedisBreaker, create_client, ping
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
+from campaign_service.adapters.redis.processed import RedisProcessedEvents
+from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
 from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.interceptors import RateLimitInterceptor
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
+from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import Settings
+from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.service.ports import RateLimiter, ViewCache
 from campaign_service.service.reads import NoCache, TierReads
 from campaign_service.service.tiers import TierService
@@ -81,6 +92,133 @@ async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
 
 StopHook = Callable[[], Awaitable[None]]
 _HOOK_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Relay:
+    """The outbox relay with what it owns: Kafka producer, schema registry client, LISTEN connection."""
+
+    relay: OutboxRelay
+    listener: PgOutboxListener
+    producer: KafkaProducer
+    codec: AvroWireCodec
+    registry: SchemaRegistryClient
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.listener.run(self.relay.wake, stop))
+            tasks.create_task(self.relay.run(stop))
+
+    async def close(self, flush_s: float = 10.0) -> None:
+        await self.producer.close(flush_s)  # flush: nothing enqueued is dropped on a clean stop
+        await self.registry.close()
+
+    async def kafka_check(self) -> str | None:
+        if self.relay.last_error:
+            return f"publishing fails: {self.relay.last_error}"[:200]
+        return "all brokers down" if self.producer.broker_down else None
+
+
+def build_relay(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> Relay:
+    broker, registry_url = settings.kafka()
+    delivery_s = settings.kafka_delivery_timeout_ms / 1000
+    registry = SchemaRegistryClient(registry_url)
+    codec = AvroWireCodec(registry)
+    producer = KafkaProducer(
+        producer_config(
+            broker,
+            client_id=settings.kafka_client_id,
+            delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+            linger_ms=settings.kafka_linger_ms,
+        )
+    )
+    relay = OutboxRelay(
+        PgOutbox(pool, claim_hold_s=delivery_s + 15),
+        KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s),
+        RelaySettings(
+            batch_size=settings.outbox_batch_size,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            retention_s=settings.outbox_retention_hours * 3600,
+            purge_interval_s=settings.outbox_purge_interval_s,
+            backoff_max_s=settings.relay_backoff_max_s,
+        ),
+    )
+    return Relay(relay, PgOutboxListener(listen_dsn), producer, codec, registry)
+
+
+async def register_schemas(codec: AvroWireCodec) -> None:
+    """Registers the Avro schemas now so a registry problem shows at start-up (publishing retries anyway)."""
+    try:
+        await asyncio.wait_for(codec.register_all(), 10)
+    except (RegistryUnavailable, RegistryRejected, TimeoutError) as exc:
+        log.warning("schema registration failed; publishing retries it", error=str(exc))
+
+
+@dataclass
+class EventPipeline:
+    """Relay and customer.created consumer running in the service process."""
+
+    relay: Relay
+    subscriber: KafkaEventSubscriber
+    handler: CustomerCreatedHandler
+    _stop_consumer: asyncio.Event = field(default_factory=asyncio.Event)
+    _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        consume = functools.partial(self.subscriber.run, self.handler, self._stop_consumer)
+        relay = functools.partial(self.relay.run, self._stop_relay)
+        self._tasks = [
+            asyncio.create_task(supervise("consumer", consume, self._stop_consumer), name="consumer"),
+            asyncio.create_task(supervise("relay", relay, self._stop_relay), name="relay"),
+        ]
+
+    # Drain hooks, in this order, each well inside the App's per-hook bound.
+    async def stop_consumer(self) -> None:
+        """Finishes the batch in hand and commits its offsets, then leaves the group."""
+        self._stop_consumer.set()
+        await _bounded(self._tasks[:1], 3.0)
+
+    async def stop_relay(self) -> None:
+        """Stops the relay loop, then one last pass for the rows the consumer just wrote."""
+        self._stop_relay.set()
+        await _bounded(self._tasks[1:], 1.5)
+        await self.relay.relay.drain(timeout_s=1.5)
+
+    async def close(self) -> None:
+        await self.relay.close(flush_s=2.0)
+
+
+async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for t in pending:
+        log.warning("task did not stop in time; cancelling", task=t.get_name())
+        t.cancel()
+    for t in done:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("task failed", task=t.get_name(), error=repr(t.exception()))
+
+
+def build_events(
+    settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str, redis: Redis | None
+) -> EventPipeline:
+    """The relay and the consumer; `redis` (the service's client) backs the processed-events fast path."""
+    relay = build_relay(settings, pool, listen_dsn)
+    broker, _ = settings.kafka()
+    subscriber = KafkaEventSubscriber(
+        consumer_config(broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id),
+        topics.CUSTOMER_CREATED,
+        relay.codec,
+        relay.producer,
+        topics.CUSTOMER_CREATED_DLQ,
+        batch_size=settings.consumer_batch_size,
+        concurrency=settings.consumer_concurrency,
+        retry=Backoff(0.2, 5.0),
+    )
+    processed = RedisProcessedEvents(redis) if redis is not None else None
+    return EventPipeline(relay, subscriber, CustomerCreatedHandler(PgUnitOfWork(pool), processed))
 
 
 @dataclass
@@ -189,6 +327,8 @@ def redis_parts(settings: Settings) -> RedisParts:
 
 
 async def build_app(settings: Settings) -> App:
+    if settings.kafka_broker:
+        settings.kafka()  # refuse an incomplete event configuration before starting anything
     target = await database_target(settings)
     if settings.migrate_on_start:
         applied = await run_migrations(target.owner_dsn)
@@ -225,10 +365,16 @@ async def build_app(settings: Settings) -> App:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 
+    checks = [Check("postgres", db_check), *parts.checks()]
+    events: EventPipeline | None = None
+    if settings.kafka_broker:
+        events = build_events(settings, pool, target.app_dsn, parts.client)
+        await register_schemas(events.relay.codec)
+        checks.append(Check("kafka", events.relay.kafka_check, critical=False))
+    else:
+        log.info("KAFKA_BROKER is not set: events stay in the outbox (see `campaign-service outbox list`)")
     app_ref: list[App] = []
-    http_app = build_http_app(
-        [Check("postgres", db_check), *parts.checks()], draining=lambda: bool(app_ref) and app_ref[0].draining
-    )
+    http_app = build_http_app(checks, draining=lambda: bool(app_ref) and app_ref[0].draining)
     runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.http_port)
@@ -249,6 +395,9 @@ async def build_app(settings: Settings) -> App:
         app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))
     if parts.client is not None:
         app._closers.append(parts.client.aclose)
+    if events is not None:
+        events.start()
+        app.drain_hooks += [events.stop_consumer, events.stop_relay, events.close]
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
     log.info("serving", grpc_port=grpc_port, http_port=http_port, embedded_db=settings.embedded_db)

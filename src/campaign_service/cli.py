@@ -1,11 +1,14 @@
-"""`campaign-service serve | migrate | merchants add <uuid>`: nothing else starts the process."""
+"""`campaign-service serve | migrate | merchants add <uuid> | relay | outbox list`: nothing else starts the process."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -13,25 +16,94 @@ import structlog
 import uvloop
 
 from campaign_service import logs
-from campaign_service.bootstrap import UnsafeDatabaseRole, build_app, database_target, run_migrations
+from campaign_service.adapters.postgres.outbox import OutboxRow, PgOutbox
+from campaign_service.adapters.postgres.pool import create_pool
+from campaign_service.bootstrap import (
+    UnsafeDatabaseRole,
+    build_app,
+    build_relay,
+    database_target,
+    register_schemas,
+    run_migrations,
+)
 from campaign_service.config import ConfigError, Settings, load_settings
 
 log = structlog.get_logger(__name__)
 
-
-async def _serve(settings: Settings) -> int:
-    app = await build_app(settings)
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _serve(settings: Settings) -> int:
+    app = await build_app(settings)
+    await _stop_on_signals().wait()
     try:
         await asyncio.wait_for(app.stop(), app.stop_bound_s)
     except TimeoutError:
         log.error("shutdown exceeded its bound; exiting anyway", bound_s=app.stop_bound_s)
         return 1
     return 0
+
+
+async def _relay(settings: Settings) -> None:
+    """The outbox relay alone (no gRPC, no consumer), e.g. as its own deployment."""
+    settings.kafka()
+    target = await database_target(settings)
+    pool = await create_pool(
+        target.app_dsn,
+        min_size=1,
+        max_size=3,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+    try:
+        relay = build_relay(settings, pool, target.app_dsn)
+        stop = _stop_on_signals()
+        await register_schemas(relay.codec)
+        try:
+            await relay.run(stop)
+        finally:
+            await relay.close()
+    finally:
+        await pool.close()
+        if target.embedded is not None:
+            target.embedded.server.cleanup()
+
+
+def _outbox_json(row: OutboxRow) -> dict[str, Any]:
+    m = row.message
+    return {
+        "event_id": str(m.event_id),
+        "topic": m.topic,
+        "key": m.key,
+        "merchant_id": str(m.merchant_id),
+        "created_at": row.created_at.isoformat(),
+        "published_at": row.published_at.isoformat() if row.published_at else None,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "headers": m.headers,
+        "payload": m.payload,
+    }
+
+
+async def _outbox_list(settings: Settings, pending_only: bool, limit: int) -> None:
+    target = await database_target(settings)
+    try:
+        await run_migrations(target.owner_dsn)
+        pool = await create_pool(target.app_dsn, min_size=1, max_size=1)
+        try:
+            rows = await PgOutbox(pool).rows(pending_only=pending_only, limit=limit)
+        finally:
+            await pool.close()
+    finally:
+        if target.embedded is not None:
+            target.embedded.server.cleanup()
+    for row in rows:
+        print(json.dumps(_outbox_json(row), ensure_ascii=False))
 
 
 async def _migrate(settings: Settings) -> None:
@@ -73,7 +145,25 @@ def _parser() -> argparse.ArgumentParser:
     msub = merchants.add_subparsers(dest="action", required=True)
     add = msub.add_parser("add", help="provision a merchant")
     add.add_argument("merchant_id", type=_uuid)
+    sub.add_parser("relay", help="run only the outbox relay (needs KAFKA_BROKER and CAMPAIGN_SCHEMA_REGISTRY_URL)")
+    outbox = sub.add_parser("outbox", help="inspect the transactional outbox")
+    osub = outbox.add_subparsers(dest="action", required=True)
+    listing = osub.add_parser("list", help="print outbox events as JSON lines, newest first")
+    listing.add_argument("--pending", action="store_true", help="only events not yet published")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     return parser
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> Callable[[], Coroutine[Any, Any, int | None]]:
+    if args.command == "serve":
+        return lambda: _serve(settings)
+    if args.command == "migrate":
+        return lambda: _migrate(settings)
+    if args.command == "merchants":
+        return lambda: _merchants_add(settings, args.merchant_id)
+    if args.command == "relay":
+        return lambda: _relay(settings)
+    return lambda: _outbox_list(settings, args.pending, max(1, args.limit))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,16 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level)
     try:
-        if args.command == "serve":
-            return uvloop.run(_serve(settings))
-        elif args.command == "migrate":
-            uvloop.run(_migrate(settings))
-        elif args.command == "merchants":
-            uvloop.run(_merchants_add(settings, args.merchant_id))
+        return uvloop.run(_command(args, settings)()) or 0
     except (ConfigError, UnsafeDatabaseRole) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"error: cannot use the database: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    return 0

@@ -54,5 +54,5 @@ def rate_limit(merchant_id: UUID) -> str:
 
 
 def processed(merchant_id: UUID, event_id: UUID) -> str:
-    """Marks a consumed event as applied."""
+    """Marks a consumed event as processed (fast path only; processed_events is the truth)."""
     return f"processed:{merchant_id}:{event_id}"

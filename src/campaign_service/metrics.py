@@ -28,7 +28,7 @@ ASSIGNMENT_EVENTS = Counter(
 )
 ASSIGNMENT_FAILURES = Counter(
     "vip_tier_assignment_failures",
-    "Events that could not be applied, by event type and reason.",
+    "Consumed events that could not be applied: reason=dead_letter (sent to the DLQ) or transient (retried).",
     ["event_type", "reason"],
 )
 GRPC_HANDLED = Counter(
@@ -43,6 +43,40 @@ GRPC_HANDLING_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 DB_UP = Gauge("campaign_db_up", "1 when the last PostgreSQL readiness probe succeeded.")
+
+# Events: outbox relay, consumer, retries.
+EVENTS_CONSUMED = Counter(
+    "campaign_events_consumed",
+    "Consumed events handled, by event type and outcome (assigned, duplicate, no_default_tier, already_assigned).",
+    ["event_type", "outcome"],
+)
+OUTBOX_BACKLOG = Gauge("campaign_outbox_backlog", "Outbox events not yet published (as of the relay's last look).")
+OUTBOX_OLDEST_AGE = Gauge(
+    "campaign_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox event (0 when none)."
+)
+OUTBOX_PUBLISHED = Counter("campaign_outbox_published", "Outbox events published and acknowledged.", ["topic"])
+OUTBOX_PUBLISH_FAILURES = Counter(
+    "campaign_outbox_publish_failures", "Outbox events whose publication failed (retried later).", ["topic"]
+)
+OUTBOX_PURGED = Counter("campaign_outbox_purged", "Published outbox rows deleted after the retention period.")
+PRODUCER_REBUILDS = Counter("campaign_kafka_producer_rebuilds", "Kafka producers rebuilt after a fatal error.")
+CONSUMER_LAG = Gauge(
+    "campaign_kafka_consumer_lag",
+    "Messages behind the partition's high watermark after the last commit.",
+    ["topic", "partition"],
+)
+DEAD_LETTERED = Counter(
+    "campaign_events_dead_lettered",
+    "Consumed events sent to the dead-letter topic, by event type and reason"
+    " (undecodable, invalid_payload, unknown_merchant); also counted as failures with reason=dead_letter.",
+    ["event_type", "reason"],
+)
+RETRIES = Counter("campaign_retries", "Retries of bounded retry loops, by loop.", ["loop"])
+PROCESSED_CACHE_ERRORS = Counter(
+    "campaign_processed_cache_errors",
+    "Redis failures of the processed-events fast path (the database decides).",
+    ["op"],
+)
 
 
 class TierCounts(Collector):

@@ -30,11 +30,19 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def without_service_settings() -> dict[str, str]:
+    """The test environment minus what configures the service (scripts/test exports KAFKA_BROKER)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
+    }
+
+
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     return subprocess.run(
         [sys.executable, "-m", "campaign_service", *args],
-        env={**clean, **env},
+        env={**without_service_settings(), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -152,7 +160,7 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
         "CAMPAIGN_GRPC_PORT": str(grpc_port),
         "CAMPAIGN_HTTP_PORT": str(http_port),
     }
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
+    clean = without_service_settings()
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "campaign_service", "serve"], env={**clean, **env}, stdout=log, stderr=subprocess.STDOUT
@@ -171,6 +179,11 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
         assert http_get(http_port, "/ready")[0] == 200
     finally:
         assert svc.stop() == 0
+    # No Kafka configured: the event waits in the outbox, and the CLI shows it.
+    listed = cli("outbox", "list", "--pending", env={"CAMPAIGN_DATA_DIR": str(data)})
+    assert listed.returncode == 0, listed.stderr
+    pending = [json.loads(line) for line in listed.stdout.splitlines() if '"payload"' in line]
+    assert [(e["topic"], e["key"]) for e in pending] == [("vip_tier.updated", f"{merchant}:gold")]
 
 
 async def test_database_timeout_is_unavailable_not_internal(database: Any, superuser_conn: Any, new_merchant: Any, tmp_path: Path) -> None:

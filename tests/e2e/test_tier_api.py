@@ -143,7 +143,7 @@ async def test_update_with_mask_changes_only_masked_fields_and_bumps_version(
     got = await stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="gold"))
     assert (got.name, got.min_points, got.discount_percentage, got.version) == ("Gold", 1000, 50, 2)
     row = await superuser_conn.fetchrow(
-        "SELECT topic, key, payload FROM outbox_events WHERE merchant_id = $1 ORDER BY created_at DESC LIMIT 1",
+        "SELECT topic, key, payload FROM outbox_events WHERE merchant_id = $1 ORDER BY seq DESC LIMIT 1",
         merchant,
     )
     assert await outbox_count(superuser_conn, merchant) == before + 1
@@ -229,7 +229,7 @@ async def test_default_tier_moves(stub: Any, new_merchant: Any, superuser_conn: 
     listed = await stub.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
     assert {t.tier_id: t.is_default for t in listed.tiers} == {"basic": False, "gold": True}
     fields = await superuser_conn.fetch(
-        "SELECT payload->>'tier_id' AS tier, payload->'updated_fields' AS f FROM outbox_events WHERE merchant_id = $1 ORDER BY created_at",
+        "SELECT payload->>'tier_id' AS tier, payload->'updated_fields' AS f FROM outbox_events WHERE merchant_id = $1 ORDER BY seq",
         merchant,
     )
     assert [(r["tier"], r["f"]) for r in fields][-1] == ("basic", ["is_default"])

@@ -1,1 +1,2 @@
-"""Redis: the shared read cache, the shared rate limit, and the client with its breaker."""
+"""Redis adapters: the client with its breaker, the read cache, the rate limiter and the
+processed-events fast path."""

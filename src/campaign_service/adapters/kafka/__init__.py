@@ -1,0 +1,1 @@
+"""Kafka adapters of the event port: producer, outbox publisher, consumer with dead letters."""

@@ -1,0 +1,185 @@
+"""The outbox table seen by the relay: claim, mark, purge, inspect, and LISTEN for new rows.
+
+Every statement runs as `campaign_relay` (SET LOCAL ROLE), the role whose policy sees all
+merchants' outbox rows and nothing else; the service role is a member of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from campaign_service import metrics
+from campaign_service.adapters.postgres.provision import RELAY_ROLE
+from campaign_service.backoff import Backoff, first_of, sleep_unless
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.events.ports import OutboxStats
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "outbox_events"
+_RELAY_LOCK = 0x43414D51  # advisory lock key held by the publishing relay
+_COLUMNS = "event_id, merchant_id, topic, key, payload, headers"
+
+
+def _message(row: asyncpg.Record) -> OutboxMessage:
+    return OutboxMessage(
+        event_id=row["event_id"],
+        merchant_id=row["merchant_id"],
+        topic=row["topic"],
+        key=row["key"],
+        payload=row["payload"],
+        headers=row["headers"],
+    )
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """An outbox row as the CLI lists it."""
+
+    message: OutboxMessage
+    created_at: datetime
+    published_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+class PgClaim:
+    def __init__(self, conn: PoolConnectionProxy[Any], messages: list[OutboxMessage]) -> None:
+        self._conn = conn
+        self.messages = messages
+
+    async def mark_published(self, event_ids: Sequence[UUID]) -> None:
+        if event_ids:
+            await self._conn.execute(
+                "UPDATE outbox_events SET published_at = clock_timestamp(), attempts = attempts + 1,"
+                " last_error = NULL WHERE event_id = ANY($1::uuid[])",
+                list(event_ids),
+            )
+
+    async def mark_failed(self, event_ids: Sequence[UUID], error: str) -> None:
+        if event_ids:
+            await self._conn.execute(
+                "UPDATE outbox_events SET attempts = attempts + 1, last_error = $2 WHERE event_id = ANY($1::uuid[])",
+                list(event_ids),
+                error[:500],
+            )
+
+
+class PgOutbox:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, claim_hold_s: float = 30.0) -> None:
+        self._pool = pool
+        # A claim stays open while the transport confirms delivery; the server must not end it first.
+        self._hold_ms = str(int(claim_hold_s * 1000))
+
+    @asynccontextmanager
+    async def _as_relay(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f'SET LOCAL ROLE "{RELAY_ROLE}"')
+            yield conn
+
+    @asynccontextmanager
+    async def claim(self, limit: int) -> AsyncIterator[PgClaim]:
+        """The oldest unpublished rows not claimed by another relay, locked until the block ends."""
+        async with self._as_relay() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+                # Another relay (another replica) is publishing. One at a time keeps the events
+                # of each key in order; SKIP LOCKED alone would let two relays interleave them.
+                yield PgClaim(conn, [])
+                return
+            await conn.execute("SELECT set_config('idle_in_transaction_session_timeout', $1, true)", self._hold_ms)
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM outbox_events WHERE published_at IS NULL"
+                " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+                limit,
+            )
+            yield PgClaim(conn, [_message(r) for r in rows])
+
+    async def stats(self) -> OutboxStats:
+        async with self._as_relay() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) AS pending,"
+                " coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 AS age"
+                " FROM outbox_events WHERE published_at IS NULL"
+            )
+        assert row is not None
+        return OutboxStats(pending=int(row["pending"]), oldest_age_s=float(row["age"]))
+
+    async def purge(self, older_than_s: float, batch: int = 5000, max_batches: int = 100) -> int:
+        """Deletes published rows older than the retention, in bounded batches."""
+        total = 0
+        for _ in range(max_batches):
+            async with self._as_relay() as conn:
+                deleted = await conn.fetchval(
+                    "WITH gone AS (DELETE FROM outbox_events WHERE event_id IN ("
+                    " SELECT event_id FROM outbox_events WHERE published_at IS NOT NULL"
+                    " AND published_at < clock_timestamp() - make_interval(secs => $1) LIMIT $2) RETURNING 1)"
+                    " SELECT count(*) FROM gone",
+                    older_than_s,
+                    batch,
+                )
+            total += int(deleted)
+            if deleted < batch:
+                break
+        return total
+
+    async def rows(self, *, pending_only: bool, limit: int) -> list[OutboxRow]:
+        """The newest rows first (all, or only those still waiting to be published)."""
+        where = "WHERE published_at IS NULL" if pending_only else ""
+        async with self._as_relay() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS}, created_at, published_at, attempts, last_error FROM outbox_events"
+                f" {where} ORDER BY seq DESC LIMIT $1",
+                limit,
+            )
+        return [
+            OutboxRow(_message(r), r["created_at"], r["published_at"], r["attempts"], r["last_error"]) for r in rows
+        ]
+
+
+class PgOutboxListener:
+    """Calls `wake` whenever an outbox row commits (LISTEN/NOTIFY); reconnects with bounded backoff."""
+
+    def __init__(self, dsn: str, backoff: Backoff | None = None) -> None:
+        self._dsn = dsn
+        self._backoff = backoff or Backoff(0.5, 10.0)
+
+    async def run(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=5)
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                metrics.RETRIES.labels("outbox_listen").inc()
+                log.warning("outbox listener cannot connect", error=type(exc).__name__)
+                await sleep_unless(stop, self._backoff.next())
+                continue
+            lost = asyncio.Event()
+            try:
+                conn.add_termination_listener(functools.partial(_set_on_termination, lost))
+                await conn.add_listener(CHANNEL, lambda *_: wake())
+                self._backoff.reset()
+                wake()  # rows may have committed while nobody listened
+                await first_of(stop.wait(), lost.wait())
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("outbox listener lost", error=type(exc).__name__)
+            finally:
+                if not conn.is_closed():
+                    await conn.close(timeout=2)
+            if not stop.is_set():
+                metrics.RETRIES.labels("outbox_listen").inc()
+                await sleep_unless(stop, self._backoff.next())
+
+
+
+def _set_on_termination(lost: asyncio.Event, _conn: object) -> None:
+    lost.set()

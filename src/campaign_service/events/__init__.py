@@ -1,0 +1,1 @@
+"""Event flow: the outbox relay and the handlers of consumed events."""

@@ -1,0 +1,87 @@
+"""The event port: what the relay and the handlers need from a transport and from the outbox.
+
+Kafka implements it today (adapters/kafka); a RabbitMQ or SQS adapter would implement the same
+protocols with the same payloads (plain dicts that the Avro schemas in avro/ describe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+from campaign_service.domain.events import OutboxMessage
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """A consumed event, decoded: where it came from, its key, payload and string headers."""
+
+    source: str
+    key: str | None
+    payload: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Rejected(Exception):
+    """Raised by a handler for an event that can never succeed: the transport dead-letters it
+    with `reason` and moves on. Any other exception means "try again later"."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+EventHandler = Callable[[InboundEvent], Awaitable[None]]
+
+
+class EventPublisher(Protocol):
+    """Publishes outbox messages and waits until the transport has them durably."""
+
+    async def publish(self, batch: Sequence[OutboxMessage]) -> list[str | None]:
+        """One entry per message, in order: None when delivered, else a short error."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class EventSubscriber(Protocol):
+    """Delivers events of one source to a handler, at least once, until `stop` is set.
+
+    A message is acknowledged only after the handler returned (or after it was dead-lettered
+    because the handler raised Rejected, or because it could not be decoded)."""
+
+    async def run(self, handler: EventHandler, stop: asyncio.Event) -> None: ...
+
+
+class ClaimedOutbox(Protocol):
+    """Outbox rows held by one relay until the claim ends; nobody else publishes them meanwhile."""
+
+    @property
+    def messages(self) -> Sequence[OutboxMessage]: ...
+
+    async def mark_published(self, event_ids: Sequence[UUID]) -> None: ...
+    async def mark_failed(self, event_ids: Sequence[UUID], error: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    oldest_age_s: float
+
+
+class OutboxStore(Protocol):
+    def claim(self, limit: int) -> AbstractAsyncContextManager[ClaimedOutbox]: ...
+    async def stats(self) -> OutboxStats: ...
+    async def purge(self, older_than_s: float) -> int: ...
+
+
+class ProcessedEvents(Protocol):
+    """A fast, non-authoritative memory of processed events (the database row is the truth)."""
+
+    async def seen(self, merchant_id: UUID, event_id: UUID) -> bool: ...
+    async def remember(self, merchant_id: UUID, event_id: UUID) -> None: ...

@@ -1,0 +1,151 @@
+"""The outbox relay: claims unpublished rows, publishes them, waits for delivery, then marks them.
+
+At-least-once: a relay that dies after publishing and before marking leaves the rows
+unpublished, so they go out again; consumers deduplicate on `event_id`. It sleeps until a
+NOTIFY wakes it (or a slow safety poll), backs off (bounded) while publishing fails, and purges
+published rows after the retention period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import structlog
+
+from campaign_service import metrics
+from campaign_service.backoff import Backoff, first_of, sleep_unless
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.events.ports import EventPublisher, OutboxStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    batch_size: int = 200
+    poll_interval_s: float = 5.0
+    retention_s: float = 3 * 24 * 3600.0
+    purge_interval_s: float = 600.0
+    stats_interval_s: float = 5.0
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    claimed: int
+    published: int
+    error: str | None = None
+
+
+class OutboxRelay:
+    def __init__(self, store: OutboxStore, publisher: EventPublisher, settings: RelaySettings | None = None) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._settings = settings or RelaySettings()
+        self._wake = asyncio.Event()
+        self._backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        """Something was written to the outbox: publish it now rather than at the next poll."""
+        self._wake.set()
+
+    async def publish_batch(self) -> BatchResult:
+        """Publishes up to one batch of the oldest pending rows."""
+        delivered: list[OutboxMessage] = []
+        failed: dict[str, list[OutboxMessage]] = {}
+        async with self._store.claim(self._settings.batch_size) as claim:
+            batch = claim.messages
+            if not batch:
+                return BatchResult(0, 0)
+            results = await self._publisher.publish(batch)
+            for message, error in zip(batch, results, strict=True):
+                if error is None:
+                    delivered.append(message)
+                else:
+                    failed.setdefault(error, []).append(message)
+            await claim.mark_published([m.event_id for m in delivered])
+            for error, messages in failed.items():
+                await claim.mark_failed([m.event_id for m in messages], error)
+        for topic, n in Counter(m.topic for m in delivered).items():
+            metrics.OUTBOX_PUBLISHED.labels(topic).inc(n)
+        for messages in failed.values():
+            for m in messages:
+                metrics.OUTBOX_PUBLISH_FAILURES.labels(m.topic).inc()
+        first_error = next(iter(failed), None)
+        if first_error is not None:
+            log.warning(
+                "outbox publish failed",
+                failed=sum(len(v) for v in failed.values()),
+                delivered=len(delivered),
+                error=first_error,
+            )
+        return BatchResult(len(batch), len(delivered), first_error)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self._settings
+        next_purge = time.monotonic() + 30.0  # not while the service is still starting up
+        next_stats = 0.0
+        log.info("outbox relay started", batch_size=s.batch_size)
+        while not stop.is_set():
+            self._wake.clear()
+            try:
+                result = await self.publish_batch()
+            except Exception as exc:  # the store or transport failed: back off and retry
+                result = BatchResult(0, 0, f"{type(exc).__name__}: {exc}"[:300])
+                log.warning("outbox relay cycle failed", error=result.error)
+            if self.last_error and not result.error:
+                log.info("outbox publishing recovered", published=result.published)
+            self.last_error = result.error
+            now = time.monotonic()
+            if now >= next_stats or result.error:
+                next_stats = now + s.stats_interval_s
+                await self._refresh_stats()
+            if now >= next_purge:
+                next_purge = now + s.purge_interval_s
+                await self._purge()
+            if result.error and result.published == 0:
+                metrics.RETRIES.labels("outbox_relay").inc()
+                await sleep_unless(stop, self._backoff.next())
+                continue
+            self._backoff.reset()
+            if result.claimed >= s.batch_size:
+                continue  # more is waiting
+            await first_of(stop.wait(), self._wake.wait(), within=s.poll_interval_s)
+        log.info("outbox relay stopped")
+
+    async def drain(self, timeout_s: float) -> None:
+        """Publishes what is pending now (bounded), e.g. rows the consumer wrote just before shutdown."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                result = await asyncio.wait_for(self.publish_batch(), max(0.1, deadline - time.monotonic()))
+            except Exception as exc:  # best effort; rows stay in the outbox
+                log.warning("outbox drain stopped", error=type(exc).__name__)
+                return
+            if result.error or result.claimed < self._settings.batch_size:
+                return
+
+    async def _refresh_stats(self) -> None:
+        try:
+            stats = await self._store.stats()
+        except Exception as exc:  # metrics only; the next cycle tries again
+            log.debug("outbox stats unavailable", error=type(exc).__name__)
+            return
+        metrics.OUTBOX_BACKLOG.set(stats.pending)
+        metrics.OUTBOX_OLDEST_AGE.set(stats.oldest_age_s)
+
+    async def _purge(self) -> None:
+        try:
+            purged = await self._store.purge(self._settings.retention_s)
+        except Exception as exc:  # retried at the next purge interval
+            log.warning("outbox purge failed", error=type(exc).__name__)
+            return
+        metrics.OUTBOX_PURGED.inc(purged)
+        if purged:
+            log.info("outbox purged", rows=purged, retention_s=self._settings.retention_s)
+

@@ -1,0 +1,1 @@
+"""Failure tests: dependencies killed and restarted, processes killed mid-work."""
