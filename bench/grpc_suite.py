@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import asyncpg
+from tests.tokens import ISSUER, SESSION_ISSUER, mint_token
 
 from bench.harness import ROOT, Database, Process, free_port, fresh_database, services, start
 
@@ -134,23 +135,35 @@ def redis_env(env: dict[str, str]) -> dict[str, str]:
     return {"REDIS_HOST": u.hostname or "127.0.0.1", "CAMPAIGN_REDIS_PORT": str(u.port)}
 
 
-def service_configs(env: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Service configurations compared; extend as features land (auth)."""
-    return {
-        "service": {**redis_env(env), **UNLIMITED},  # the production shape: Redis cache and limit
-        "uncached": {**redis_env(env), **UNLIMITED, "CAMPAIGN_CACHE": "off"},
-    }
+def auth_env(tmp: Path) -> dict[str, str]:
+    """Authentication is always on: the service trusts a JWKS file of a key made for this run."""
+    jwks = SESSION_ISSUER.write_jwks(tmp / "jwks.json")
+    return {"CAMPAIGN_JWT_JWKS_FILE": str(jwks), "CAMPAIGN_JWT_ISSUER": ISSUER}
+
+
+def service_configs(env: dict[str, str], tmp: Path) -> dict[str, dict[str, str]]:
+    """Service configurations compared: the production shape (Redis cache and shared limit,
+    authentication), and the same without the cache."""
+    base = {**auth_env(tmp), **redis_env(env), **UNLIMITED}
+    return {"service": base, "uncached": {**base, "CAMPAIGN_CACHE": "off"}}
 
 
 def scenarios(merchant: uuid.UUID) -> list[Scenario]:
     m = str(merchant)
+    # Every call carries a merchant token (the no-op too, so both parse the same metadata); the
+    # service verifies it once and then finds it in its verified-token cache.
+    auth = {"authorization": f"Bearer {mint_token(merchant, ['tiers:read', 'tiers:write'], 'bench', ttl_s=3600)}"}
     return [
-        Scenario("no-op GetVIPTier", "noop", "GetVIPTier", {"merchant_id": m, "tier_id": "gold"}),
-        Scenario("GetVIPTier", "service", "GetVIPTier", {"merchant_id": m, "tier_id": "gold", "locale": "ar"}),
+        Scenario("no-op GetVIPTier", "noop", "GetVIPTier", {"merchant_id": m, "tier_id": "gold"}, auth),
+        Scenario("GetVIPTier", "service", "GetVIPTier", {"merchant_id": m, "tier_id": "gold", "locale": "ar"}, auth),
         Scenario(
-            "GetVIPTier (uncached)", "uncached", "GetVIPTier", {"merchant_id": m, "tier_id": "gold", "locale": "ar"}
+            "GetVIPTier (uncached)",
+            "uncached",
+            "GetVIPTier",
+            {"merchant_id": m, "tier_id": "gold", "locale": "ar"},
+            auth,
         ),
-        Scenario("ListVIPTiers (10 tiers, ar)", "service", "ListVIPTiers", {"merchant_id": m, "locale": "ar"}),
+        Scenario("ListVIPTiers (10 tiers, ar)", "service", "ListVIPTiers", {"merchant_id": m, "locale": "ar"}, auth),
         Scenario(
             "UpdateVIPTier",
             "service",
@@ -162,6 +175,7 @@ def scenarios(merchant: uuid.UUID) -> list[Scenario]:
                 "tier": {"minPoints": "{{.RequestNumber}}"},
                 "update_mask": {"paths": ["min_points"]},
             },
+            auth,
         ),
     ]
 
@@ -178,7 +192,7 @@ async def main() -> None:
     with services("postgres redis") as env, tempfile.TemporaryDirectory() as tmp:
         db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
         merchant = await seed(db)
-        configs = service_configs(env)
+        configs = service_configs(env, Path(tmp))
         for sc in scenarios(merchant):
             port = free_port()
             if sc.target == "noop":

@@ -1,6 +1,14 @@
 """Shared fixtures: a fresh migrated database per session on the real PostgreSQL that
 scripts/test started, merchants, and a real service process with a gRPC client.
 
+Authentication is always on. `start_service` makes the service trust the session's test key
+(tests/tokens.py); then:
+  * `stub`              a CampaignServiceStub sending an admin token (`campaign:admin`: any merchant);
+  * `stub_for(...)`     a stub with a token for one merchant and chosen scopes, or a given token;
+  * `anonymous_stub`    a stub that sends no token;
+  * `auth_channel(target, token=None)` / `mint_token(...)` (tests/tokens.py) for services a test
+    starts itself with `start_service`.
+
 Tests find the services only through environment variables written by `scripts/services up`
 (`CAMPAIGN_TEST_PG_DSN`, `CAMPAIGN_TEST_REDIS_URL`, `KAFKA_BROKER`, ...).
 """
@@ -32,9 +40,11 @@ from campaign_service.adapters.redis.client import create_client
 from campaign_service.adapters.schema_registry import SchemaRegistryClient
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.config import Settings
+from campaign_service.domain.access import SCOPE_ADMIN
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
 from tests.kafka_support import CustomerEvents, TopicReader
+from tests.tokens import ISSUER, SESSION_ISSUER, auth_channel, mint_token
 
 
 def required_env(name: str) -> str:
@@ -128,12 +138,17 @@ class ServiceProcess:
 
 
 def start_service(
-    database: Database, tmp: Path, extra_env: dict[str, str] | None = None, wait: bool = True
+    database: Database, tmp: Path, extra_env: dict[str, str | None] | None = None, wait: bool = True
 ) -> ServiceProcess:
-    """Runs `python -m campaign_service serve` as its own process against `database`."""
+    """Runs `python -m campaign_service serve` as its own process against `database`.
+
+    The service verifies tokens against the session test key (a JWKS file in `tmp`), so
+    `auth_channel(service.target)` works. `extra_env` overrides or, with None, removes variables.
+    """
     grpc_port, http_port = free_port(), free_port()
-    env = service_env(database, tmp, {"CAMPAIGN_GRPC_PORT": str(grpc_port), "CAMPAIGN_HTTP_PORT": str(http_port)})
-    env.update(extra_env or {})
+    env = service_env(
+        database, tmp, {"CAMPAIGN_GRPC_PORT": str(grpc_port), "CAMPAIGN_HTTP_PORT": str(http_port), **(extra_env or {})}
+    )
     log_path = tmp / f"service-{grpc_port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -145,13 +160,16 @@ def start_service(
     return service
 
 
-def service_env(database: Database, tmp: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a `python -m campaign_service ...` process on `database`: only what is given."""
+def service_env(database: Database, tmp: Path, extra_env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment of a `python -m campaign_service ...` process on `database`: only what is
+    given, plus the session test key as the token verifier (a JWKS file in `tmp`). `extra_env`
+    overrides or, with None, removes variables."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("CAMPAIGN_") and k not in ("KAFKA_BROKER", "REDIS_HOST", "AUTH_HOST")
     }
+    tmp.mkdir(parents=True, exist_ok=True)
     env.update(
         {
             "CAMPAIGN_DB_DSN": database.app_dsn,
@@ -159,9 +177,15 @@ def service_env(database: Database, tmp: Path, extra_env: dict[str, str] | None 
             "CAMPAIGN_BIND_HOST": "127.0.0.1",
             "CAMPAIGN_DATA_DIR": str(tmp / "data"),
             "CAMPAIGN_LOG_LEVEL": "debug",
+            "CAMPAIGN_JWT_JWKS_FILE": str(SESSION_ISSUER.write_jwks(tmp / "jwks.json")),
+            "CAMPAIGN_JWT_ISSUER": ISSUER,
         }
     )
-    env.update(extra_env or {})
+    for key, value in (extra_env or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -191,6 +215,35 @@ def service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture
 async def stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+    """The session service's stub with an admin token (`campaign:admin`, any merchant)."""
+    async with auth_channel(service.target) as channel:
+        yield campaign_grpc.CampaignServiceStub(channel)
+
+
+@pytest.fixture
+async def stub_for(service: ServiceProcess) -> AsyncIterator[Callable[..., campaign_grpc.CampaignServiceStub]]:
+    """`stub_for(merchant, scopes=[...], subject="x")` or `stub_for(token="...")`: a stub of the
+    session service sending that token. Defaults: no merchant, admin scope, subject test-admin."""
+    channels: list[grpc.aio.Channel] = []
+
+    def make(
+        merchant: uuid.UUID | str | None = None,
+        scopes: Any = (SCOPE_ADMIN,),
+        subject: str = "test-admin",
+        token: str | None = None,
+    ) -> campaign_grpc.CampaignServiceStub:
+        channel = auth_channel(service.target, token or mint_token(merchant, scopes, subject))
+        channels.append(channel)
+        return campaign_grpc.CampaignServiceStub(channel)
+
+    yield make
+    for channel in channels:
+        await channel.close()
+
+
+@pytest.fixture
+async def anonymous_stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+    """A stub of the session service that sends no token."""
     async with grpc.aio.insecure_channel(service.target) as channel:
         yield campaign_grpc.CampaignServiceStub(channel)
 

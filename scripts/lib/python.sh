@@ -15,6 +15,7 @@ python_env() {
         fi
     fi
     (cd "$REPO_ROOT" && uv sync --frozen --quiet --python python3.11)
-    (cd "$REPO_ROOT" && "$UV_PROJECT_ENVIRONMENT/bin/python" scripts/hatch_build_proto.py)
+    # On PATH before generating: protoc finds its plugins (protoc-gen-mypy) there.
     export PATH="$UV_PROJECT_ENVIRONMENT/bin:$PATH"
+    (cd "$REPO_ROOT" && "$UV_PROJECT_ENVIRONMENT/bin/python" scripts/hatch_build_proto.py)
 }

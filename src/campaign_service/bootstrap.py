@@ -6,6 +6,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,18 @@ from grpc_health.v1 import health
 from redis.asyncio import Redis
 
 from campaign_service import metrics, topics
+from campaign_service.adapters.auth.auth_service import AuthServiceVerifier
+from campaign_service.adapters.auth.cache import CachingVerifier
+from campaign_service.adapters.auth.dev import DEV_ALGORITHM, DEV_ISSUER, dev_key_set, dev_signing_key
+from campaign_service.adapters.auth.keys import (
+    FileKeys,
+    KeySource,
+    StaticKeys,
+    UrlKeys,
+    parse_jwks,
+    parse_pem_public_key,
+)
+from campaign_service.adapters.auth.local import ClaimRules, LocalJwtVerifier
 from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
 from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
 from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
@@ -33,16 +46,18 @@ from campaign_service.adapters.redis.client import RedisBreaker, create_client, 
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
+from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.interceptors import RateLimitInterceptor
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
+from campaign_service.api.tls import ReloadingServerCredentials, TlsFilesError
 from campaign_service.backoff import Backoff, supervise
-from campaign_service.config import Settings
+from campaign_service.config import AuthMode, ConfigError, Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.relay import OutboxRelay, RelaySettings
-from campaign_service.service.ports import RateLimiter, ViewCache
+from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.reads import NoCache, TierReads
 from campaign_service.service.tiers import TierService
 
@@ -326,7 +341,72 @@ def redis_parts(settings: Settings) -> RedisParts:
     return RedisParts(cache, limiter, client, breaker)
 
 
+def _file_keys(path: Path, variable: str, kind: str) -> FileKeys:
+    try:
+        return FileKeys(path, parse_jwks if kind == "jwks" else parse_pem_public_key, kind)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{variable}: cannot use {path} ({type(exc).__name__})") from None
+
+
+async def token_verifier(
+    settings: Settings, mode: AuthMode, closers: list[StopHook], tasks: list[asyncio.Task[None]]
+) -> TokenVerifier:
+    """The verifier for `mode`, behind the verified-token cache; key refreshers start here."""
+    if mode == "auth_service":
+        assert settings.auth_host is not None
+        channel = grpc.aio.insecure_channel(settings.auth_host)
+        closers.append(channel.close)
+        inner: TokenVerifier = AuthServiceVerifier(channel, settings.jwt_audience, settings.auth_timeout_s)
+        return CachingVerifier(inner, settings.auth_cache_size, settings.auth_cache_max_ttl_s)
+    rules = ClaimRules(
+        settings.algorithms,
+        settings.jwt_audience,
+        settings.jwt_issuer,
+        settings.jwt_leeway_s,
+        settings.jwt_merchant_claim,
+    )
+    keys: FileKeys | UrlKeys | StaticKeys
+    if mode == "jwks_file":
+        assert settings.jwt_jwks_file is not None
+        keys = _file_keys(settings.jwt_jwks_file, "CAMPAIGN_JWT_JWKS_FILE", "jwks")
+    elif mode == "public_key":
+        assert settings.jwt_public_key_file is not None
+        keys = _file_keys(settings.jwt_public_key_file, "CAMPAIGN_JWT_PUBLIC_KEY_FILE", "public_key")
+    elif mode == "jwks_url":
+        assert settings.jwt_jwks_url is not None
+        keys = UrlKeys(settings.jwt_jwks_url, settings.jwks_refresh_s, settings.auth_timeout_s)
+        closers.append(keys.close)
+        if not await keys.fetch():
+            log.warning("JWKS URL not reachable at start; requests fail with UNAVAILABLE until it is")
+    else:
+        keys = StaticKeys(dev_key_set(dev_signing_key(settings.data_dir)))
+        log.info("embedded default: tokens from `campaign-service dev-token --merchant <uuid>` (same data dir)")
+        rules = ClaimRules((DEV_ALGORITHM,), settings.jwt_audience, DEV_ISSUER, settings.jwt_leeway_s)
+    cache = CachingVerifier(LocalJwtVerifier(keys, rules), settings.auth_cache_size, settings.auth_cache_max_ttl_s)
+    keys.subscribe(cache.clear)
+    tasks.append(asyncio.create_task(_key_refresher(keys), name="token-keys"))
+    return cache
+
+
+async def _key_refresher(keys: KeySource) -> None:
+    await keys.run()
+
+
+def tls_credentials(settings: Settings) -> ReloadingServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        return ReloadingServerCredentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    except (OSError, TlsFilesError) as exc:
+        raise ConfigError(f"CAMPAIGN_TLS_CERT_FILE: cannot use the TLS files ({exc})") from None
+
+
 async def build_app(settings: Settings) -> App:
+    auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
+    tls = tls_credentials(settings)
+    closers: list[StopHook] = []
+    tasks: list[asyncio.Task[None]] = []
+    verifier = await token_verifier(settings, auth_mode, closers, tasks)
     if settings.kafka_broker:
         settings.kafka()  # refuse an incomplete event configuration before starting anything
     target = await database_target(settings)
@@ -347,10 +427,15 @@ async def build_app(settings: Settings) -> App:
     reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(
         CampaignServicer(tiers, reads),
-        extra_interceptors=[RateLimitInterceptor(parts.limiter)] if parts.limiter else [],
+        # Authentication first: only callers allowed for a merchant spend its request budget.
+        extra_interceptors=[
+            AuthInterceptor(verifier),
+            *([RateLimitInterceptor(parts.limiter)] if parts.limiter else []),
+        ],
         max_message_bytes=settings.grpc_max_message_bytes,
     )
-    grpc_port = server.add_insecure_port(f"{settings.bind_host}:{settings.grpc_port}")
+    address = f"{settings.bind_host}:{settings.grpc_port}"
+    grpc_port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
 
     async def db_ready() -> str | None:
         async with pool.acquire(timeout=2) as conn:
@@ -383,6 +468,8 @@ async def build_app(settings: Settings) -> App:
     await server.start()
     await set_serving(health_servicer, True)
     app = App(settings, pool, tiers, server, health_servicer, runner, grpc_port, http_port)
+    app._closers.extend(closers)
+    app._tasks.extend(tasks)
     app_ref.append(app)
     app._tasks.append(
         asyncio.create_task(
@@ -400,7 +487,14 @@ async def build_app(settings: Settings) -> App:
         app.drain_hooks += [events.stop_consumer, events.stop_relay, events.close]
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
-    log.info("serving", grpc_port=grpc_port, http_port=http_port, embedded_db=settings.embedded_db)
+    log.info(
+        "serving",
+        grpc_port=grpc_port,
+        http_port=http_port,
+        embedded_db=settings.embedded_db,
+        auth=auth_mode,
+        tls="mtls" if tls and tls.require_client_auth else "tls" if tls else "off",
+    )
     return app
 
 

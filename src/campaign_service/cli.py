@@ -1,4 +1,5 @@
-"""`campaign-service serve | migrate | merchants add <uuid> | relay | outbox list`: nothing else starts the process."""
+"""`campaign-service serve | migrate | merchants add <uuid> | relay | outbox list | dev-token`: nothing else
+starts the process."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import structlog
 import uvloop
 
 from campaign_service import logs
+from campaign_service.adapters.auth.dev import MAX_DEV_TTL_S, dev_signing_key, mint_dev_token
 from campaign_service.adapters.postgres.outbox import OutboxRow, PgOutbox
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.bootstrap import (
@@ -27,6 +29,7 @@ from campaign_service.bootstrap import (
     run_migrations,
 )
 from campaign_service.config import ConfigError, Settings, load_settings
+from campaign_service.domain.access import SCOPE_READ, SCOPE_WRITE, SCOPES
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +132,31 @@ async def _merchants_add(settings: Settings, merchant: UUID) -> None:
     print(f"merchant {merchant} {'added' if created else 'already exists'}")
 
 
+async def _dev_token(settings: Settings, args: argparse.Namespace) -> None:
+    """Prints a token the embedded default accepts; refuses anywhere else (production never mints)."""
+    if not settings.embedded_db or settings.auth_mode() != "dev":
+        raise ConfigError(
+            "dev-token works only on the embedded default (no CAMPAIGN_DB_HOST/CAMPAIGN_DB_DSN, AUTH_HOST or"
+            " CAMPAIGN_JWT_* key source): get tokens from your identity provider instead"
+        )
+    token = mint_dev_token(
+        dev_signing_key(settings.data_dir),
+        audience=settings.jwt_audience,
+        merchant_id=args.merchant,
+        scopes=args.scope or [SCOPE_READ, SCOPE_WRITE],
+        subject=args.subject,
+        ttl_s=args.ttl,
+    )
+    print(token)
+
+
+def _ttl(value: str) -> int:
+    seconds = int(value)
+    if not 0 < seconds <= MAX_DEV_TTL_S:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_DEV_TTL_S} seconds")
+    return seconds
+
+
 def _uuid(value: str) -> UUID:
     try:
         return UUID(value)
@@ -145,6 +173,19 @@ def _parser() -> argparse.ArgumentParser:
     msub = merchants.add_subparsers(dest="action", required=True)
     add = msub.add_parser("add", help="provision a merchant")
     add.add_argument("merchant_id", type=_uuid)
+    dev = sub.add_parser(
+        "dev-token",
+        help="print a short-lived token for the embedded default (send as `authorization: Bearer <token>`)",
+    )
+    dev.add_argument("--merchant", type=_uuid, help="the merchant the token is for (omit with campaign:admin)")
+    dev.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help=f"repeat for several; default {SCOPE_READ} and {SCOPE_WRITE}",
+    )
+    dev.add_argument("--subject", default="dev", help="who the token names (the `actor` of changes); default dev")
+    dev.add_argument("--ttl", type=_ttl, default=3600, help="lifetime in seconds (default 3600)")
     sub.add_parser("relay", help="run only the outbox relay (needs KAFKA_BROKER and CAMPAIGN_SCHEMA_REGISTRY_URL)")
     outbox = sub.add_parser("outbox", help="inspect the transactional outbox")
     osub = outbox.add_subparsers(dest="action", required=True)
@@ -163,6 +204,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[], Corou
         return lambda: _merchants_add(settings, args.merchant_id)
     if args.command == "relay":
         return lambda: _relay(settings)
+    if args.command == "dev-token":
+        return lambda: _dev_token(settings, args)
     return lambda: _outbox_list(settings, args.pending, max(1, args.limit))
 
 

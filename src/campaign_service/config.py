@@ -7,12 +7,17 @@ service runs on an embedded PostgreSQL in `CAMPAIGN_DATA_DIR`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+AuthMode = Literal["jwks_file", "jwks_url", "public_key", "auth_service", "dev"]
+_HOST_PORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
 
 
 class ConfigError(Exception):
@@ -73,6 +78,31 @@ class Settings(BaseSettings):
     kafka_broker: str | None = Field(None, validation_alias=AliasChoices("KAFKA_BROKER"))
     auth_host: str | None = Field(None, validation_alias=AliasChoices("AUTH_HOST"))
 
+    # Authentication (SPEC Security). Local verification when a key source is configured (one of
+    # JWKS file, JWKS URL, PEM public key file), else the Auth Service at AUTH_HOST. With
+    # neither, only the embedded default serves: it verifies against a key pair it keeps in
+    # `data_dir` (see `campaign-service dev-token`).
+    jwt_jwks_file: Path | None = None
+    jwt_jwks_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    jwt_public_key_file: Path | None = None
+    # Comma-separated allow-list; asymmetric algorithms only (a public key cannot check an HMAC).
+    jwt_algorithms: str = "RS256,PS256,ES256,EdDSA"
+    jwt_issuer: str | None = None
+    jwt_audience: str = Field("campaign-service", min_length=1)
+    jwt_leeway_s: int = Field(30, ge=0, le=300)
+    jwt_merchant_claim: str = Field("merchant_id", min_length=1)
+    jwks_refresh_s: int = Field(300, ge=10, le=86_400)
+    auth_timeout_s: float = Field(1.0, gt=0, le=30)
+    # Verified tokens (either mode) are remembered until they expire, at most this long and
+    # this many: a token revoked at the Auth Service stops working within max_ttl.
+    auth_cache_size: int = Field(10_000, ge=0, le=1_000_000)
+    auth_cache_max_ttl_s: int = Field(300, ge=0, le=86_400)
+
+    # TLS for the gRPC port: cert + key -> TLS; plus a client CA -> clients must present a
+    # certificate it signed (mTLS). The files are re-read when they change.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     # Events. Without KAFKA_BROKER events stay in the outbox (`campaign-service outbox list`).
     schema_registry_url: str | None = None
     kafka_client_id: str = "campaign-service"
@@ -121,6 +151,62 @@ class Settings(BaseSettings):
             return "redis"
         return "memory" if self.embedded_db else "off"
 
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric_algorithms(cls, value: str) -> str:
+        names = [a.strip() for a in value.split(",") if a.strip()]
+        bad = [a for a in names if a not in ASYMMETRIC_ALGORITHMS]
+        if not names or bad:
+            raise ValueError(f"use a comma-separated subset of {', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return ",".join(names)
+
+    @field_validator("auth_host")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST_PORT.match(value):
+            raise ValueError("must be host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source_and_tls_pairs(self) -> Settings:
+        sources = [
+            name
+            for name, value in (
+                ("CAMPAIGN_JWT_JWKS_FILE", self.jwt_jwks_file),
+                ("CAMPAIGN_JWT_JWKS_URL", self.jwt_jwks_url),
+                ("CAMPAIGN_JWT_PUBLIC_KEY_FILE", self.jwt_public_key_file),
+            )
+            if value is not None
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"{sources[1]}: set only one of {', '.join(sources)}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("CAMPAIGN_TLS_KEY_FILE: set both CAMPAIGN_TLS_CERT_FILE and CAMPAIGN_TLS_KEY_FILE")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("CAMPAIGN_TLS_CLIENT_CA_FILE: mTLS also needs CAMPAIGN_TLS_CERT_FILE and _KEY_FILE")
+        return self
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        return tuple(self.jwt_algorithms.split(","))
+
+    def auth_mode(self) -> AuthMode:
+        """How tokens are verified; a production configuration without a verifier is refused."""
+        if self.jwt_jwks_file is not None:
+            return "jwks_file"
+        if self.jwt_jwks_url is not None:
+            return "jwks_url"
+        if self.jwt_public_key_file is not None:
+            return "public_key"
+        if self.auth_host is not None:
+            return "auth_service"
+        if self.embedded_db:
+            return "dev"
+        raise ConfigError(
+            "AUTH_HOST: a configured database means production, which needs a token verifier: set AUTH_HOST,"
+            " CAMPAIGN_JWT_JWKS_FILE, CAMPAIGN_JWT_JWKS_URL or CAMPAIGN_JWT_PUBLIC_KEY_FILE"
+        )
+
     @property
     def embedded_db(self) -> bool:
         return self.db_host is None and self.db_dsn is None
@@ -167,5 +253,9 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = str(err["loc"][0]) if err["loc"] else ""
-        name = _ENV_NAMES.get(loc, f"CAMPAIGN_{loc.upper()}") if loc else "configuration"
-        raise ConfigError(f"{name}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a check across fields: its message starts with the variable's name
+            raise ConfigError(message) from None
+        # Fields read through a validation alias report the alias (the variable's own name).
+        name = loc if loc.isupper() else _ENV_NAMES.get(loc, f"CAMPAIGN_{loc.upper()}")
+        raise ConfigError(f"{name}: {message}") from None

@@ -8,8 +8,11 @@ Kafka consumer per message), so every line logged while handling it carries them
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -32,6 +35,36 @@ def _add_request_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any
     return event
 
 
+# A token must never reach a log line, whoever logs it (our code, grpc, a library's exception).
+_SECRETS = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"  # a JWT (its header is base64 '{"')
+    r"|(?i:bearer)\s+[A-Za-z0-9\-._~+/]+=*"
+)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRETS.sub("[REDACTED]", value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    return {key: _redacted(value) for key, value in event.items()}
+
+
+# JSON leaves these unescaped, yet many readers (Python's splitlines, JavaScript) end a line at
+# them: a caller's field holding one would split a log record in two.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def one_line_json(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, **kwargs).translate(_LINE_BREAKS)
+
+
 def configure(level: str = "info") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -45,8 +78,9 @@ def configure(level: str = "info") -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_secrets,
             structlog.processors.EventRenamer("message"),
-            structlog.processors.JSONRenderer(ensure_ascii=False),
+            structlog.processors.JSONRenderer(serializer=one_line_json),
         ],
     )
     handler = logging.StreamHandler(sys.stdout)

@@ -44,6 +44,33 @@ GRPC_HANDLING_SECONDS = Histogram(
 )
 DB_UP = Gauge("campaign_db_up", "1 when the last PostgreSQL readiness probe succeeded.")
 
+# Authentication and TLS.
+AUTH_DECISIONS = Counter(
+    "campaign_auth_decisions",
+    "Authentication/authorization outcomes of CampaignService RPCs.",
+    ["result"],  # ok | unauthenticated | permission_denied | unavailable | invalid_argument
+)
+AUTH_CACHE = Counter(
+    "campaign_auth_cache_lookups",
+    "Lookups of verified tokens in the in-process cache.",
+    ["result"],  # hit | miss
+)
+AUTH_SERVICE_CALLS = Histogram(
+    "campaign_auth_service_call_seconds",
+    "Calls to auth.v1.AuthService/ValidateToken, by outcome.",
+    ["result"],  # valid | invalid | unavailable
+    buckets=LATENCY_BUCKETS,
+)
+JWKS_FETCHES = Counter(
+    "campaign_jwks_fetches",
+    "Fetches of the JWKS URL (bounded: at most one per refresh interval, or per 30 s on an unknown key id).",
+    ["result"],  # ok | error
+)
+KEY_RELOADS = Counter(
+    "campaign_key_file_reloads",
+    "Re-reads of changed key/certificate files (JWKS, public key, TLS), by kind and outcome.",
+    ["kind", "result"],
+)
 # Events: outbox relay, consumer, retries.
 EVENTS_CONSUMED = Counter(
     "campaign_events_consumed",

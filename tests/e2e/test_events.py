@@ -8,7 +8,6 @@ import urllib.request
 import uuid
 from typing import Any
 
-import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
@@ -16,6 +15,7 @@ from campaign_service import topics
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.kafka_support import Received
+from tests.tokens import auth_channel
 
 pytestmark = pytest.mark.kafka
 
@@ -95,7 +95,7 @@ async def test_tier_update_announces_vip_tier_updated_with_the_changed_fields(
 ) -> None:
     merchant = await new_merchant()
     updated = read_topic(topics.VIP_TIER_UPDATED)
-    async with grpc.aio.insecure_channel(event_service.target) as channel:
+    async with auth_channel(event_service.target) as channel:
         stub = campaign_grpc.CampaignServiceStub(channel)
         await stub.CreateVIPTier(
             pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=pb.VIPTier(tier_id="gold", name="Gold"))

@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import ServiceProcess
+from tests.tokens import auth_channel
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CORE = {"timestamp", "level", "message", "correlation_id", "merchant_id", "tier_id", "event_type"}
@@ -82,7 +83,7 @@ async def test_failed_lookup_is_logged_with_a_generated_correlation_id(
     service: ServiceProcess, new_merchant: Any
 ) -> None:
     merchant = str(await new_merchant())
-    async with grpc.aio.insecure_channel(service.target) as channel:
+    async with auth_channel(service.target) as channel:
         call = campaign_grpc.CampaignServiceStub(channel).GetVIPTier(
             pb.GetVIPTierRequest(merchant_id=merchant, tier_id="nope")
         )

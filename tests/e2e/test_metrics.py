@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import ServiceProcess, make_database, start_service
+from tests.tokens import auth_channel
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -83,7 +84,7 @@ async def test_metric_values_after_known_traffic(metered: Any) -> None:
     a, b, c, d = (uuid.uuid4() for _ in range(4))
     for m in (a, b, c, d):
         await owner.execute("INSERT INTO merchants (id) VALUES ($1)", m)
-    async with grpc.aio.insecure_channel(service.target) as channel:
+    async with auth_channel(service.target) as channel:
         stub = campaign_grpc.CampaignServiceStub(channel)
         for merchant, n in ((a, 3), (b, 2), (c, 1), (d, 1)):
             await create_tiers(stub, merchant, n)

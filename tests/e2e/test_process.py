@@ -20,6 +20,7 @@ from campaign_service.adapters.postgres import migrations
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import ServiceProcess, free_port, start_service, wait_ready
+from tests.tokens import auth_channel
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
@@ -148,11 +149,18 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
 
 
 async def test_embedded_default_serves_with_no_database_configured(tmp_path: Path) -> None:
-    """What `scripts/serve` does on a fresh machine: embedded PostgreSQL, migrated, serving."""
+    """What `scripts/serve` and README do on a fresh machine: embedded PostgreSQL, migrated,
+    serving, with authentication on: `dev-token` mints a token for the service's own key pair."""
     data = tmp_path / "data"
-    merchant = uuid.uuid4()
+    merchant, other = uuid.uuid4(), uuid.uuid4()
     added = cli("merchants", "add", str(merchant), env={"CAMPAIGN_DATA_DIR": str(data)})
     assert added.returncode == 0, added.stderr
+    minted = cli("dev-token", "--merchant", str(merchant), "--subject", "newcomer", env={"CAMPAIGN_DATA_DIR": str(data)})
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    # the same command against another data dir signs with another key
+    foreign = cli("dev-token", "--merchant", str(merchant), env={"CAMPAIGN_DATA_DIR": str(tmp_path / "other")})
+    assert (data / "auth" / "dev-signing-key.pem").stat().st_mode & 0o777 == 0o600
     grpc_port, http_port = free_port(), free_port()
     env = {
         "CAMPAIGN_DATA_DIR": str(data),
@@ -169,13 +177,23 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
     svc = ServiceProcess(proc, grpc_port, http_port, tmp_path / "serve.log")
     try:
         wait_ready(svc)
-        async with grpc.aio.insecure_channel(svc.target) as channel:
+        assert '"auth": "dev"' in svc.logs()
+        async with auth_channel(svc.target, token) as channel:
             stub = campaign_grpc.CampaignServiceStub(channel)
             await stub.CreateVIPTier(
                 pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=pb.VIPTier(tier_id="gold", name="Gold"))
             )
             got = await stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="gold"))
             assert got.name == "Gold"
+            assert await rpc_code(stub.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(other)))) == (
+                grpc.StatusCode.PERMISSION_DENIED
+            )
+        for channel in (grpc.aio.insecure_channel(svc.target), auth_channel(svc.target, foreign.stdout.strip())):
+            async with channel:
+                call = campaign_grpc.CampaignServiceStub(channel).ListVIPTiers(
+                    pb.ListVIPTiersRequest(merchant_id=str(merchant))
+                )
+                assert await rpc_code(call) == grpc.StatusCode.UNAUTHENTICATED
         assert http_get(http_port, "/ready")[0] == 200
     finally:
         assert svc.stop() == 0
@@ -186,11 +204,17 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
     assert [(e["topic"], e["key"]) for e in pending] == [("vip_tier.updated", f"{merchant}:gold")]
 
 
+async def rpc_code(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
 async def test_database_timeout_is_unavailable_not_internal(database: Any, superuser_conn: Any, new_merchant: Any, tmp_path: Path) -> None:
     merchant = await new_merchant()
     svc = start_service(database, tmp_path, {"CAMPAIGN_DB_STATEMENT_TIMEOUT_MS": "300"})
     try:
-        async with grpc.aio.insecure_channel(svc.target) as channel:
+        async with auth_channel(svc.target) as channel:
             stub = campaign_grpc.CampaignServiceStub(channel)
             async with superuser_conn.transaction():
                 await superuser_conn.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import ServiceProcess, redis_address, redis_env, start_service
+from tests.tokens import auth_channel
 
 
 def http_get(service: ServiceProcess, path: str) -> tuple[int, bytes]:
@@ -50,7 +51,7 @@ def hits(service: ServiceProcess) -> float:
 
 @asynccontextmanager
 async def client(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
-    async with grpc.aio.insecure_channel(service.target) as channel:
+    async with auth_channel(service.target) as channel:  # an admin token
         yield campaign_grpc.CampaignServiceStub(channel)
 
 

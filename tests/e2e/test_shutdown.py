@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import Database, ServiceProcess, start_service
+from tests.tokens import auth_channel
 
 CALLS = 40
 
@@ -91,7 +92,7 @@ async def test_in_flight_rpcs_complete_during_sigterm(database: Database, tier: 
     service = start_service(database, tmp_path, {"CAMPAIGN_SHUTDOWN_GRACE_S": "20"})
     lock = await asyncpg.connect(database.superuser_dsn, database=database.name)
     try:
-        async with grpc.aio.insecure_channel(service.target) as channel:
+        async with auth_channel(service.target) as channel:
             stub = campaign_grpc.CampaignServiceStub(channel)
             await stub.GetVIPTier(pb.GetVIPTierRequest(merchant_id=tier, tier_id="gold"))  # channel connected
             tx, calls = await start_blocked_lookups(database, lock, stub, tier)
@@ -126,7 +127,7 @@ async def test_health_reports_not_serving_during_the_shutdown_delay(
 ) -> None:
     service = start_service(database, tmp_path, {"CAMPAIGN_SHUTDOWN_DELAY_S": "2"})
     try:
-        async with grpc.aio.insecure_channel(service.target) as channel:
+        async with auth_channel(service.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             serving = await health.Check(health_pb2.HealthCheckRequest(service=""))
             assert serving.status == health_pb2.HealthCheckResponse.SERVING
@@ -150,7 +151,7 @@ async def test_rpcs_stuck_past_the_grace_period_do_not_hold_the_exit(
     service = start_service(database, tmp_path, {"CAMPAIGN_SHUTDOWN_GRACE_S": "1"})
     lock = await asyncpg.connect(database.superuser_dsn, database=database.name)
     try:
-        async with grpc.aio.insecure_channel(service.target) as channel:
+        async with auth_channel(service.target) as channel:
             stub = campaign_grpc.CampaignServiceStub(channel)
             tx, calls = await start_blocked_lookups(database, lock, stub, tier)
             service.proc.send_signal(signal.SIGTERM)

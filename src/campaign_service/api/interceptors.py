@@ -1,7 +1,7 @@
 """Cross-cutting concerns of every CampaignService RPC, as grpc.aio server interceptors.
 
-Order (outermost first): metrics -> correlation id, trace and request log -> extra (auth, rate
-limit) -> errors. Health and reflection RPCs pass through untouched.
+Order (outermost first): metrics -> correlation id, trace and request log -> request decoding ->
+extra (auth, rate limit) -> errors. Health and reflection RPCs pass through untouched.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 from uuid import UUID
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2, duration_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -27,8 +27,11 @@ from campaign_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
     VersionConflict,
+    invalid,
 )
 from campaign_service.service.ports import RateLimiter
 
@@ -60,8 +63,13 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+Deserializer = Callable[[bytes], Any]
+
+
 def _wrap(
-    handler: grpc.RpcMethodHandler[Req, Resp] | None, wrap: Callable[[Behavior], Behavior]
+    handler: grpc.RpcMethodHandler[Req, Resp] | None,
+    wrap: Callable[[Behavior], Behavior],
+    deserializer: Callable[[Deserializer | None], Deserializer | None],
 ) -> grpc.RpcMethodHandler[Req, Resp] | None:
     """Returns `handler` with its unary-unary behaviour wrapped (other kinds are left alone)."""
     if handler is None or handler.unary_unary is None:
@@ -70,7 +78,7 @@ def _wrap(
     behavior = cast(Behavior, handler.unary_unary)
     return grpc.unary_unary_rpc_method_handler(
         wrap(behavior),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=deserializer(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -85,6 +93,10 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
+
+    def deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
+        """How the request body is parsed; the default keeps the method's own parser."""
+        return deserialize
 
     async def intercept_service(
         self,
@@ -101,9 +113,42 @@ class _ServiceInterceptor(grpc.aio.ServerInterceptor):
         if known is not None and known[0] is handler:
             return cast("grpc.RpcMethodHandler[Req, Resp] | None", known[1])
         name = method[len(SERVICE_PREFIX) :]
-        wrapped = _wrap(handler, lambda behavior: self.wrap(name, behavior))
+        wrapped = _wrap(handler, lambda behavior: self.wrap(name, behavior), self.deserializer)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class _Undecodable:
+    """Stands in for a request body that is not a valid message of the method's type."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+class RequestDecodingInterceptor(_ServiceInterceptor):
+    """A body that does not parse (bad wire format, invalid UTF-8 in a string field, nesting
+    too deep) is INVALID_ARGUMENT; the layers inside never see it."""
+
+    def deserializer(self, deserialize: Deserializer | None) -> Deserializer | None:
+        if deserialize is None:
+            return None
+
+        def parse(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except message.DecodeError:
+                # Left to grpc, this is UNKNOWN carrying protobuf's own message.
+                return UNDECODABLE
+
+        return parse
+
+    def wrap(self, method: str, behavior: Behavior) -> Behavior:
+        async def decoded(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if request is UNDECODABLE:
+                await _abort(ctx, status_for(invalid("request", "not a valid protobuf message of the request type")))
+            return await behavior(request, ctx)
+
+        return decoded
 
 
 class MetricsInterceptor(_ServiceInterceptor):
@@ -179,7 +224,7 @@ class CorrelationInterceptor(_ServiceInterceptor):
 
         async def correlated(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             value = _metadata(ctx, "x-correlation-id")
-            if not (value and _CORRELATION_ID.match(value)):
+            if not (value and _CORRELATION_ID.fullmatch(value)):
                 value = str(uuid.uuid4())
             context.correlation_id.set(value)
             context.continue_trace(_metadata(ctx, "traceparent"))
@@ -197,6 +242,8 @@ _CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (VersionConflict, grpc.StatusCode.ABORTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
 ]
 
@@ -218,7 +265,7 @@ def status_for(exc: DomainError) -> status_pb2.Status:
     return status
 
 
-async def _abort(ctx: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> None:
+async def _abort(ctx: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:
     """Ends the RPC with `status`, its details in the `grpc-status-details-bin` trailer."""
     st = rpc_status.to_status(status)
     await ctx.abort(st.code, st.details, st.trailing_metadata)

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from uuid import UUID
 
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
-from campaign_service.domain.errors import invalid
+from campaign_service.domain.ids import parse_uuid
 from campaign_service.domain.tiers import TierSpec, VIPTier
 
-
-def parse_uuid(value: str, field_path: str) -> UUID:
-    if len(value) != 36:
-        raise invalid(field_path, "must be a UUID like 123e4567-e89b-12d3-a456-426614174000")
-    try:
-        return UUID(value)
-    except ValueError:
-        raise invalid(field_path, "must be a UUID like 123e4567-e89b-12d3-a456-426614174000") from None
+__all__ = ["parse_uuid", "spec_from_proto", "tier_to_proto"]
 
 
 def spec_from_proto(tier: pb.VIPTier) -> TierSpec:

@@ -8,7 +8,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from campaign_service.api.interceptors import CorrelationInterceptor, ErrorInterceptor, MetricsInterceptor
+from campaign_service.api.interceptors import (
+    CorrelationInterceptor,
+    ErrorInterceptor,
+    MetricsInterceptor,
+    RequestDecodingInterceptor,
+)
 from campaign_service.api.pb import campaign_grpc, campaign_pb2
 from campaign_service.api.servicer import CampaignServicer
 
@@ -21,10 +26,12 @@ def build_grpc_server(
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_message_bytes: int = 256 * 1024,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """Interceptors run outermost first: metrics, correlation id, `extra` (auth, rate limit), errors."""
+    """Interceptors run outermost first: metrics, correlation id, request decoding, `extra` (auth,
+    rate limit), errors."""
     interceptors: list[grpc.aio.ServerInterceptor] = [
         MetricsInterceptor(),
         CorrelationInterceptor(),
+        RequestDecodingInterceptor(),
         *extra_interceptors,
         ErrorInterceptor(),
     ]

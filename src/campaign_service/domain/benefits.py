@@ -57,7 +57,7 @@ def benefits_violations(benefits: Benefits, field_path: str) -> list[FieldViolat
     seen: set[str] = set()
     for i, perk in enumerate(benefits.custom_perks):
         path = f"{field_path}.custom_perks[{i}]"
-        if not _PERK_CODE.match(perk.code):
+        if not _PERK_CODE.fullmatch(perk.code):
             out.append(FieldViolation(f"{path}.code", "must be 1-64 characters of a-z, 0-9 and _"))
         elif perk.code in seen:
             out.append(FieldViolation(f"{path}.code", f"duplicate perk code {perk.code!r}"))

@@ -50,3 +50,11 @@ class Unavailable(DomainError):
 
 def invalid(field_path: str, description: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field_path, description)])
+
+
+class Unauthenticated(DomainError):
+    """No credentials, or credentials that are not valid; the message says which, nothing more."""
+
+
+class PermissionDenied(DomainError):
+    """Valid credentials that do not allow this request."""

@@ -27,7 +27,7 @@ def check_supported(tag: str, field_path: str) -> str:
 
 def check_requested(tag: str, field_path: str) -> str:
     """A locale a reader asks for: any well-formed BCP 47 tag, or empty for the tier's default."""
-    if tag and (len(tag) > 35 or not _BCP47.match(tag)):
+    if tag and (len(tag) > 35 or not _BCP47.fullmatch(tag)):
         raise invalid(field_path, "not a well-formed BCP 47 language tag")
     return tag
 

@@ -87,7 +87,7 @@ class Display:
 
 
 def check_tier_id(tier_id: str, field_path: str = "tier_id") -> str:
-    if not _TIER_ID.match(tier_id):
+    if not _TIER_ID.fullmatch(tier_id):
         raise invalid(field_path, "must be 1-64 characters of a-z, 0-9, _ and -, starting with a letter or digit")
     return tier_id
 

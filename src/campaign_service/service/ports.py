@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
+from campaign_service.domain.access import Principal
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.tiers import TierSpec, VIPTier
 
@@ -94,3 +95,13 @@ class RateLimiter(Protocol):
     """Counts one request of a merchant against its limit."""
 
     async def acquire(self, merchant_id: UUID) -> RateDecision: ...
+
+
+class TokenVerifier(Protocol):
+    """Turns a bearer token into the principal it was issued to.
+
+    Raises Unauthenticated for a token that is not valid and Unavailable when the means of
+    checking it (JWKS URL, Auth Service) cannot be reached: callers fail closed.
+    """
+
+    async def verify(self, token: str) -> Principal: ...

@@ -259,6 +259,8 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
+    asyncpg.OperatorInterventionError,  # e.g. the server shutting down (admin_shutdown)
+    asyncpg.TransactionRollbackError,  # deadlock or serialization failure: rolled back, retryable
     OSError,
     TimeoutError,
 )

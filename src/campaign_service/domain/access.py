@@ -1,0 +1,96 @@
+"""Who a caller is (a verified token's principal) and what its scopes allow."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from campaign_service.domain.errors import PermissionDenied, Unauthenticated
+from campaign_service.domain.ids import is_uuid
+
+# The scopes a token may carry (space-separated `scope` claim, a `scp` list, or the Auth
+# Service's `scopes`). proto/auth/v1/auth.proto documents them for token issuers.
+SCOPE_READ = "tiers:read"  # read the token merchant's tiers and customer tiers
+SCOPE_WRITE = "tiers:write"  # create, update and delete the token merchant's tiers (implies read)
+SCOPE_SERVICE = "campaign:service"  # another service: read any merchant
+SCOPE_ADMIN = "campaign:admin"  # operators: read and write any merchant
+SCOPES: tuple[str, ...] = (SCOPE_READ, SCOPE_WRITE, SCOPE_SERVICE, SCOPE_ADMIN)
+
+MAX_SUBJECT_CHARS = 256
+INVALID_TOKEN = "invalid token"  # noqa: S105 - a message, not a credential
+
+
+class Access(enum.Enum):
+    """What an RPC does to a merchant's data; decides the scopes it needs."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"  # anything not known to be a plain read or write: operators only
+
+
+_NEEDED = {Access.READ: SCOPE_READ, Access.WRITE: SCOPE_WRITE, Access.ADMIN: SCOPE_ADMIN}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller. `merchant_id` is None for tokens not bound to one merchant."""
+
+    subject: str
+    merchant_id: UUID | None
+    scopes: frozenset[str]
+    expires_at: float  # seconds since the epoch
+
+    def cross_merchant(self, access: Access) -> bool:
+        if SCOPE_ADMIN in self.scopes:
+            return True
+        return access is Access.READ and SCOPE_SERVICE in self.scopes
+
+    def scoped_for(self, access: Access) -> bool:
+        if SCOPE_ADMIN in self.scopes:
+            return True
+        if access is Access.READ:
+            return bool(self.scopes & {SCOPE_READ, SCOPE_WRITE, SCOPE_SERVICE})
+        return access is Access.WRITE and SCOPE_WRITE in self.scopes
+
+
+def authorize(principal: Principal, merchant_id: UUID | None, access: Access) -> None:
+    """Raises PermissionDenied unless `principal` may do `access` on `merchant_id`'s data.
+
+    `merchant_id` None means a request not scoped to one merchant: cross-merchant tokens only.
+    """
+    if not principal.scoped_for(access):
+        raise PermissionDenied(f"the token lacks the {_NEEDED[access]} scope")
+    if (merchant_id is None or principal.merchant_id != merchant_id) and not principal.cross_merchant(access):
+        raise PermissionDenied("the token is not valid for this merchant")
+
+
+def make_principal(subject: object, merchant_id: object, scopes: Iterable[object], expires_at: float) -> Principal:
+    """A principal from values a verifier vouched for but whose shape is not ours to trust."""
+    if not (isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_CHARS and subject.isprintable()):
+        raise Unauthenticated(INVALID_TOKEN)
+    if merchant_id in (None, ""):
+        merchant = None
+    elif is_uuid(merchant_id):
+        merchant = UUID(str(merchant_id))
+    else:
+        raise Unauthenticated(INVALID_TOKEN)
+    return Principal(subject, merchant, frozenset(s for s in scopes if isinstance(s, str) and s in SCOPES), expires_at)
+
+
+def principal_from_claims(claims: Mapping[str, Any], merchant_claim: str) -> Principal:
+    """The principal of a verified JWT: `sub`, the merchant claim, `scope` (or `scp`), `exp`."""
+    scope, scp, exp = claims.get("scope"), claims.get("scp"), claims.get("exp")
+    if isinstance(scope, str):
+        scopes: list[object] = list(scope.split())
+    elif isinstance(scp, list):
+        scopes = scp
+    elif scope is None and scp is None:
+        scopes = []
+    else:
+        raise Unauthenticated(INVALID_TOKEN)
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        raise Unauthenticated(INVALID_TOKEN)
+    return make_principal(claims.get("sub"), claims.get(merchant_claim), scopes, float(exp))

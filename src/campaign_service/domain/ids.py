@@ -1,0 +1,23 @@
+"""Identifiers callers send: UUIDs in their canonical textual form only."""
+
+from __future__ import annotations
+
+import re
+from uuid import UUID
+
+from campaign_service.domain.errors import invalid
+
+# Only the 8-4-4-4-12 hex form: uuid.UUID() alone also takes braces, `urn:uuid:`, misplaced
+# hyphens, underscores and non-ASCII digits, which would let one id have many spellings.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+UUID_HINT = "must be a UUID like 123e4567-e89b-12d3-a456-426614174000"
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
+def parse_uuid(value: str, field_path: str) -> UUID:
+    if not is_uuid(value):
+        raise invalid(field_path, UUID_HINT)
+    return UUID(value)

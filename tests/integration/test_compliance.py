@@ -1,0 +1,79 @@
+"""Compliance: the schema holds no PII (customer ids only) and cannot grow a column unnoticed;
+outbox payloads carry ids, never personal data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Every column of every table. A new column fails this test until it is added here, by someone
+# who has checked that it holds no personal data: customers are known by their id, nothing else.
+ALLOWED_COLUMNS: dict[str, set[str]] = {
+    "merchants": {"id", "created_at"},
+    "vip_tiers": {
+        "id",
+        "merchant_id",
+        "tier_id",
+        "name",
+        "locale",
+        "min_points",
+        "discount_percentage",
+        "free_shipping",
+        "exclusive_access",
+        "benefits",
+        "is_default",
+        "version",
+        "created_at",
+        "updated_at",
+    },
+    "vip_tier_translations": {"merchant_id", "tier_id", "locale", "name"},
+    "customer_tiers": {"merchant_id", "customer_id", "tier_id", "assigned_at", "source", "cause_event_id"},
+    "customer_tier_history": {"merchant_id", "customer_id", "id", "tier_id", "assigned_at", "source", "cause_event_id"},
+    "processed_events": {"event_id", "merchant_id", "event_type", "created_at"},
+    "outbox_events": {
+        "event_id",
+        "merchant_id",
+        "topic",
+        "key",
+        "payload",
+        "headers",
+        "created_at",
+        "published_at",
+        "attempts",
+        "last_error",
+        "seq",
+    },
+    "schema_migrations": {"version", "name", "checksum", "applied_at"},
+}
+# Columns about a customer must be ids: uuid typed.
+CUSTOMER_COLUMNS = {"customer_id", "cause_event_id"}
+
+
+async def test_no_table_or_column_outside_the_allow_list(owner_conn: Any) -> None:
+    rows = await owner_conn.fetch(
+        "SELECT c.relname AS table, a.attname AS column, format_type(a.atttypid, a.atttypmod) AS type"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+        " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+        " AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition"
+    )
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        found.setdefault(r["table"], set()).add(r["column"])
+    assert found == ALLOWED_COLUMNS
+    assert {(r["table"], r["column"]): r["type"] for r in rows if r["column"] in CUSTOMER_COLUMNS} == {
+        ("customer_tiers", "customer_id"): "uuid",
+        ("customer_tiers", "cause_event_id"): "uuid",
+        ("customer_tier_history", "customer_id"): "uuid",
+        ("customer_tier_history", "cause_event_id"): "uuid",
+    }
+
+
+async def test_partitions_have_their_parent_columns_only(owner_conn: Any) -> None:
+    rows = await owner_conn.fetch(
+        "SELECT p.relname AS parent, c.relname AS part,"
+        " (SELECT array_agg(attname ORDER BY attname) FROM pg_attribute WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) AS cols,"
+        " (SELECT array_agg(attname ORDER BY attname) FROM pg_attribute WHERE attrelid = p.oid AND attnum > 0 AND NOT attisdropped) AS parent_cols"
+        " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent"
+    )
+    assert rows
+    assert all(r["cols"] == r["parent_cols"] for r in rows)

@@ -1,0 +1,185 @@
+"""Row-Level Security as the last line: raw SQL as the service role, bypassing the service
+layer, with merchant A set cannot see, change, delete or create merchant B's rows in any tenant
+table, and sees nothing at all with no merchant set."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.integration.test_schema import TENANT_TABLES
+
+# A row for merchant $1 per table, as the service role would write it for that merchant.
+INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[Any]]] = {
+    "vip_tiers": lambda c, m: c.execute(
+        "INSERT INTO vip_tiers (merchant_id, tier_id, name, min_points) VALUES ($1, 'evil', 'Evil', 1)", m
+    ),
+    "vip_tier_translations": lambda c, m: c.execute(
+        "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, 'gold', 'he', 'זהב')", m
+    ),
+    "customer_tiers": lambda c, m: c.execute(
+        "INSERT INTO customer_tiers (merchant_id, customer_id, tier_id, source) VALUES ($1, $2, 'gold', 'manual')",
+        m,
+        uuid.uuid4(),
+    ),
+    "customer_tier_history": lambda c, m: c.execute(
+        "INSERT INTO customer_tier_history (merchant_id, customer_id, tier_id, assigned_at, source)"
+        " VALUES ($1, $2, 'gold', now(), 'manual')",
+        m,
+        uuid.uuid4(),
+    ),
+    "processed_events": lambda c, m: c.execute(
+        "INSERT INTO processed_events (event_id, merchant_id, event_type) VALUES ($1, $2, 'customer.created')",
+        uuid.uuid4(),
+        m,
+    ),
+    "outbox_events": lambda c, m: c.execute(
+        "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload) VALUES ($1, $2, 'vip_tier.updated', 'k', '{}')",
+        uuid.uuid4(),
+        m,
+    ),
+}
+
+
+async def as_merchant(conn: asyncpg.Connection[Any], merchant: uuid.UUID | None) -> None:
+    if merchant is not None:
+        await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+
+
+async def populate(app_pool: Any, merchant: uuid.UUID) -> None:
+    """One row in every tenant table for `merchant`, written through RLS like the service does."""
+    async with app_pool.acquire() as conn, conn.transaction():
+        await as_merchant(conn, merchant)
+        await conn.execute(
+            "INSERT INTO vip_tiers (merchant_id, tier_id, name, min_points) VALUES ($1, 'gold', 'Gold', 100)", merchant
+        )
+        await conn.execute(
+            "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, 'gold', 'ar', 'ذهبي')",
+            merchant,
+        )
+        await INSERT_FOR["customer_tiers"](conn, merchant)  # its history row comes from the trigger
+        await INSERT_FOR["processed_events"](conn, merchant)
+        await INSERT_FOR["outbox_events"](conn, merchant)
+
+
+async def snapshot(superuser_conn: Any, merchant: uuid.UUID) -> dict[str, list[str]]:
+    return {
+        t: [
+            r["row"]
+            for r in await superuser_conn.fetch(
+                f"SELECT t::text AS row FROM {t} t WHERE merchant_id = $1 ORDER BY 1", merchant
+            )
+        ]
+        for t in TENANT_TABLES
+    }
+
+
+@pytest.fixture
+async def two_merchants(new_merchant: Any, app_pool: Any, superuser_conn: Any) -> tuple[uuid.UUID, uuid.UUID, Any]:
+    a, b = await new_merchant(), await new_merchant()
+    await populate(app_pool, a)
+    await populate(app_pool, b)
+    before = await snapshot(superuser_conn, b)
+    assert all(len(rows) == 1 for rows in before.values())  # B really has a row everywhere
+    return a, b, before
+
+
+async def test_every_merchant_table_is_a_tenant_table_with_forced_rls(owner_conn: Any) -> None:
+    rows = await owner_conn.fetch(
+        "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'merchant_id' AND NOT a.attisdropped"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    )
+    assert sorted(r["relname"] for r in rows) == sorted(TENANT_TABLES)
+    assert all(r["relrowsecurity"] and r["relforcerowsecurity"] for r in rows)
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_merchant_a_cannot_see_change_delete_or_create_b_rows(
+    app_pool: Any, superuser_conn: Any, two_merchants: Any, table: str
+) -> None:
+    a, b, before = two_merchants
+    async with app_pool.acquire() as conn:
+        async with conn.transaction():
+            await as_merchant(conn, a)
+            assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE merchant_id = $1", b) == 0
+            assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE merchant_id <> $1", a) == 0
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1  # its own row only
+        for statement in (
+            f"UPDATE {table} SET merchant_id = merchant_id WHERE merchant_id = $1",
+            f"DELETE FROM {table} WHERE merchant_id = $1",
+        ):
+            async with conn.transaction():
+                await as_merchant(conn, a)
+                try:
+                    result = await conn.execute(statement, b)
+                except asyncpg.InsufficientPrivilegeError:
+                    continue  # the role may not do this at all (append-only tables)
+                assert result.endswith(" 0"), statement
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            async with conn.transaction():
+                await as_merchant(conn, a)
+                await INSERT_FOR[table](conn, b)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):  # nor move its own row over to B
+            async with conn.transaction():
+                await as_merchant(conn, a)
+                await conn.execute(f"UPDATE {table} SET merchant_id = $1 WHERE merchant_id = $2", b, a)
+    assert await snapshot(superuser_conn, b) == before
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_no_merchant_set_sees_and_writes_nothing(app_pool: Any, two_merchants: Any, table: str) -> None:
+    a, _, _ = two_merchants
+    async with app_pool.acquire() as conn:
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.merchant_id', '', true)")
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await INSERT_FOR[table](conn, a)
+
+
+async def test_a_malformed_merchant_setting_is_an_error_not_a_wildcard(app_pool: Any, two_merchants: Any) -> None:
+    async with app_pool.acquire() as conn:
+        for value in ("*", "' OR true --", "00000000-0000-0000-0000-00000000000g"):
+            with pytest.raises(asyncpg.InvalidTextRepresentationError):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('app.merchant_id', $1, true)", value)
+                    await conn.fetchval("SELECT count(*) FROM vip_tiers")
+
+
+async def test_the_merchant_setting_does_not_outlive_its_transaction(app_pool: Any, two_merchants: Any) -> None:
+    a, _, _ = two_merchants
+    async with app_pool.acquire() as conn:
+        async with conn.transaction():
+            await as_merchant(conn, a)
+            assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 1
+        assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 0
+
+
+@pytest.mark.parametrize("table", [t for t in TENANT_TABLES if t != "outbox_events"] + ["merchants"])
+async def test_the_relay_role_reaches_only_the_outbox(app_pool: Any, two_merchants: Any, table: str) -> None:
+    """The service role may SET ROLE campaign_relay (the outbox relay): that must not open the
+    other tables."""
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL ROLE campaign_relay")
+        assert await conn.fetchval("SELECT count(*) FROM outbox_events") >= 2
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchval(f"SELECT count(*) FROM {table}")
+
+
+async def test_other_policies_settings_do_not_open_tenant_rows_to_the_service_role(
+    app_pool: Any, two_merchants: Any
+) -> None:
+    """`campaign.tier_counts` opens vip_tiers to the owner's counting function only (0006)."""
+    a, _, _ = two_merchants
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('campaign.tier_counts', 'on', true)")
+        assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 0
+        await as_merchant(conn, a)
+        assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 1
