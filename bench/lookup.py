@@ -5,7 +5,7 @@ For each target: closed-loop throughput with p50/p99 (fixed concurrency), p99 at
 1,000 req/s, and the server's CPU time per request (from /proc; meaningful even when the load
 generator, not the server, is the limit). Ratios are against the no-op handler. The rate limit
 stays on (shared through Redis) with a limit the load never reaches, except in the one row that
-shows what the limiter costs.
+shows what the limiter costs; authentication is on (a run-local JWKS, tokens cached once verified).
 
     .venv/bin/python -m bench.lookup [--seconds 10] [--concurrency 32] [--rate 1000]
 """
@@ -20,10 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.tokens import mint_token
+
 from bench.grpc_suite import (
     SERVER_CORE,
     UNLIMITED,
     Scenario,
+    auth_env,
     ghz,
     ghz_binary,
     redis_env,
@@ -49,14 +52,17 @@ async def main() -> None:
     with services("postgres redis") as env, tempfile.TemporaryDirectory() as tmp:
         db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
         merchant = await seed(db)
+        base = {**auth_env(Path(tmp)), **redis_env(env)}
         targets: dict[str, dict[str, str] | None] = {
             "no-op grpc.aio handler": None,
-            "GetVIPTier, Redis cache": {**redis_env(env), **UNLIMITED},
-            "GetVIPTier, Redis cache, no limit": {**redis_env(env), "CAMPAIGN_RATE_LIMIT_REQUESTS": "0"},
-            "GetVIPTier, in-process cache": {**redis_env(env), **UNLIMITED, "CAMPAIGN_CACHE": "memory"},
-            "GetVIPTier, no cache": {**redis_env(env), **UNLIMITED, "CAMPAIGN_CACHE": "off"},
+            "GetVIPTier, Redis cache": {**base, **UNLIMITED},
+            "GetVIPTier, Redis cache, no limit": {**base, "CAMPAIGN_RATE_LIMIT_REQUESTS": "0"},
+            "GetVIPTier, in-process cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "memory"},
+            "GetVIPTier, no cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "off"},
         }
         request = {"merchant_id": str(merchant), "tier_id": "gold", "locale": "ar"}
+        # Every call carries a merchant token (the no-op too, so both parse the same metadata).
+        auth = {"authorization": f"Bearer {mint_token(merchant, ['tiers:read'], 'bench', ttl_s=3600)}"}
         for name, extra in targets.items():
             port = free_port()
             log = Path(tmp, f"{len(rows)}.log")
@@ -66,7 +72,7 @@ async def main() -> None:
             else:
                 cmd = [sys.executable, "-m", "campaign_service", "serve"]
                 proc = start(cmd, port=port, core=SERVER_CORE, env=service_env(db, env, port, extra), log=log)
-            scenario = Scenario(name, "", "GetVIPTier", request)
+            scenario = Scenario(name, "", "GetVIPTier", request, auth)
             try:
                 ghz(binary, port, scenario, seconds=2, concurrency=args.concurrency, rps=None)  # warm-up, fills
                 before = cpu_seconds(proc.proc.pid)
