@@ -33,6 +33,7 @@ from campaign_service.domain.errors import (
     VersionConflict,
     invalid,
 )
+from campaign_service.domain.ids import is_uuid
 from campaign_service.service.ports import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -292,12 +293,7 @@ class ErrorInterceptor(_ServiceInterceptor):
 def _merchant_of(request: Any) -> UUID | None:
     """The request's merchant in canonical form; None when malformed (the servicer rejects it)."""
     value = getattr(request, "merchant_id", "")
-    if not isinstance(value, str) or len(value) != 36:
-        return None
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
+    return UUID(value) if is_uuid(value) else None
 
 
 def exhausted_status(retry_after_s: float) -> status_pb2.Status:
