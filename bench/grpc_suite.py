@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 from tests.tokens import ISSUER, SESSION_ISSUER, mint_token
@@ -125,11 +126,26 @@ def service_env(db: Database, env: dict[str, str], port: int, extra: dict[str, s
     }
 
 
-def service_configs(env: dict[str, str], tmp: Path) -> dict[str, dict[str, str]]:
-    """Service configurations compared; extend as features land (cache). Authentication is
-    always on: the service trusts a JWKS file of a key made for this run."""
+# A limit no benchmark reaches: the shared limiter still runs on every request, it just never refuses.
+UNLIMITED = {"CAMPAIGN_RATE_LIMIT_REQUESTS": "1000000000"}
+
+
+def redis_env(env: dict[str, str]) -> dict[str, str]:
+    u = urlparse(env["CAMPAIGN_TEST_REDIS_URL"])
+    return {"REDIS_HOST": u.hostname or "127.0.0.1", "CAMPAIGN_REDIS_PORT": str(u.port)}
+
+
+def auth_env(tmp: Path) -> dict[str, str]:
+    """Authentication is always on: the service trusts a JWKS file of a key made for this run."""
     jwks = SESSION_ISSUER.write_jwks(tmp / "jwks.json")
-    return {"service": {"CAMPAIGN_JWT_JWKS_FILE": str(jwks), "CAMPAIGN_JWT_ISSUER": ISSUER}}
+    return {"CAMPAIGN_JWT_JWKS_FILE": str(jwks), "CAMPAIGN_JWT_ISSUER": ISSUER}
+
+
+def service_configs(env: dict[str, str], tmp: Path) -> dict[str, dict[str, str]]:
+    """Service configurations compared: the production shape (Redis cache and shared limit,
+    authentication), and the same without the cache."""
+    base = {**auth_env(tmp), **redis_env(env), **UNLIMITED}
+    return {"service": base, "uncached": {**base, "CAMPAIGN_CACHE": "off"}}
 
 
 def scenarios(merchant: uuid.UUID) -> list[Scenario]:
@@ -140,6 +156,13 @@ def scenarios(merchant: uuid.UUID) -> list[Scenario]:
     return [
         Scenario("no-op GetVIPTier", "noop", "GetVIPTier", {"merchant_id": m, "tier_id": "gold"}, auth),
         Scenario("GetVIPTier", "service", "GetVIPTier", {"merchant_id": m, "tier_id": "gold", "locale": "ar"}, auth),
+        Scenario(
+            "GetVIPTier (uncached)",
+            "uncached",
+            "GetVIPTier",
+            {"merchant_id": m, "tier_id": "gold", "locale": "ar"},
+            auth,
+        ),
         Scenario("ListVIPTiers (10 tiers, ar)", "service", "ListVIPTiers", {"merchant_id": m, "locale": "ar"}, auth),
         Scenario(
             "UpdateVIPTier",

@@ -1,7 +1,7 @@
 """How long the vip_tiers_total refresh query takes at 100k merchants (prints figures).
 
-    scripts/services up /tmp/bench-pg && . /tmp/bench-pg/env   (SERVICES=postgres is enough)
-    .venv/bin/python -m bench.tier_counts [merchants] [tiers_per_merchant]
+scripts/services up /tmp/bench-pg && . /tmp/bench-pg/env   (SERVICES=postgres is enough)
+.venv/bin/python -m bench.tier_counts [merchants] [tiers_per_merchant]
 """
 
 from __future__ import annotations

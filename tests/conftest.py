@@ -30,13 +30,16 @@ from urllib.parse import urlparse
 import asyncpg
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.redis.client import create_client
 from campaign_service.adapters.schema_registry import SchemaRegistryClient
 from campaign_service.api.pb import campaign_grpc
+from campaign_service.config import Settings
 from campaign_service.domain.access import SCOPE_ADMIN
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
@@ -249,6 +252,109 @@ async def anonymous_stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc
     """A stub of the session service that sends no token."""
     async with grpc.aio.insecure_channel(service.target) as channel:
         yield campaign_grpc.CampaignServiceStub(channel)
+
+
+def redis_address() -> tuple[str, int]:
+    """Host and port of the Redis that scripts/test started."""
+    u = urlparse(required_env("CAMPAIGN_TEST_REDIS_URL"))
+    assert u.hostname
+    assert u.port
+    return u.hostname, u.port
+
+
+def redis_env(host: str, port: int, **extra: str) -> dict[str, str]:
+    """Service environment for a Redis at host:port (plan name REDIS_HOST, CAMPAIGN_REDIS_PORT)."""
+    return {"REDIS_HOST": host, "CAMPAIGN_REDIS_PORT": str(port), **extra}
+
+
+def redis_settings(host: str, port: int, **overrides: Any) -> Settings:
+    return Settings.model_validate({"REDIS_HOST": host, "redis_port": port, **overrides})
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    host, port = redis_address()
+    client = aioredis.Redis(host=host, port=port)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def service_redis() -> AsyncIterator[Callable[..., aioredis.Redis]]:
+    """Factory of the service's own Redis clients (create_client), closed after the test."""
+    clients: list[aioredis.Redis] = []
+
+    def make(host: str | None = None, port: int | None = None, **overrides: Any) -> aioredis.Redis:
+        if host is None or port is None:
+            host, port = redis_address()
+        clients.append(create_client(redis_settings(host, port, **overrides)))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own (loopback, free port) that it may kill, pause and restart.
+    With `persist`, it keeps an append-only file so a restart brings the old keys back."""
+
+    directory: Path
+    port: int
+    persist: bool
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args += ["--dir", str(self.directory), "--appendonly", "yes" if self.persist else "no"]
+        args += ["--appendfsync", "always"]
+        log = (self.directory / "redis.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(19)  # SIGSTOP: connections are accepted, nothing is answered
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(18)  # SIGCONT
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    servers: list[RedisServer] = []
+
+    def make(persist: bool = False) -> RedisServer:
+        directory = tmp_path / f"redis-{len(servers)}"
+        directory.mkdir()
+        server = RedisServer(directory, free_port(), persist)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            server.resume()
+        server.kill()
 
 
 # --- Events: the real Kafka and schema registry -------------------------------------------

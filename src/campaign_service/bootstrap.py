@@ -11,12 +11,10 @@ from typing import Any
 
 import asyncpg
 import grpc
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from grpc_health.v1 import health
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 
 from campaign_service import metrics, topics
 from campaign_service.adapters.auth.auth_service import AuthServiceVerifier
@@ -35,16 +33,23 @@ from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consu
 from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
 from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
 from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.adapters.memory.cache import MemoryViewCache
+from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
+from campaign_service.adapters.redis.cache import RedisViewCache
+from campaign_service.adapters.redis.client import RedisBreaker, create_client, ping
+from campaign_service.adapters.redis.limiter import RedisRateLimiter
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check, build_http_app
+from campaign_service.api.interceptors import RateLimitInterceptor
+from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.server import build_grpc_server, set_serving
 from campaign_service.api.servicer import CampaignServicer
 from campaign_service.api.tls import ReloadingServerCredentials, TlsFilesError
@@ -52,7 +57,8 @@ from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import AuthMode, ConfigError, Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.relay import OutboxRelay, RelaySettings
-from campaign_service.service.ports import TokenVerifier
+from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
+from campaign_service.service.reads import NoCache, TierReads
 from campaign_service.service.tiers import TierService
 
 log = structlog.get_logger(__name__)
@@ -163,21 +169,6 @@ async def register_schemas(codec: AvroWireCodec) -> None:
         log.warning("schema registration failed; publishing retries it", error=str(exc))
 
 
-def processed_fast_path(settings: Settings) -> tuple[RedisProcessedEvents | None, aioredis.Redis | None]:
-    """The Redis processed-events fast path, when REDIS_HOST is set."""
-    if not settings.redis_host:
-        return None, None
-    # A fast path must fail fast: no retries (redis-py retries 3 times with backoff by default).
-    client = aioredis.Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        socket_timeout=0.5,
-        socket_connect_timeout=0.5,
-        retry=Retry(NoBackoff(), 0),
-    )
-    return RedisProcessedEvents(client), client
-
-
 @dataclass
 class EventPipeline:
     """Relay and customer.created consumer running in the service process."""
@@ -185,7 +176,6 @@ class EventPipeline:
     relay: Relay
     subscriber: KafkaEventSubscriber
     handler: CustomerCreatedHandler
-    redis: aioredis.Redis | None
     _stop_consumer: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -212,8 +202,6 @@ class EventPipeline:
 
     async def close(self) -> None:
         await self.relay.close(flush_s=2.0)
-        if self.redis is not None:
-            await self.redis.aclose()
 
 
 async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
@@ -228,13 +216,14 @@ async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
             log.error("task failed", task=t.get_name(), error=repr(t.exception()))
 
 
-def build_events(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> EventPipeline:
+def build_events(
+    settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str, redis: Redis | None
+) -> EventPipeline:
+    """The relay and the consumer; `redis` (the service's client) backs the processed-events fast path."""
     relay = build_relay(settings, pool, listen_dsn)
     broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
-        consumer_config(
-            broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id
-        ),
+        consumer_config(broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id),
         topics.CUSTOMER_CREATED,
         relay.codec,
         relay.producer,
@@ -243,8 +232,8 @@ def build_events(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_
         concurrency=settings.consumer_concurrency,
         retry=Backoff(0.2, 5.0),
     )
-    processed, client = processed_fast_path(settings)
-    return EventPipeline(relay, subscriber, CustomerCreatedHandler(PgUnitOfWork(pool), processed), client)
+    processed = RedisProcessedEvents(redis) if redis is not None else None
+    return EventPipeline(relay, subscriber, CustomerCreatedHandler(PgUnitOfWork(pool), processed))
 
 
 @dataclass
@@ -300,6 +289,56 @@ async def _run_bounded(what: str, step: StopHook) -> None:
         await asyncio.wait_for(step(), _HOOK_TIMEOUT_S)
     except Exception:  # shutdown must go on; the failure is logged with its trace
         log.exception("shutdown step failed", step=what)
+
+
+@dataclass
+class RedisParts:
+    """What sits on Redis, or its in-process stand-ins when REDIS_HOST is not set."""
+
+    cache: ViewCache
+    limiter: RateLimiter | None  # None: the rate limit is off
+    client: Redis | None = None
+    breaker: RedisBreaker | None = None
+
+    def checks(self) -> list[Check]:
+        """Redis readiness, non-critical: lookups go to PostgreSQL while it is down."""
+        client, breaker, cache = self.client, self.breaker, self.cache
+        if client is None or breaker is None:
+            return []
+
+        async def redis_check() -> str | None:
+            problem = await ping(client, breaker)
+            if problem is None and isinstance(cache, RedisViewCache) and cache.pending:
+                return f"{cache.pending} cache invalidations pending; cache bypassed"
+            return problem
+
+        return [Check("redis", redis_check, critical=False)]
+
+
+def redis_parts(settings: Settings) -> RedisParts:
+    client = create_client(settings) if settings.redis_host else None
+    breaker = RedisBreaker(settings.redis_retry_after_ms / 1000) if client is not None else None
+    cache: ViewCache
+    backend = settings.cache_backend
+    if backend == "redis" and client is not None and breaker is not None:
+        cache = RedisViewCache(client, breaker, settings.cache_ttl_s)
+    elif backend == "memory":
+        cache = MemoryViewCache(settings.cache_ttl_s, settings.cache_memory_max_bytes)
+    else:
+        cache = NoCache()
+    limiter: RateLimiter | None = None
+    window_s = settings.rate_limit_window_ms / 1000
+    if settings.rate_limit_requests and client is not None and breaker is not None:
+        limiter = RedisRateLimiter(client, breaker, settings.rate_limit_requests, window_s)
+    elif settings.rate_limit_requests:
+        limiter = LocalRateLimiter(settings.rate_limit_requests, window_s)
+    log.info(
+        "cache and rate limit",
+        cache=backend,
+        rate_limit=f"{settings.rate_limit_requests}/{settings.rate_limit_window_ms}ms" if limiter else "off",
+        rate_limit_shared=isinstance(limiter, RedisRateLimiter),
+    )
+    return RedisParts(cache, limiter, client, breaker)
 
 
 def _file_keys(path: Path, variable: str, kind: str) -> FileKeys:
@@ -383,10 +422,16 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
-    tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s))
+    parts = redis_parts(settings)
+    tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
+    reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(
-        CampaignServicer(tiers),
-        extra_interceptors=[AuthInterceptor(verifier)],
+        CampaignServicer(tiers, reads),
+        # Authentication first: only callers allowed for a merchant spend its request budget.
+        extra_interceptors=[
+            AuthInterceptor(verifier),
+            *([RateLimitInterceptor(parts.limiter)] if parts.limiter else []),
+        ],
         max_message_bytes=settings.grpc_max_message_bytes,
     )
     address = f"{settings.bind_host}:{settings.grpc_port}"
@@ -405,10 +450,10 @@ async def build_app(settings: Settings) -> App:
             metrics.DB_UP.set(0)
             return f"unreachable ({type(exc).__name__})"
 
-    checks = [Check("postgres", db_check)]
+    checks = [Check("postgres", db_check), *parts.checks()]
     events: EventPipeline | None = None
     if settings.kafka_broker:
-        events = build_events(settings, pool, target.app_dsn)
+        events = build_events(settings, pool, target.app_dsn, parts.client)
         await register_schemas(events.relay.codec)
         checks.append(Check("kafka", events.relay.kafka_check, critical=False))
     else:
@@ -432,6 +477,11 @@ async def build_app(settings: Settings) -> App:
             name="tier-counts",
         )
     )
+    if isinstance(parts.cache, RedisViewCache):
+        interval_s = settings.redis_retry_after_ms / 1000
+        app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))
+    if parts.client is not None:
+        app._closers.append(parts.client.aclose)
     if events is not None:
         events.start()
         app.drain_hooks += [events.stop_consumer, events.stop_relay, events.close]

@@ -51,10 +51,31 @@ class Settings(BaseSettings):
     migrate_on_start: bool = True
     data_dir: Path = Path(".campaign-data")
 
-    # Other dependencies (later features); the plan's names.
-    kafka_broker: str | None = Field(None, validation_alias=AliasChoices("KAFKA_BROKER"))
+    # Redis: the shared cache and rate limit. Without REDIS_HOST the cache is in-process (see
+    # `cache_backend`) and each instance limits on its own.
     redis_host: str | None = Field(None, validation_alias=AliasChoices("REDIS_HOST"))
     redis_port: int = Field(6380, ge=1, le=65535)
+    redis_db: int = Field(0, ge=0, le=15)
+    redis_password: SecretStr | None = None
+    # Bounds connecting and every command; a slower Redis counts as down.
+    redis_timeout_ms: int = Field(200, ge=5, le=10_000)
+    redis_max_connections: int = Field(32, ge=1, le=1024)
+    # After a Redis failure, skip Redis this long (serve from PostgreSQL, limit locally).
+    redis_retry_after_ms: int = Field(1000, ge=10, le=60_000)
+
+    # Cache of GetVIPTier/ListVIPTiers answers: auto = redis with REDIS_HOST, memory on the
+    # embedded database (one process), otherwise off (instances without a shared cache would
+    # disagree after a write).
+    cache: Literal["auto", "redis", "memory", "off"] = "auto"
+    cache_ttl_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    cache_memory_max_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3)
+
+    # Requests per merchant per window over all CampaignService RPCs; 0 turns the limit off.
+    rate_limit_requests: int = Field(100, ge=0, le=1_000_000_000)
+    rate_limit_window_ms: int = Field(1000, ge=10, le=60_000)
+
+    # Other dependencies (later features); the plan's names.
+    kafka_broker: str | None = Field(None, validation_alias=AliasChoices("KAFKA_BROKER"))
     auth_host: str | None = Field(None, validation_alias=AliasChoices("AUTH_HOST"))
 
     # Authentication (SPEC Security). Local verification when a key source is configured (one of
@@ -115,6 +136,20 @@ class Settings(BaseSettings):
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("CAMPAIGN_DB_POOL_MIN must not exceed CAMPAIGN_DB_POOL_MAX")
         return self
+
+    @model_validator(mode="after")
+    def _cache_needs_redis(self) -> Settings:
+        if self.cache == "redis" and self.redis_host is None:
+            raise ValueError("CAMPAIGN_CACHE=redis needs REDIS_HOST")
+        return self
+
+    @property
+    def cache_backend(self) -> Literal["redis", "memory", "off"]:
+        if self.cache != "auto":
+            return self.cache
+        if self.redis_host is not None:
+            return "redis"
+        return "memory" if self.embedded_db else "off"
 
     @field_validator("jwt_algorithms")
     @classmethod

@@ -1,10 +1,56 @@
-"""Redis key names and their lifetimes, in one place (the plan's names)."""
+"""Every Redis key the service reads or writes, in the plan's formats, with their lifetimes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from uuid import UUID
 
+from campaign_service.service.ports import ViewKey
+
+# Cached read answers. One hash per key: the field GENERATION holds the fill ticket (see
+# adapters/redis/cache.py) and one field per view and display locale holds a serialized answer.
+# A tier may be called `tiers`; its key then equals the list key, which is harmless because the
+# fields differ (TIER_FIELD vs LIST_FIELD) and a change to any tier invalidates the list anyway.
+CACHE_PATTERN = "cache:*"
+GENERATION = "gen"
+TIER_FIELD = "tier:"
+LIST_FIELD = "list:"
+# A key holding only a ticket (nothing filled yet, e.g. a lookup of a missing tier) expires after
+# this; longer than any database read (statement timeout), and a fill after it is refused anyway.
+# The first fill gives the key the full cache TTL.
+TICKET_TTL_S = 60
+
+# The plan keeps a rate-limit key for 60 s; the window itself is the configured one (1 s).
+RATE_LIMIT_TTL_S = 60
+# Processed-event markers: a fast path in front of the processed_events table (24 h).
 PROCESSED_TTL_S = 24 * 3600
+
+
+def tier_cache(merchant_id: UUID, tier_id: str) -> str:
+    """GetVIPTier answers of one tier."""
+    return f"cache:{merchant_id}:{tier_id}"
+
+
+def tier_list_cache(merchant_id: UUID) -> str:
+    """ListVIPTiers answers of one merchant."""
+    return f"cache:{merchant_id}:tiers"
+
+
+def view_slot(key: ViewKey) -> tuple[str, str]:
+    """The (key, hash field) a cached answer lives in."""
+    if key.tier_id is None:
+        return tier_list_cache(key.merchant_id), LIST_FIELD + key.locale
+    return tier_cache(key.merchant_id, key.tier_id), TIER_FIELD + key.locale
+
+
+def invalidated_by(merchant_id: UUID, tier_ids: Iterable[str]) -> list[str]:
+    """The cache keys a change to `tier_ids` makes stale: those tiers and the merchant's list."""
+    return list(dict.fromkeys([*(tier_cache(merchant_id, t) for t in tier_ids), tier_list_cache(merchant_id)]))
+
+
+def rate_limit(merchant_id: UUID) -> str:
+    """The requests of one merchant in the current window, shared by every instance."""
+    return f"rate_limit:{merchant_id}:campaign"
 
 
 def processed(merchant_id: UUID, event_id: UUID) -> str:

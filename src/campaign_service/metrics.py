@@ -145,3 +145,34 @@ TIER_COUNT_REFRESH_FAILURES = Counter(
     "campaign_tier_counts_refresh_failures",
     "Refreshes of vip_tiers_total that failed (database unreachable or slow); the last values stay.",
 )
+
+# Cache and rate limit (Redis, or in-process without REDIS_HOST).
+CACHE_REQUESTS = Counter(
+    "vip_tier_cache_requests",
+    "Cached-read lookups by view (tier, list) and result: hit, miss, or bypass (no cache in use).",
+    ["view", "result"],
+)
+CACHE_FILLS_REJECTED = Counter(
+    "vip_tier_cache_fills_rejected",
+    "Cache fills dropped because a write invalidated the entry while the value was being read.",
+)
+CACHE_ERRORS = Counter(
+    "vip_tier_cache_errors",
+    "Failed or timed-out Redis operations, by operation (lookup, fill, invalidate, rate_limit, ping).",
+    ["operation"],
+)
+CACHE_PENDING_INVALIDATIONS = Gauge(
+    "vip_tier_cache_pending_invalidations",
+    "Cache keys whose invalidation failed and waits for Redis; the cache is bypassed meanwhile.",
+)
+CACHE_INVALIDATION_RETRIES = Counter(
+    "vip_tier_cache_invalidation_retries",
+    "Attempts to deliver pending invalidations to Redis, by outcome (ok, failed).",
+    ["outcome"],
+)
+REDIS_UP = Gauge("campaign_redis_up", "1 when the last Redis operation or readiness probe succeeded.")
+RATE_LIMITED = Counter(
+    "vip_tier_rate_limited_requests",
+    "Requests refused with RESOURCE_EXHAUSTED, by method and limiter (redis, local).",
+    ["method", "limiter"],
+)

@@ -26,7 +26,7 @@ class Audit:
     async def new_events(self) -> list[Any]:
         rows = await self.conn.fetch(
             "SELECT event_id, topic, key, payload, headers FROM outbox_events WHERE merchant_id = $1"
-            " ORDER BY created_at, event_id",
+            " ORDER BY seq",  # commit order; created_at ties within a transaction
             self.merchant,
         )
         fresh, self.seen = rows[self.seen :], len(rows)

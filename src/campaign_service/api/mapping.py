@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
 from campaign_service.domain.ids import parse_uuid
@@ -54,3 +56,13 @@ def tier_to_proto(tier: VIPTier, locale: str) -> pb.VIPTier:
     msg.created_at.FromDatetime(tier.created_at)
     msg.updated_at.FromDatetime(tier.updated_at)
     return msg
+
+
+def render_tier(tier: VIPTier, locale: str) -> bytes:
+    """The serialized GetVIPTier answer (what the read cache stores)."""
+    return tier_to_proto(tier, locale).SerializeToString()
+
+
+def render_tiers(tiers: Sequence[VIPTier], locale: str) -> bytes:
+    """The serialized ListVIPTiers answer (what the read cache stores)."""
+    return pb.ListVIPTiersResponse(tiers=[tier_to_proto(t, locale) for t in tiers]).SerializeToString()

@@ -13,20 +13,21 @@ from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.locales import check_requested
+from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
 
 
 class CampaignServicer(campaign_grpc.CampaignServiceServicer):
-    def __init__(self, tiers: TierService) -> None:
+    def __init__(self, tiers: TierService, reads: TierReads) -> None:
         self._tiers = tiers
+        self._reads = reads
 
     async def GetVIPTier(
         self, request: pb.GetVIPTierRequest, context: grpc.aio.ServicerContext[pb.GetVIPTierRequest, pb.VIPTier]
     ) -> pb.VIPTier:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
-        tier = await self._tiers.get_tier(merchant, request.tier_id)
-        return tier_to_proto(tier, locale)
+        return pb.VIPTier.FromString(await self._reads.tier(merchant, request.tier_id, locale))
 
     async def ListVIPTiers(
         self,
@@ -35,8 +36,7 @@ class CampaignServicer(campaign_grpc.CampaignServiceServicer):
     ) -> pb.ListVIPTiersResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
-        tiers = await self._tiers.list_tiers(merchant)
-        return pb.ListVIPTiersResponse(tiers=[tier_to_proto(t, locale) for t in tiers])
+        return pb.ListVIPTiersResponse.FromString(await self._reads.tiers(merchant, locale))
 
     async def CreateVIPTier(
         self, request: pb.CreateVIPTierRequest, context: grpc.aio.ServicerContext[pb.CreateVIPTierRequest, pb.VIPTier]

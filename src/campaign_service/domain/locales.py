@@ -50,3 +50,13 @@ def resolve(requested: str, default: str, available: Mapping[str, str]) -> tuple
     for tag, text in available.items():
         return tag, text
     return default, ""
+
+
+def display_key(requested: str) -> str:
+    """The shortest tag that resolves exactly like `requested` for every tier: stored text only
+    exists in SUPPORTED_LOCALES, so only the tag itself or its language can match before the
+    tier's default; any other tag behaves like no tag. Cached answers are keyed by this."""
+    if requested in SUPPORTED_LOCALES:
+        return requested
+    language = requested.split("-", 1)[0].lower()
+    return language if language in SUPPORTED_LOCALES else ""

@@ -58,6 +58,45 @@ class TierChangeListener(Protocol):
     async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None: ...
 
 
+@dataclass(frozen=True)
+class ViewKey:
+    """One cached answer: a tier (tier_id) or the merchant's list (tier_id None) in one display locale."""
+
+    merchant_id: UUID
+    tier_id: str | None
+    locale: str
+
+
+@dataclass(frozen=True)
+class CachedView:
+    """What a cache lookup found: the value (hit), or a ticket to fill it with (miss), or neither
+    (no cache in use right now: read from the database and do not fill)."""
+
+    value: bytes | None = None
+    ticket: str | None = None
+
+
+class ViewCache(TierChangeListener, Protocol):
+    """Serialized read answers. A fill only lands if no invalidation of its key happened since the
+    lookup that handed out the ticket, so a value read before a write cannot outlive the write."""
+
+    async def lookup(self, key: ViewKey) -> CachedView: ...
+    async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool: ...
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    retry_after_s: float = 0.0
+    limiter: str = "local"  # which limiter decided: "redis" (shared) or "local" (this instance)
+
+
+class RateLimiter(Protocol):
+    """Counts one request of a merchant against its limit."""
+
+    async def acquire(self, merchant_id: UUID) -> RateDecision: ...
+
+
 class TokenVerifier(Protocol):
     """Turns a bearer token into the principal it was issued to.
 

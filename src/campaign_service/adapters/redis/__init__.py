@@ -1,1 +1,2 @@
-"""Redis adapters: the cache, the rate limiter and the processed-events fast path."""
+"""Redis adapters: the client with its breaker, the read cache, the rate limiter and the
+processed-events fast path."""

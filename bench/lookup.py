@@ -1,0 +1,103 @@
+"""GetVIPTier through the Redis cache, the in-process cache and no cache, against a no-op
+grpc.aio handler, in one run: every server pinned to the same core, ghz on the other.
+
+For each target: closed-loop throughput with p50/p99 (fixed concurrency), p99 at a fixed
+1,000 req/s, and the server's CPU time per request (from /proc; meaningful even when the load
+generator, not the server, is the limit). Ratios are against the no-op handler. The rate limit
+stays on (shared through Redis) with a limit the load never reaches, except in the one row that
+shows what the limiter costs; authentication is on (a run-local JWKS, tokens cached once verified).
+
+    .venv/bin/python -m bench.lookup [--seconds 10] [--concurrency 32] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tests.tokens import mint_token
+
+from bench.grpc_suite import (
+    SERVER_CORE,
+    UNLIMITED,
+    Scenario,
+    auth_env,
+    ghz,
+    ghz_binary,
+    redis_env,
+    seed,
+    service_env,
+)
+from bench.harness import Process, free_port, fresh_database, services, start
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=1000)
+    args = parser.parse_args()
+    binary = ghz_binary()
+    rows: list[dict[str, Any]] = []
+    with services("postgres redis") as env, tempfile.TemporaryDirectory() as tmp:
+        db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
+        merchant = await seed(db)
+        base = {**auth_env(Path(tmp)), **redis_env(env)}
+        targets: dict[str, dict[str, str] | None] = {
+            "no-op grpc.aio handler": None,
+            "GetVIPTier, Redis cache": {**base, **UNLIMITED},
+            "GetVIPTier, Redis cache, no limit": {**base, "CAMPAIGN_RATE_LIMIT_REQUESTS": "0"},
+            "GetVIPTier, in-process cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "memory"},
+            "GetVIPTier, no cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "off"},
+        }
+        request = {"merchant_id": str(merchant), "tier_id": "gold", "locale": "ar"}
+        # Every call carries a merchant token (the no-op too, so both parse the same metadata).
+        auth = {"authorization": f"Bearer {mint_token(merchant, ['tiers:read'], 'bench', ttl_s=3600)}"}
+        for name, extra in targets.items():
+            port = free_port()
+            log = Path(tmp, f"{len(rows)}.log")
+            if extra is None:
+                cmd = [sys.executable, "-m", "bench.noop_server", str(port)]
+                proc: Process = start(cmd, port=port, core=SERVER_CORE, env=dict(os.environ), log=log)
+            else:
+                cmd = [sys.executable, "-m", "campaign_service", "serve"]
+                proc = start(cmd, port=port, core=SERVER_CORE, env=service_env(db, env, port, extra), log=log)
+            scenario = Scenario(name, "", "GetVIPTier", request, auth)
+            try:
+                ghz(binary, port, scenario, seconds=2, concurrency=args.concurrency, rps=None)  # warm-up, fills
+                before = cpu_seconds(proc.proc.pid)
+                top = ghz(binary, port, scenario, seconds=args.seconds, concurrency=args.concurrency, rps=None)
+                cpu_us = (cpu_seconds(proc.proc.pid) - before) / max(1, top["count"]) * 1e6
+                paced = ghz(binary, port, scenario, seconds=args.seconds, concurrency=8, rps=args.rate)
+                rows.append({"name": name, "top": top, "cpu_us": cpu_us, "paced": paced, "rss": proc.peak_rss_mib()})
+            finally:
+                proc.stop()
+            errors = top["errors"] + paced["errors"]
+            print(f"{name:<36} {top['rps']:>8.0f} rps  errors={errors}", flush=True)
+    noop = rows[0]
+    print()
+    print(
+        f"{'target':<36} {'rps':>7} {'x no-op':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
+        f" {'x no-op':>7} {f'p99@{args.rate}/s':>11} {'RSS MiB':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['name']:<36} {r['top']['rps']:>7.0f} {r['top']['rps'] / noop['top']['rps']:>7.2f}"
+            f" {r['top']['p50_ms']:>7.2f} {r['top']['p99_ms']:>7.2f} {r['cpu_us']:>10.0f}"
+            f" {noop['cpu_us'] / r['cpu_us']:>7.2f} {r['paced']['p99_ms']:>11.2f} {r['rss']:>8.1f}"
+        )
+    print("\n'x no-op' for CPU is no-op CPU per request / target CPU per request (1.00 = as cheap as the no-op).")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

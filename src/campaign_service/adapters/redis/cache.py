@@ -1,0 +1,146 @@
+"""The shared read cache on Redis, keyed as the plan says (`cache:{merchant_id}:{tier_id}`,
+`cache:{merchant_id}:tiers`), one hash per key with a field per view and display locale.
+
+Why fills carry a ticket: a reader that missed, read the old row, and is slow to store it must
+not overwrite the invalidation of a write that committed meanwhile. The lookup that misses hands
+out the key's generation (creating one if the key is absent); invalidation deletes the key, and
+so its generation; a fill only lands while the generation is still the one handed out. The
+lookup comes before the database read, so any value read before a commit fails that check.
+
+When an invalidation cannot reach Redis, the key stays pending: this instance bypasses the cache
+until a background retry has delivered every pending invalidation, so nothing stale survives an
+outage (a Redis with persistence would otherwise come back with the old answers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Sequence
+from uuid import UUID
+
+import structlog
+from redis.asyncio import Redis
+
+from campaign_service import keys, metrics
+from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
+from campaign_service.service.ports import CachedView, ViewKey
+
+log = structlog.get_logger(__name__)
+
+# KEYS[1] cache key; ARGV: field, generation field, fresh ticket, ticket TTL.
+# Returns {value} on a hit, {false, generation} on a miss.
+_LOOKUP = """
+local found = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])
+if found[1] then return {found[1]} end
+if found[2] then return {false, found[2]} end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {false, ARGV[3]}
+"""
+# KEYS[1] cache key; ARGV: generation field, ticket, field, value, cache TTL. 1 stored, 0 refused.
+_FILL = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if redis.call('HLEN', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+return 1
+"""
+_UNLINK_BATCH = 500
+
+
+class RedisViewCache:
+    def __init__(self, client: Redis, breaker: RedisBreaker, ttl_s: int, max_pending: int = 10_000) -> None:
+        self._client = client
+        self._breaker = breaker
+        self._ttl_s = ttl_s
+        self._max_pending = max_pending
+        self._lookup = client.register_script(_LOOKUP)
+        self._fill = client.register_script(_FILL)
+        # Keys whose invalidation has not reached Redis, with a counter so that a delivery that was
+        # in flight before a newer write does not clear the newer one.
+        self._pending: dict[str, int] = {}
+        self._seq = itertools.count(1)
+        # Too many pending keys to remember: delete every cache key on recovery instead.
+        self._purge_all = False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + (1 if self._purge_all else 0)
+
+    async def lookup(self, key: ViewKey) -> CachedView:
+        if self._pending or self._purge_all or not self._breaker.allows():
+            return CachedView()
+        name, slot = keys.view_slot(key)
+        try:
+            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, uuid.uuid4().hex, keys.TICKET_TTL_S])
+        except REDIS_FAILURES as exc:
+            self._breaker.failed("lookup", exc)
+            return CachedView()
+        self._breaker.succeeded()
+        if found[0] is not None:
+            return CachedView(value=found[0])
+        return CachedView(ticket=found[1].decode())
+
+    async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
+        if self._pending or self._purge_all or not self._breaker.allows():
+            return False
+        name, slot = keys.view_slot(key)
+        try:
+            stored = await self._fill(keys=[name], args=[keys.GENERATION, ticket, slot, value, self._ttl_s])
+        except REDIS_FAILURES as exc:
+            self._breaker.failed("fill", exc)
+            return False
+        if not stored:
+            metrics.CACHE_FILLS_REJECTED.inc()
+        return bool(stored)
+
+    async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
+        """Called after the commit; never raises, an undeliverable invalidation stays pending."""
+        for name in keys.invalidated_by(merchant_id, tier_ids):
+            self._pending[name] = next(self._seq)
+        if len(self._pending) > self._max_pending:
+            log.warning("too many pending cache invalidations; the whole cache is purged on recovery")
+            self._pending.clear()
+            self._purge_all = True
+        await self.deliver()
+
+    async def deliver(self) -> bool:
+        """Sends the pending invalidations to Redis; True when none is left."""
+        if (self._pending or self._purge_all) and self._breaker.allows():
+            try:
+                if self._purge_all:
+                    await self._purge()
+                while self._pending:
+                    batch = list(itertools.islice(self._pending.items(), _UNLINK_BATCH))
+                    await self._client.unlink(*(name for name, _ in batch))
+                    for name, seq in batch:
+                        if self._pending.get(name) == seq:
+                            del self._pending[name]
+            except REDIS_FAILURES as exc:
+                self._breaker.failed("invalidate", exc)
+            else:
+                self._breaker.succeeded()
+        metrics.CACHE_PENDING_INVALIDATIONS.set(self.pending)
+        return not self.pending
+
+    async def redeliver_forever(self, interval_s: float) -> None:
+        """Background task: retries pending invalidations every `interval_s` (one try each)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.pending:
+                delivered = await self.deliver()
+                metrics.CACHE_INVALIDATION_RETRIES.labels("ok" if delivered else "failed").inc()
+                if delivered:
+                    log.info("pending cache invalidations delivered")
+
+    async def _purge(self) -> None:
+        batch: list[bytes] = []
+        async for name in self._client.scan_iter(match=keys.CACHE_PATTERN, count=1000):
+            batch.append(name)
+            if len(batch) >= _UNLINK_BATCH:
+                await self._client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self._client.unlink(*batch)
+        self._purge_all = False

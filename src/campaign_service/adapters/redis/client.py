@@ -1,0 +1,81 @@
+"""The Redis client (bounded timeouts, no hidden retries) and the breaker that makes a dead or slow
+Redis cost one timeout per cool-down instead of one per request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from campaign_service import metrics
+from campaign_service.config import Settings
+
+log = structlog.get_logger(__name__)
+
+# What a Redis call raises when Redis is down, slow, full or restarting.
+REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
+
+
+def create_client(settings: Settings) -> Redis:
+    """A pooled client; waiting for a free connection is bounded like every command."""
+    timeout_s = settings.redis_timeout_ms / 1000
+    pool = BlockingConnectionPool(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        max_connections=settings.redis_max_connections,
+        timeout=timeout_s,
+        # Retrying inside a request would multiply the timeout; the breaker decides instead.
+        retry=Retry(NoBackoff(), 0),
+        client_name="campaign-service",
+    )
+    return Redis.from_pool(pool)
+
+
+class RedisBreaker:
+    """After a failed call, `allows()` is False for `retry_after_s`; callers fall back meanwhile
+    (PostgreSQL for reads, the local limiter for the rate limit)."""
+
+    def __init__(self, retry_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._retry_after_s = retry_after_s
+        self._clock = clock
+        self._open_until = 0.0
+        self._up = True
+        metrics.REDIS_UP.set(1)
+
+    def allows(self) -> bool:
+        return self._clock() >= self._open_until
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        metrics.CACHE_ERRORS.labels(operation).inc()
+        if self._up:
+            # Once per outage, not once per request.
+            log.warning("redis unavailable; serving without it", operation=operation, error=type(exc).__name__)
+            self._up = False
+            metrics.REDIS_UP.set(0)
+        self._open_until = self._clock() + self._retry_after_s
+
+    def succeeded(self) -> None:
+        if not self._up:
+            log.info("redis available again")
+            self._up = True
+            metrics.REDIS_UP.set(1)
+
+
+async def ping(client: Redis, breaker: RedisBreaker) -> str | None:
+    """Readiness: None when Redis answers, else a short reason."""
+    try:
+        await client.ping()
+    except REDIS_FAILURES as exc:
+        breaker.failed("ping", exc)
+        return f"unreachable ({type(exc).__name__}); serving from PostgreSQL"
+    breaker.succeeded()
+    return None

@@ -1,0 +1,230 @@
+"""Service processes on a real Redis: two instances stay coherent and share the rate limit, and
+one keeps answering while its Redis is killed and restarted, with nothing stale afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from google.rpc import code_pb2, error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
+
+from campaign_service.api.pb import campaign_grpc
+from campaign_service.api.pb import campaign_pb2 as pb
+from tests.conftest import ServiceProcess, redis_address, redis_env, start_service
+from tests.tokens import auth_channel
+
+
+def http_get(service: ServiceProcess, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{service.http_port}{path}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def metric(service: ServiceProcess, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    text = http_get(service, "/metrics")[1].decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def hits(service: ServiceProcess) -> float:
+    return metric(service, "vip_tier_cache_requests_total", view="tier", result="hit")
+
+
+@asynccontextmanager
+async def client(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+    async with auth_channel(service.target) as channel:  # an admin token
+        yield campaign_grpc.CampaignServiceStub(channel)
+
+
+@pytest.fixture
+def services(database, tmp_path) -> Any:
+    started: list[ServiceProcess] = []
+
+    def start(env: dict[str, str]) -> ServiceProcess:
+        started.append(start_service(database, tmp_path / str(len(started)), env))
+        return started[-1]
+
+    for d in range(4):
+        (tmp_path / str(d)).mkdir()
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+async def create_gold(stub: campaign_grpc.CampaignServiceStub, merchant: uuid.UUID) -> None:
+    await stub.CreateVIPTier(
+        pb.CreateVIPTierRequest(
+            merchant_id=str(merchant), tier=pb.VIPTier(tier_id="gold", name="Gold", translations={"ar": "ذهبي"})
+        )
+    )
+
+
+def get_gold(merchant: uuid.UUID, locale: str = "") -> pb.GetVIPTierRequest:
+    return pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="gold", locale=locale)
+
+
+def rename(merchant: uuid.UUID, name: str) -> pb.UpdateVIPTierRequest:
+    req = pb.UpdateVIPTierRequest(merchant_id=str(merchant), tier_id="gold", tier=pb.VIPTier(name=name))
+    req.update_mask.paths.append("name")
+    return req
+
+
+async def test_update_through_one_instance_is_read_through_the_other(
+    services: Callable[..., ServiceProcess], new_merchant, redis_client: aioredis.Redis
+) -> None:
+    env = redis_env(*redis_address())
+    a, b = services(env), services(env)
+    merchant = await new_merchant()
+    async with client(a) as stub_a, client(b) as stub_b:
+        await create_gold(stub_a, merchant)
+        for stub in (stub_b, stub_a, stub_b):  # B fills, then both answer from the shared cache
+            got = await stub.GetVIPTier(get_gold(merchant))
+            assert got.name == "Gold"
+        assert hits(a) == 1
+        assert hits(b) == 1
+        assert 3590 <= await redis_client.ttl(f"cache:{merchant}:gold") <= 3600
+        listed = await stub_b.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
+        assert [t.name for t in listed.tiers] == ["Gold"]
+
+        await stub_a.UpdateVIPTier(rename(merchant, "Platinum"))
+        assert (await stub_b.GetVIPTier(get_gold(merchant))).name == "Platinum"
+        listed = await stub_b.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
+        assert [t.name for t in listed.tiers] == ["Platinum"]
+
+        await stub_b.DeleteVIPTier(pb.DeleteVIPTierRequest(merchant_id=str(merchant), tier_id="gold"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub_a.GetVIPTier(get_gold(merchant))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert metric(a, "vip_tier_lookup_latency_seconds_count", method="GetVIPTier", cache="hit") == 1
+
+
+async def test_rate_limit_is_shared_and_says_when_to_retry(
+    services: Callable[..., ServiceProcess], new_merchant
+) -> None:
+    # A 5 s window so that the burst surely falls into one window on a busy machine.
+    env = redis_env(*redis_address(), CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000")
+    a, b = services(env), services(env)
+    merchant = await new_merchant()
+    async with client(a) as stub_a, client(b) as stub_b:
+        await create_gold(stub_a, merchant)  # request 1
+        calls = [(stub_a if i % 2 else stub_b).GetVIPTier(get_gold(merchant)) for i in range(100)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(refused) == 1, [r.code() for r in refused]
+        assert refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status = rpc_status.from_call(refused[0])
+        assert status is not None
+        assert status.code == code_pb2.RESOURCE_EXHAUSTED
+        retry = error_details_pb2.RetryInfo()
+        assert status.details[0].Unpack(retry)
+        assert 0 < retry.retry_delay.ToMilliseconds() <= 5000
+        # Other merchants are not affected.
+        other = await new_merchant()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub_a.GetVIPTier(get_gold(other))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # Health (and reflection, metrics) are never limited.
+    async with grpc.aio.insecure_channel(a.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(150):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service="campaign.v1.CampaignService"))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    limited = sum(
+        metric(s, "vip_tier_rate_limited_requests_total", method="GetVIPTier", limiter="redis") for s in (a, b)
+    )
+    assert limited == 1
+
+
+def ready(service: ServiceProcess) -> tuple[int, dict[str, Any]]:
+    status, body = http_get(service, "/ready")
+    return status, json.loads(body)
+
+
+async def test_redis_killed_mid_test_then_restarted(
+    services: Callable[..., ServiceProcess], own_redis, new_merchant
+) -> None:
+    server = own_redis(persist=True)  # comes back with its old keys, like a Redis with persistence
+    svc = services(
+        redis_env(
+            "127.0.0.1",
+            server.port,
+            CAMPAIGN_REDIS_TIMEOUT_MS="100",
+            CAMPAIGN_REDIS_RETRY_AFTER_MS="200",
+            CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000",
+        )
+    )
+    merchant, burst_merchant = await new_merchant(), await new_merchant()
+    async with client(svc) as stub:
+        await create_gold(stub, merchant)
+        for _ in range(2):
+            assert (await stub.GetVIPTier(get_gold(merchant, "ar"))).display_name == "ذهبي"
+        assert hits(svc) == 1
+        assert ready(svc) == (200, {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})
+
+        server.kill()
+        for _ in range(5):  # lookups keep succeeding, from PostgreSQL
+            got = await stub.GetVIPTier(get_gold(merchant, "ar"), timeout=2)
+            assert got.display_name == "ذهبي"
+        await stub.UpdateVIPTier(rename(merchant, "Platinum"), timeout=2)  # writes succeed
+        assert (await stub.GetVIPTier(get_gold(merchant), timeout=2)).name == "Platinum"
+        status, body = ready(svc)
+        assert (status, body["status"]) == (200, "degraded")
+        assert body["checks"]["postgres"] == "ok"
+        assert body["checks"]["redis"] != "ok"
+        assert metric(svc, "vip_tier_cache_errors_total") > 0
+        assert metric(svc, "campaign_redis_up") == 0
+        # The limit still holds, per instance.
+        results = await asyncio.gather(
+            *(stub.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(burst_merchant))) for _ in range(101)),
+            return_exceptions=True,
+        )
+        assert [r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)] == [
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        ]
+        assert metric(svc, "vip_tier_rate_limited_requests_total", limiter="local") == 1
+
+        server.start()  # Redis returns with the answer cached before the update
+        names = set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and ready(svc)[1]["checks"]["redis"] != "ok":
+            names.add((await stub.GetVIPTier(get_gold(merchant), timeout=2)).name)
+            await asyncio.sleep(0.05)
+        assert ready(svc) == (200, {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})
+        for _ in range(3):
+            names.add((await stub.GetVIPTier(get_gold(merchant), timeout=2)).name)
+        assert names == {"Platinum"}
+    assert hits(svc) >= 2  # the cache is in use again
+    assert metric(svc, "vip_tier_cache_invalidation_retries_total", outcome="ok") >= 1
+
+
+async def test_in_process_cache_without_redis(services: Callable[..., ServiceProcess], new_merchant) -> None:
+    svc = services({"CAMPAIGN_CACHE": "memory"})
+    merchant = await new_merchant()
+    async with client(svc) as stub:
+        await create_gold(stub, merchant)
+        for _ in range(2):
+            assert (await stub.GetVIPTier(get_gold(merchant))).name == "Gold"
+        assert hits(svc) == 1
+        await stub.UpdateVIPTier(rename(merchant, "Platinum"))
+        assert (await stub.GetVIPTier(get_gold(merchant))).name == "Platinum"
+    assert ready(svc)[1]["checks"] == {"postgres": "ok"}
