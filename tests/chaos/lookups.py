@@ -1,5 +1,5 @@
 """Lookup traffic for chaos tests: GetVIPTier calls with a deadline, each recorded with its outcome,
-whether the answer was right, and when it started and ended; failure windows from the record."""
+its answer, and when it started and ended; failure windows from the record."""
 
 from __future__ import annotations
 
@@ -30,21 +30,17 @@ def lookup_channel(target: str) -> grpc.aio.Channel:
 
 
 @dataclass(frozen=True)
-class ExpectedTier:
-    """What GetVIPTier must answer for (merchant_id, tier_id)."""
+class TierFacts:
+    """The fields of a GetVIPTier answer the chaos tests check: the right merchant's right tier."""
 
     merchant_id: str
     tier_id: str
     name: str
     min_points: int
 
-    def matches(self, got: pb.VIPTier) -> bool:
-        return (got.merchant_id, got.tier_id, got.name, got.min_points) == (
-            self.merchant_id,
-            self.tier_id,
-            self.name,
-            self.min_points,
-        )
+    @classmethod
+    def of(cls, tier: pb.VIPTier) -> TierFacts:
+        return cls(tier.merchant_id, tier.tier_id, tier.name, tier.min_points)
 
 
 @dataclass(frozen=True)
@@ -52,32 +48,36 @@ class Call:
     started: float  # time.monotonic()
     ended: float
     code: grpc.StatusCode
-    wrong: bool = False  # OK, but not the expected tier
+    asked: TierFacts  # what was asked for, and what the answer should be (unless it was renamed)
+    got: TierFacts | None = None
 
     @property
     def ok(self) -> bool:
         return self.code is grpc.StatusCode.OK
 
     @property
+    def wrong(self) -> bool:
+        """OK, but not the tier asked for (for tiers that do not change)."""
+        return self.ok and self.got != self.asked
+
+    @property
     def seconds(self) -> float:
         return self.ended - self.started
 
 
-async def get_tier(
-    stub: campaign_grpc.CampaignServiceStub, expected: ExpectedTier, deadline_s: float
-) -> Call:
+async def get_tier(stub: campaign_grpc.CampaignServiceStub, asked: TierFacts, deadline_s: float) -> Call:
     started = time.monotonic()
     try:
         got = await stub.GetVIPTier(
-            pb.GetVIPTierRequest(merchant_id=expected.merchant_id, tier_id=expected.tier_id), timeout=deadline_s
+            pb.GetVIPTierRequest(merchant_id=asked.merchant_id, tier_id=asked.tier_id), timeout=deadline_s
         )
     except grpc.aio.AioRpcError as err:
-        return Call(started, time.monotonic(), err.code())
-    return Call(started, time.monotonic(), grpc.StatusCode.OK, wrong=not expected.matches(got))
+        return Call(started, time.monotonic(), err.code(), asked)
+    return Call(started, time.monotonic(), grpc.StatusCode.OK, asked, TierFacts.of(got))
 
 
 async def burst(
-    stub: campaign_grpc.CampaignServiceStub, expected: Sequence[ExpectedTier], calls: int, deadline_s: float
+    stub: campaign_grpc.CampaignServiceStub, expected: Sequence[TierFacts], calls: int, deadline_s: float
 ) -> list[Call]:
     """`calls` lookups at once (a client that does not back off)."""
     return list(await asyncio.gather(*(get_tier(stub, random.choice(expected), deadline_s) for _ in range(calls))))
@@ -119,7 +119,7 @@ class LookupLoad:
     each call with its own deadline. `target` may change (a restarted service on other ports)."""
 
     target: str
-    expected: Sequence[ExpectedTier]
+    expected: Sequence[TierFacts]
     rate: float = 100.0
     workers: int = 8
     deadline_s: float = 1.0

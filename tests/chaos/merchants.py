@@ -11,11 +11,11 @@ from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
-from tests.chaos.lookups import ExpectedTier
+from tests.chaos.lookups import TierFacts
 from tests.conftest import Database
 
 
-async def merchants_with_tiers(db: Database, count: int) -> list[ExpectedTier]:
+async def merchants_with_tiers(db: Database, count: int) -> list[TierFacts]:
     """`count` merchants with `basic` (default, 0 points) and `gold`; the tiers lookups must return."""
     su = await asyncpg.connect(db.superuser_dsn, database=db.name)
     pool = await create_pool(db.app_dsn, min_size=1, max_size=2)
@@ -27,7 +27,7 @@ async def merchants_with_tiers(db: Database, count: int) -> list[ExpectedTier]:
             await su.execute("INSERT INTO merchants (id) VALUES ($1)", merchant)
             for tier_id, name, points in (("basic", f"Basic {i}", 0), ("gold", f"Gold {i}", 100 + i)):
                 await tiers.create(merchant, tier_id, TierSpec(name=name, min_points=points, is_default=not points))
-                expected.append(ExpectedTier(str(merchant), tier_id, name, points))
+                expected.append(TierFacts(str(merchant), tier_id, name, points))
     finally:
         await pool.close()
         await su.close()

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from campaign_service.api.pb import campaign_grpc
-from tests.chaos.lookups import Call, ExpectedTier, burst, get_tier, lookup_channel
+from tests.chaos.lookups import Call, TierFacts, burst, get_tier, lookup_channel
 from tests.chaos.merchants import merchants_with_tiers
 from tests.conftest import ServiceProcess, make_database, start_service
 from tests.fault_proxy import FaultProxy
@@ -63,7 +63,7 @@ def health_seconds(service: ServiceProcess) -> float:
     return time.monotonic() - start
 
 
-async def recovery_seconds(stub: campaign_grpc.CampaignServiceStub, expected: ExpectedTier, within: float) -> float:
+async def recovery_seconds(stub: campaign_grpc.CampaignServiceStub, expected: TierFacts, within: float) -> float:
     """Seconds until five lookups in a row succeed with the right answer."""
     start = time.monotonic()
     streak = 0
@@ -95,7 +95,7 @@ async def observe(service: ServiceProcess, port: int, stop: asyncio.Event) -> Ob
 
 
 async def observed_burst(
-    stub: campaign_grpc.CampaignServiceStub, expected: list[ExpectedTier], service: ServiceProcess, port: int
+    stub: campaign_grpc.CampaignServiceStub, expected: list[TierFacts], service: ServiceProcess, port: int
 ) -> tuple[list[Call], Observed]:
     stop = asyncio.Event()
     watcher = asyncio.create_task(observe(service, port, stop))

@@ -7,7 +7,9 @@ twice each. Afterwards the ledger must balance:
   * vip_tier.assigned carries, after dedupe by event_id, exactly one event per customer.created
     (copies with the same event_id are allowed - at-least-once - and counted; none may be missing);
   * no event of the stream was dead-lettered, every outbox row was published;
-  * no lookup returned a tier other than the expected one.
+  * no lookup returned a tier other than the one asked for, nor a name the tier did not have
+    while the lookup ran: `gold` tiers are renamed (UpdateVIPTier) all along, so a stale cache
+    entry shows; at the end every tier answers with the name the database holds.
 
 The error budget of each fault is printed: failed lookups, the longest failure window, how long
 after the restart lookups still failed, and how long until every event sent so far was assigned.
@@ -18,22 +20,28 @@ CAMPAIGN_CHAOS_EVENTS sets the stream's size (default 2,000, so the suite stays 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import random
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import field_mask_pb2
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec
-from tests.chaos.lookups import Call, LookupLoad, failure_windows
+from campaign_service.api.pb import campaign_grpc
+from campaign_service.api.pb import campaign_pb2 as pb
+from campaign_service.backoff import sleep_unless
+from tests.chaos.lookups import Call, LookupLoad, TierFacts, failure_windows, get_tier, lookup_channel
 from tests.chaos.merchants import merchants_with_tiers
 from tests.conftest import (
     Database,
@@ -54,6 +62,7 @@ LEAD_S = 1.0  # events and lookups flow normally this long before each kill
 DOWN_S = 3.0  # how long the killed part stays down
 LOOKUP_RATE = 100.0
 LOOKUP_DEADLINE_S = 1.0
+RENAME_EVERY_S = 0.5
 # After a restart, until every event sent so far is assigned. The longest case is the service's
 # own restart: its consumer rejoins the group only when the killed member's Kafka session (45 s,
 # librdkafka's default) has expired.
@@ -138,6 +147,84 @@ async def follow(readers: list[TopicReader], stop: asyncio.Event) -> None:
     while not stop.is_set():
         for reader in readers:
             await reader.poll()
+
+
+@dataclass
+class Rename:
+    name: str
+    issued: float  # time.monotonic() before the request
+    acked: float | None = None  # when it answered OK; None: failed (and may have committed anyway)
+
+
+class TierNames:
+    """Every name each tier was given, to judge a lookup's answer against the time it ran."""
+
+    def __init__(self, tiers: list[TierFacts]) -> None:
+        self._renames = {(t.merchant_id, t.tier_id): [Rename(t.name, -1.0, -1.0)] for t in tiers}
+
+    def issue(self, tier: TierFacts, name: str) -> Rename:
+        rename = Rename(name, time.monotonic())
+        self._renames[(tier.merchant_id, tier.tier_id)].append(rename)
+        return rename
+
+    def allows(self, call: Call) -> bool:
+        """The answer is the tier asked for, under the name it had when the lookup started (the
+        last acknowledged rename) or one it was given while the lookup ran."""
+        if not call.ok:
+            return True
+        if call.got is None or replace(call.got, name=call.asked.name) != call.asked:
+            return False
+        renames = self._renames[(call.asked.merchant_id, call.asked.tier_id)]
+        floor = max(i for i, r in enumerate(renames) if r.acked is not None and r.acked <= call.started)
+        return call.got.name in {r.name for r in renames[floor:] if r.issued < call.ended}
+
+
+async def rename_tiers(target: str, tiers: list[TierFacts], names: TierNames, stop: asyncio.Event) -> int:
+    """Renames a random tier every RENAME_EVERY_S until stopped; returns how many renames answered OK."""
+    done = 0
+    async with lookup_channel(target) as channel:
+        stub = campaign_grpc.CampaignServiceStub(channel)
+        for n in itertools.count(1):
+            if stop.is_set():
+                return done
+            tier = random.choice(tiers)
+            rename = names.issue(tier, f"{tier.name} v{n}")
+            with contextlib.suppress(grpc.aio.AioRpcError):  # down: the lookups judge what came of it
+                await stub.UpdateVIPTier(
+                    pb.UpdateVIPTierRequest(
+                        merchant_id=tier.merchant_id,
+                        tier_id=tier.tier_id,
+                        tier=pb.VIPTier(name=rename.name),
+                        update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+                    ),
+                    timeout=2 * LOOKUP_DEADLINE_S,
+                )
+                rename.acked = time.monotonic()
+                done += 1
+            await sleep_unless(stop, RENAME_EVERY_S)
+    return done
+
+
+async def names_match_the_database(db: Database, target: str, tiers: list[TierFacts]) -> list[str]:
+    """Tiers whose GetVIPTier name differs from the database's (a cache entry that outlived a rename)."""
+    su = await asyncpg.connect(db.superuser_dsn, database=db.name)
+    try:
+        rows = await su.fetch(
+            "SELECT merchant_id::text, tier_id, name FROM vip_tiers WHERE merchant_id = ANY($1::uuid[])",
+            sorted({t.merchant_id for t in tiers}),
+        )
+    finally:
+        await su.close()
+    stored = {(r["merchant_id"], r["tier_id"]): r["name"] for r in rows}
+    stale = []
+    async with lookup_channel(target) as channel:
+        stub = campaign_grpc.CampaignServiceStub(channel)
+        for t in tiers:
+            call = await get_tier(stub, t, 5.0)
+            assert call.got is not None, call
+            if call.got.name != (name := stored[(t.merchant_id, t.tier_id)]):
+                stale.append(f"{t.merchant_id}/{t.tier_id}: {call.got.name!r}, stored {name!r}")
+    return stale
 
 
 @dataclass
@@ -272,8 +359,13 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
     producer = CustomerEvents(broker, avro_codec)
     stream = Stream(producer, merchants, assigned)
     load = LookupLoad(service.target, expected, rate=LOOKUP_RATE, deadline_s=LOOKUP_DEADLINE_S)
+    names = TierNames(expected)
     stop_following = asyncio.Event()
     follower = asyncio.create_task(follow([assigned, dlq], stop_following))
+    stop_renaming = asyncio.Event()
+    renamer = asyncio.create_task(
+        rename_tiers(service.target, [t for t in expected if t.tier_id == "gold"], names, stop_renaming)
+    )
     phases: list[Phase] = []
     schedule = [(r, f) for r in range(1, ROUNDS + 1) for f in faults(service)]
     try:
@@ -295,10 +387,15 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
             phases.append(phase)
         await stream.caught_up(CATCH_UP_S)
         await asyncio.sleep(3.0)  # late copies of published events still count as duplicates
+        stop_renaming.set()
+        renamed = await renamer
         calls = await load.stop()
         total_s = time.monotonic() - started
+        stale = await names_match_the_database(db, service.target, expected)
     finally:
         stop_following.set()
+        stop_renaming.set()
+        await asyncio.gather(renamer, return_exceptions=True)
         await load.stop()
         await follower
         producer.close()
@@ -308,10 +405,10 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
 
     for phase, end in zip(phases, [p.killed_at for p in phases[1:]] + [time.monotonic()], strict=True):
         phase.calls = [c for c in calls if phase.killed_at <= c.started < end - LEAD_S]
-    wrong = [c for c in calls if c.wrong]
+    wrong = [c for c in calls if not names.allows(c)]
     failed = [c for c in calls if not c.ok]
     print(
-        f"\nfault matrix: {len(stream.sent)} customer.created in {total_s:.0f} s;"
+        f"\nfault matrix: {len(stream.sent)} customer.created in {total_s:.0f} s; {renamed} renames;"
         f" lookups {len(calls)}: {len(calls) - len(failed)} ok, {len(failed)} failed, {len(wrong)} wrong;"
         f" failures by code {dict(Counter(c.code.name for c in failed))}\n" + HEADER + "\n" + "\n".join(p.row() for p in phases)
     )
@@ -322,7 +419,8 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
         f"vip_tier.assigned on the topic: {ledger.on_topic} messages, {ledger.distinct} distinct event_ids,"
         f" {ledger.duplicates} duplicates"
     )
-    assert not wrong, f"{len(wrong)} lookups returned the wrong tier"
+    assert not wrong, f"{len(wrong)} lookups returned the wrong tier or a stale name: {wrong[:3]}"
+    assert not stale, f"lookups disagree with the database after the run: {stale}"
     # A lookup fails only as retryable: never INTERNAL or anything else that blames the caller.
     assert {c.code for c in failed} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
     for phase in phases:
