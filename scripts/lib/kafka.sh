@@ -22,6 +22,8 @@
 # KAFKA_READY_TIMEOUT (s, default 90), KAFKA_STOP_TIMEOUT (s, default 30), KAFKA_JAVA.
 
 _KAFKA_SH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=proc.sh
+source "$_KAFKA_SH_DIR/proc.sh"
 _KAFKA_REPO_ROOT="$(cd "$_KAFKA_SH_DIR/../.." && pwd)"
 
 _kafka_version() { printf '%s' "${KAFKA_VERSION:-4.4.0}"; }
@@ -182,12 +184,7 @@ _kafka_broker_port() {  # from listeners=PLAINTEXT://127.0.0.1:<p>,CONTROLLER://
   sed -n 's#^listeners=PLAINTEXT://127\.0\.0\.1:\([0-9]*\),.*#\1#p' "$1/server.properties" | tail -n 1
 }
 
-_kafka_pid_alive() {  # <pid>: alive and not a zombie
-  local st
-  [[ -r "/proc/$1/stat" ]] || return 1
-  st="$(sed -n 's/^[0-9]* (.*) \([A-Z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)" || return 1
-  [[ -n "$st" && "$st" != Z && "$st" != X ]]
-}
+_kafka_pid_alive() { proc_alive "$1"; }
 
 _kafka_pid() {  # prints pid if the broker of this state dir is alive
   local state="$1" pid
@@ -453,20 +450,9 @@ kafka_start_again() {
 }
 
 _kafka_stop() {  # <state> <signal> <timeout_s>
-  local state="$1" sig="$2" timeout="$3" pid deadline
-  pid="$(_kafka_pid "$state")" || { rm -f "$state/kafka.pid"; return 0; }
-  kill "-$sig" "$pid" 2>/dev/null || true
-  deadline=$(( $(_kafka_now) + timeout ))
-  while _kafka_pid_alive "$pid"; do
-    if (( $(_kafka_now) >= deadline )); then
-      if [[ "$sig" == KILL ]]; then _kafka_log "pid $pid survived SIGKILL?"; return 1; fi
-      _kafka_log "broker pid $pid did not stop in ${timeout}s after SIG$sig; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      sig=KILL; deadline=$(( $(_kafka_now) + 10 ))
-    fi
-    sleep 0.1
-  done
-  rm -f "$state/kafka.pid"
+  local pid
+  pid="$(_kafka_pid "$1")" || { rm -f "$1/kafka.pid"; return 0; }
+  proc_stop "$1/kafka.pid" "$pid" "$2" "$3" "kafka.sh"
 }
 
 kafka_down() {

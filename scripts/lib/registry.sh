@@ -21,6 +21,8 @@
 # REGISTRY_READY_TIMEOUT (s, default 90), REGISTRY_STOP_TIMEOUT (s, default 20).
 
 _REGISTRY_SH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=proc.sh
+source "$_REGISTRY_SH_DIR/proc.sh"
 _REGISTRY_REPO_ROOT="$(cd "$_REGISTRY_SH_DIR/../.." && pwd)"
 
 _registry_version() { printf '%s' "${APICURIO_VERSION:-3.3.3}"; }
@@ -119,12 +121,7 @@ for s in socks:
 PY
 }
 
-_registry_pid_alive() {
-  local st
-  [[ -r "/proc/$1/stat" ]] || return 1
-  st="$(sed -n 's/^[0-9]* (.*) \([A-Z]\) .*/\1/p' "/proc/$1/stat" 2>/dev/null)" || return 1
-  [[ -n "$st" && "$st" != Z && "$st" != X ]]
-}
+_registry_pid_alive() { proc_alive "$1"; }
 
 _registry_pid() {
   local state="$1" pid
@@ -211,20 +208,9 @@ registry_up() {
 }
 
 _registry_stop() {  # <state> <signal> <timeout_s>
-  local state="$1" sig="$2" timeout="$3" pid deadline
-  pid="$(_registry_pid "$state")" || { rm -f "$state/registry.pid"; return 0; }
-  kill "-$sig" "$pid" 2>/dev/null || true
-  deadline=$(( $(_registry_now) + timeout ))
-  while _registry_pid_alive "$pid"; do
-    if (( $(_registry_now) >= deadline )); then
-      if [[ "$sig" == KILL ]]; then _registry_log "pid $pid survived SIGKILL?"; return 1; fi
-      _registry_log "registry pid $pid did not stop in ${timeout}s after SIG$sig; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      sig=KILL; deadline=$(( $(_registry_now) + 10 ))
-    fi
-    sleep 0.1
-  done
-  rm -f "$state/registry.pid"
+  local pid
+  pid="$(_registry_pid "$1")" || { rm -f "$1/registry.pid"; return 0; }
+  proc_stop "$1/registry.pid" "$pid" "$2" "$3" "registry.sh"
 }
 
 registry_down() {

@@ -185,7 +185,7 @@ async def test_correlation_id_is_echoed_even_when_refused(anonymous_stub: Any, n
     call = anonymous_stub.ListVIPTiers(requests(merchant)["ListVIPTiers"], metadata=(("x-correlation-id", "c-123"),))
     with pytest.raises(grpc.aio.AioRpcError):
         await call
-    assert ("x-correlation-id", "c-123") in tuple(await call.initial_metadata())
+    assert ("x-correlation-id", "c-123") in tuple(await call.trailing_metadata())
 
 
 JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")

@@ -62,7 +62,7 @@ async def test_update_logs_merchant_tier_event_type_and_the_callers_ids(
         metadata=metadata,
     )
     await call
-    assert ("x-correlation-id", cid) in tuple(await call.initial_metadata())
+    assert ("x-correlation-id", cid) in tuple(await call.trailing_metadata())
 
     mine = await lines_of(service, cid, 2)
     committed = [line for line in mine if line["message"] == "tier change committed"]
@@ -90,7 +90,7 @@ async def test_failed_lookup_is_logged_with_a_generated_correlation_id(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        echoed = dict(await call.initial_metadata())["x-correlation-id"]
+        echoed = dict(await call.trailing_metadata())["x-correlation-id"]
     assert uuid.UUID(echoed)
     lines = await lines_of(service, echoed, 1)
     assert [(x["message"], x["grpc_code"], x["merchant_id"], x["tier_id"]) for x in lines] == [

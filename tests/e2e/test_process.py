@@ -84,10 +84,10 @@ async def test_correlation_id_is_echoed(service: Any, stub: Any, new_merchant: A
         pb.ListVIPTiersRequest(merchant_id=str(merchant)), metadata=(("x-correlation-id", "req-123"),)
     )
     await call
-    assert ("x-correlation-id", "req-123") in tuple(await call.initial_metadata())
+    assert ("x-correlation-id", "req-123") in tuple(await call.trailing_metadata())
     call = stub.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
     await call
-    generated = dict(await call.initial_metadata())["x-correlation-id"]
+    generated = dict(await call.trailing_metadata())["x-correlation-id"]
     assert uuid.UUID(generated)
 
 

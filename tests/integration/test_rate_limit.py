@@ -77,3 +77,21 @@ async def test_local_limiter_forgets_least_recent_merchants() -> None:
         assert (await limiter.acquire(m)).allowed
     assert not (await limiter.acquire(third)).allowed
     assert (await limiter.acquire(first)).allowed  # evicted, so counted afresh
+
+
+async def evalsha_calls(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
+
+
+async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(redis_client: aioredis.Redis, service_redis) -> None:
+    limiter = RedisRateLimiter(service_redis(), RedisBreaker(1.0), limit=100, window_s=5.0)
+    merchant = uuid.uuid4()
+    await limiter.acquire(uuid.uuid4())  # loads the script
+    before = await evalsha_calls(redis_client)
+    decisions = await asyncio.gather(*(limiter.acquire(merchant) for _ in range(150)))
+    calls = await evalsha_calls(redis_client) - before
+    assert [d.allowed for d in decisions].count(True) == 100
+    assert all(0 < d.retry_after_s <= 5.0 for d in decisions if not d.allowed)
+    assert await redis_client.zcard(f"rate_limit:{merchant}:campaign") == 100
+    assert calls < 10  # one script call per batch, not one per request

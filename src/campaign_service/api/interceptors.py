@@ -230,7 +230,9 @@ class CorrelationInterceptor(_ServiceInterceptor):
             context.correlation_id.set(value)
             context.continue_trace(_metadata(ctx, "traceparent"))
             context.cache_result.set("none")
-            await ctx.send_initial_metadata((("x-correlation-id", value),))
+            # Echoed in the trailers: sending initial metadata early is a separate network
+            # operation per call (~10 % of a cached lookup's CPU); trailers ride with the status.
+            ctx.set_trailing_metadata((("x-correlation-id", value),))
             with structlog.contextvars.bound_contextvars(grpc_method=method, **_request_ids(request)):
                 return await _timed(behavior, request, ctx, log_request)
 
@@ -269,7 +271,7 @@ def status_for(exc: DomainError) -> status_pb2.Status:
 async def _abort(ctx: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Status) -> NoReturn:
     """Ends the RPC with `status`, its details in the `grpc-status-details-bin` trailer."""
     st = rpc_status.to_status(status)
-    await ctx.abort(st.code, st.details, st.trailing_metadata)
+    await ctx.abort(st.code, st.details, (*(ctx.trailing_metadata() or ()), *st.trailing_metadata))
 
 
 class ErrorInterceptor(_ServiceInterceptor):

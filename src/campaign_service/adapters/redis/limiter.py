@@ -1,8 +1,14 @@
 """The per-merchant rate limit shared by every instance through `rate_limit:{merchant_id}:campaign`,
-falling back to the per-instance limiter while Redis is unavailable."""
+falling back to the per-instance limiter while Redis is unavailable.
+
+Concurrent requests of one merchant that arrive in the same event-loop turn are counted in one
+script call (one Redis round trip for the batch instead of one per request); the script admits
+at most what the window has room for, so batching never lets more than the limit through.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from uuid import UUID
 
@@ -14,20 +20,31 @@ from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
 from campaign_service.service.ports import RateDecision
 
 # A sliding-window log in a sorted set, atomic in one script and timed by Redis's clock (one clock
-# for every instance). KEYS[1]; ARGV: limit, window (µs), unique member, key TTL (s).
-# Returns 0 when the request is admitted, else the µs until the oldest request leaves the window.
+# for every instance). KEYS[1]; ARGV: limit, window (µs), unique member prefix, key TTL (s),
+# requests in this batch. Returns {admitted, µs until the oldest request leaves the window}.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return tonumber(oldest[2]) + window - now
+local admitted = math.max(0, math.min(wanted, limit - redis.call('ZCARD', KEYS[1])))
+for i = 1, admitted do
+  redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. i)
 end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 0
+if admitted > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+local wait = 0
+if admitted < wanted then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  wait = window
+  if oldest[2] then
+    wait = tonumber(oldest[2]) + window - now
+  end
+end
+return {admitted, wait}
 """
 
 
@@ -38,19 +55,44 @@ class RedisRateLimiter:
         self._window_us = int(window_s * 1_000_000)
         self._acquire = client.register_script(_ACQUIRE)
         self._local = LocalRateLimiter(limit, window_s)
+        self._batches: dict[UUID, list[asyncio.Future[RateDecision]]] = {}
+        self._flushing: set[asyncio.Task[None]] = set()
 
     async def acquire(self, merchant_id: UUID) -> RateDecision:
         if not self._breaker.allows():
             return await self._local.acquire(merchant_id)
+        waiter: asyncio.Future[RateDecision] = asyncio.get_running_loop().create_future()
+        batch = self._batches.get(merchant_id)
+        if batch is None:
+            # the flush runs on the next loop turn, after the requests arriving in this one joined
+            self._batches[merchant_id] = [waiter]
+            task = asyncio.create_task(self._flush(merchant_id))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        else:
+            batch.append(waiter)
+        return await waiter
+
+    async def _flush(self, merchant_id: UUID) -> None:
+        batch = self._batches.pop(merchant_id)
         try:
-            wait_us = await self._acquire(
+            admitted, wait_us = await self._acquire(
                 keys=[keys.rate_limit(merchant_id)],
-                args=[self._limit, self._window_us, uuid.uuid4().hex, keys.RATE_LIMIT_TTL_S],
+                args=[self._limit, self._window_us, uuid.uuid4().hex, keys.RATE_LIMIT_TTL_S, len(batch)],
             )
         except REDIS_FAILURES as exc:
             self._breaker.failed("rate_limit", exc)
-            return await self._local.acquire(merchant_id)
-        self._breaker.succeeded()
-        if wait_us == 0:
-            return RateDecision(True, limiter="redis")
-        return RateDecision(False, int(wait_us) / 1_000_000, "redis")
+            decisions = [await self._local.acquire(merchant_id) for _ in batch]
+        except BaseException as exc:  # never leave a request waiting forever
+            for waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        else:
+            self._breaker.succeeded()
+            refused = RateDecision(False, int(wait_us) / 1_000_000, "redis")
+            allowed = RateDecision(True, limiter="redis")
+            decisions = [allowed if i < int(admitted) else refused for i in range(len(batch))]
+        for waiter, decision in zip(batch, decisions, strict=True):
+            if not waiter.done():  # a cancelled RPC still used its slot, as it would unbatched
+                waiter.set_result(decision)
