@@ -133,25 +133,11 @@ class CustomerEvents:
         event_id: uuid.UUID | None = None,
         key: str | None = None,
         correlation_id: str | None = None,
+        wait: bool = True,
     ) -> uuid.UUID:
-        """Produces one customer.created and waits until the broker has it."""
-        event_id = await self.enqueue(
-            merchant_id, customer_id, event_id=event_id, key=key, correlation_id=correlation_id
-        )
-        await self.flush(15)
-        return event_id
-
-    async def enqueue(
-        self,
-        merchant_id: uuid.UUID,
-        customer_id: uuid.UUID | None = None,
-        *,
-        event_id: uuid.UUID | None = None,
-        key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> uuid.UUID:
-        """Produces one customer.created without waiting for the broker: while it is down the
-        producer keeps the message and retries (librdkafka's 5-minute message timeout)."""
+        """Produces one customer.created and waits until the broker has it. With wait=False it
+        returns at once: while the broker is down the producer keeps the message and retries
+        (librdkafka's 5-minute message timeout); `flush` waits for all of them."""
         event_id = event_id or uuid.uuid4()
         payload = {
             "event_id": str(event_id),
@@ -164,6 +150,8 @@ class CustomerEvents:
         value = await self._codec.encode(topics.CUSTOMER_CREATED, payload)
         self._producer.produce(topics.CUSTOMER_CREATED, value, (key or str(merchant_id)).encode(), headers=headers)
         self._producer.poll(0)
+        if wait:
+            await self.flush(15)
         return event_id
 
     async def flush(self, timeout_s: float) -> None:

@@ -121,7 +121,7 @@ class Stream:
         start = time.monotonic()
         for i in range(count):
             merchant, customer = random.choice(self.merchants), uuid.uuid4()
-            event_id = await self.producer.enqueue(merchant, customer)
+            event_id = await self.producer.created(merchant, customer, wait=False)
             self.sent[str(event_id)] = (str(merchant), str(customer))
             if (ahead := start + seconds * (i + 1) / count - time.monotonic()) > 0:
                 await asyncio.sleep(ahead)
@@ -367,6 +367,7 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
         rename_tiers(service.target, [t for t in expected if t.tier_id == "gold"], names, stop_renaming)
     )
     phases: list[Phase] = []
+    down: Callable[[], None] | None = None  # what to start again if the test ends while it is down
     schedule = [(r, f) for r in range(1, ROUNDS + 1) for f in faults(service)]
     try:
         load.start()
@@ -377,9 +378,11 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
             emitter = asyncio.create_task(stream.emit(share, LEAD_S + DOWN_S + 1.0))
             await asyncio.sleep(LEAD_S)
             phase = Phase(fault, round_, time.monotonic())
+            down = start_again
             await asyncio.to_thread(kill)
             await asyncio.sleep(DOWN_S)
             await asyncio.to_thread(start_again)
+            down = None
             phase.restarted_at = time.monotonic()
             await emitter
             await producer.flush(60)
@@ -393,6 +396,8 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
         total_s = time.monotonic() - started
         stale = await names_match_the_database(db, service.target, expected)
     finally:
+        if down is not None:  # the other tests share the dependencies
+            await asyncio.to_thread(down)
         stop_following.set()
         stop_renaming.set()
         await asyncio.gather(renamer, return_exceptions=True)
