@@ -223,7 +223,12 @@ def build_events(
     relay = build_relay(settings, pool, listen_dsn)
     broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
-        consumer_config(broker, group_id=settings.kafka_consumer_group, client_id=settings.kafka_client_id),
+        consumer_config(
+            broker,
+            group_id=settings.kafka_consumer_group,
+            client_id=settings.kafka_client_id,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+        ),
         topics.CUSTOMER_CREATED,
         relay.codec,
         relay.producer,

@@ -33,6 +33,7 @@ from campaign_service.domain.access import SCOPE_READ, SCOPE_WRITE, SCOPES
 
 log = structlog.get_logger(__name__)
 
+
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     kafka_client_id: str = "campaign-service"
     kafka_consumer_group: str = "campaign-service"
+    # the broker's group.min.session.timeout.ms (6 s by default) is the floor
+    kafka_session_timeout_ms: int = Field(10_000, ge=6000, le=300_000)
     kafka_delivery_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
     kafka_linger_ms: int = Field(5, ge=0, le=1000)
     consumer_batch_size: int = Field(200, ge=1, le=10_000)

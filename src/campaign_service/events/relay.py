@@ -148,4 +148,3 @@ class OutboxRelay:
         metrics.OUTBOX_PURGED.inc(purged)
         if purged:
             log.info("outbox purged", rows=purged, retention_s=self._settings.retention_s)
-

@@ -36,11 +36,17 @@ DLQ_DETAIL = "dlq_detail"
 DLQ_SOURCE = "dlq_source"  # topic/partition/offset of the original message
 
 
-def consumer_config(bootstrap: str, *, group_id: str, client_id: str) -> dict[str, Any]:
+def consumer_config(
+    bootstrap: str, *, group_id: str, client_id: str, session_timeout_ms: int = 10_000
+) -> dict[str, Any]:
     return {
         "bootstrap.servers": bootstrap,
         "group.id": group_id,
         "client.id": client_id,
+        # A crashed instance's partitions move after this long (librdkafka's 45 s default stalled
+        # assignments for 45 s after a SIGKILL in the chaos suite).
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, session_timeout_ms // 4),
         "enable.auto.commit": False,
         # A new consumer group starts at the beginning: a fresh deployment must not skip customers.
         "auto.offset.reset": "earliest",

@@ -180,6 +180,5 @@ class PgOutboxListener:
                 await sleep_unless(stop, self._backoff.next())
 
 
-
 def _set_on_termination(lost: asyncio.Event, _conn: object) -> None:
     lost.set()
