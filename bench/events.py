@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.harness import ROOT, Database, Process, free_port, fresh_database, services, start
+from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, services, start
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.pool import create_pool
@@ -136,6 +136,7 @@ class Bench:
             "CAMPAIGN_LOG_LEVEL": self.log_level,
             "REDIS_HOST": redis_host,
             "CAMPAIGN_REDIS_PORT": redis_port,
+            **auth_env(self.tmp),
         }
         log = self.tmp / f"service-{http_port}.log"
         return start([sys.executable, "-m", "campaign_service", "serve"], port=http_port, core=None, env=env, log=log)

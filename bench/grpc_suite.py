@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import asyncpg
-from tests.tokens import ISSUER, SESSION_ISSUER, mint_token
+from tests.tokens import mint_token
 
-from bench.harness import ROOT, Database, Process, free_port, fresh_database, services, start
+from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, services, start
 
 SERVER_CORE = 1
 LOADGEN_CORE = 0
@@ -133,12 +133,6 @@ UNLIMITED = {"CAMPAIGN_RATE_LIMIT_REQUESTS": "1000000000"}
 def redis_env(env: dict[str, str]) -> dict[str, str]:
     u = urlparse(env["CAMPAIGN_TEST_REDIS_URL"])
     return {"REDIS_HOST": u.hostname or "127.0.0.1", "CAMPAIGN_REDIS_PORT": str(u.port)}
-
-
-def auth_env(tmp: Path) -> dict[str, str]:
-    """Authentication is always on: the service trusts a JWKS file of a key made for this run."""
-    jwks = SESSION_ISSUER.write_jwks(tmp / "jwks.json")
-    return {"CAMPAIGN_JWT_JWKS_FILE": str(jwks), "CAMPAIGN_JWT_ISSUER": ISSUER}
 
 
 def service_configs(env: dict[str, str], tmp: Path) -> dict[str, dict[str, str]]:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.tokens import ISSUER, SESSION_ISSUER
+
 from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,3 +92,9 @@ def start(args: list[str], *, port: int, core: int | None, env: dict[str, str], 
         time.sleep(0.1)
     proc.kill()
     sys.exit(f"{args[:4]} did not listen on {port} in 60 s")
+
+
+def auth_env(tmp: Path) -> dict[str, str]:
+    """Authentication is always on: the service trusts a JWKS file of a key made for this run."""
+    jwks = SESSION_ISSUER.write_jwks(tmp / "jwks.json")
+    return {"CAMPAIGN_JWT_JWKS_FILE": str(jwks), "CAMPAIGN_JWT_ISSUER": ISSUER}

@@ -26,14 +26,13 @@ from bench.grpc_suite import (
     SERVER_CORE,
     UNLIMITED,
     Scenario,
-    auth_env,
     ghz,
     ghz_binary,
     redis_env,
     seed,
     service_env,
 )
-from bench.harness import Process, free_port, fresh_database, services, start
+from bench.harness import Process, auth_env, free_port, fresh_database, services, start
 
 
 def cpu_seconds(pid: int) -> float:
