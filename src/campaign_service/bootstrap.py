@@ -181,7 +181,7 @@ class EventPipeline:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
-        consume = functools.partial(self.subscriber.run, self.handler, self._stop_consumer)
+        consume = functools.partial(self.subscriber.run, self.handler.batch, self._stop_consumer)
         relay = functools.partial(self.relay.run, self._stop_relay)
         self._tasks = [
             asyncio.create_task(supervise("consumer", consume, self._stop_consumer), name="consumer"),
@@ -234,11 +234,11 @@ def build_events(
         relay.producer,
         topics.CUSTOMER_CREATED_DLQ,
         batch_size=settings.consumer_batch_size,
-        concurrency=settings.consumer_concurrency,
         retry=Backoff(0.2, 5.0),
     )
     processed = RedisProcessedEvents(redis) if redis is not None else None
-    return EventPipeline(relay, subscriber, CustomerCreatedHandler(PgUnitOfWork(pool), processed))
+    handler = CustomerCreatedHandler(PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency)
+    return EventPipeline(relay, subscriber, handler)
 
 
 @dataclass

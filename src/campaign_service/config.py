@@ -111,8 +111,9 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, ge=6000, le=300_000)
     kafka_delivery_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
     kafka_linger_ms: int = Field(5, ge=0, le=1000)
+    # At most this many ready messages per batch (the consumer never waits for a full one).
     consumer_batch_size: int = Field(200, ge=1, le=10_000)
-    # Events handled at once (different keys); each holds a database connection while it runs.
+    # Merchant transactions of a batch at once; each holds a database connection while it runs.
     consumer_concurrency: int = Field(8, ge=1, le=100)
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)

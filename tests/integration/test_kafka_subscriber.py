@@ -17,6 +17,7 @@ from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consu
 from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.backoff import Backoff
+from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Rejected
 from tests.conftest import required_env
 from tests.kafka_support import TopicReader
@@ -53,8 +54,9 @@ async def produce(topic: str, values: list[bytes], keys: list[bytes] | None = No
 async def run_until(
     subscriber: KafkaEventSubscriber, handler: Callable[[InboundEvent], Any], done: Callable[[], bool]
 ) -> None:
+    """Runs the subscriber with a per-event handler (each key in order, keys concurrently)."""
     stop = asyncio.Event()
-    task = asyncio.create_task(subscriber.run(handler, stop))
+    task = asyncio.create_task(subscriber.run(one_by_one(handler, concurrency=8), stop))
     try:
         for _ in range(300):
             if done() or task.done():

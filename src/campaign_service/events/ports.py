@@ -36,7 +36,24 @@ class Rejected(Exception):
         self.detail = detail
 
 
+class Deferred(Exception):
+    """The outcome of an event not attempted because an earlier event of its key failed in the
+    same batch: it must come again after that one, never be skipped."""
+
+    def __init__(self) -> None:
+        super().__init__("an earlier event of the same key failed")
+
+
 EventHandler = Callable[[InboundEvent], Awaitable[None]]
+
+# What became of each event of a batch: None when it took effect (or was a duplicate), Rejected
+# when it can never succeed (dead-letter it), any other exception when it must come again.
+Outcome = Exception | None
+
+BatchHandler = Callable[[Sequence[InboundEvent]], Awaitable[list[Outcome]]]
+"""Handles a batch (in offset order per partition) and returns one Outcome per event, in order.
+Events of one key take effect in their order; once one of them fails (not Rejected), the later
+ones of that key in the batch must not take effect (their outcome is Deferred or a failure)."""
 
 
 class EventPublisher(Protocol):
@@ -50,12 +67,12 @@ class EventPublisher(Protocol):
 
 
 class EventSubscriber(Protocol):
-    """Delivers events of one source to a handler, at least once, until `stop` is set.
+    """Delivers batches of events of one source to a handler, at least once, until `stop` is set.
 
-    A message is acknowledged only after the handler returned (or after it was dead-lettered
-    because the handler raised Rejected, or because it could not be decoded)."""
+    A message is acknowledged only after the handler returned None for it (or after it was
+    dead-lettered because its outcome was Rejected, or because it could not be decoded)."""
 
-    async def run(self, handler: EventHandler, stop: asyncio.Event) -> None: ...
+    async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None: ...
 
 
 class ClaimedOutbox(Protocol):
@@ -81,7 +98,11 @@ class OutboxStore(Protocol):
 
 
 class ProcessedEvents(Protocol):
-    """A fast, non-authoritative memory of processed events (the database row is the truth)."""
+    """A fast, non-authoritative memory of processed events (the database row is the truth).
+    Events are (merchant_id, event_id) pairs; one round trip per call, whatever their number."""
 
-    async def seen(self, merchant_id: UUID, event_id: UUID) -> bool: ...
-    async def remember(self, merchant_id: UUID, event_id: UUID) -> None: ...
+    async def seen(self, events: Sequence[tuple[UUID, UUID]]) -> set[UUID]:
+        """The event ids among `events` known to be processed."""
+        ...
+
+    async def remember(self, events: Sequence[tuple[UUID, UUID]]) -> None: ...

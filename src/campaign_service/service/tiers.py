@@ -130,15 +130,17 @@ class TierService:
 
     async def _announce(self, tx: TenantTransaction, merchant_id: UUID, tier: VIPTier, fields: list[str]) -> None:
         await tx.add_outbox(
-            events.tier_updated(
-                event_id=uuid.uuid4(),
-                merchant_id=merchant_id,
-                tier_id=tier.tier_id,
-                updated_fields=fields,
-                updated_at=tier.updated_at,
-                actor=context.actor.get(),
-                correlation_id=context.current_correlation_id(),
-            )
+            [
+                events.tier_updated(
+                    event_id=uuid.uuid4(),
+                    merchant_id=merchant_id,
+                    tier_id=tier.tier_id,
+                    updated_fields=fields,
+                    updated_at=tier.updated_at,
+                    actor=context.actor.get(),
+                    correlation_id=context.current_correlation_id(),
+                )
+            ]
         )
 
     async def _announce_cleared(self, tx: TenantTransaction, merchant_id: UUID, tier_ids: list[str]) -> None:

@@ -1,12 +1,13 @@
 """EventSubscriber on Kafka: a consumer group member with manual offset commits and a dead-letter topic.
 
-Messages with the same key are handled in order; different keys (and partitions) concurrently,
-at most `concurrency` at a time. Offsets are committed only up to the first message not yet
-handled: after the handler returned (its database transaction committed) or the message was
-dead-lettered and the dead letter acknowledged by the broker. A handler failure other than
-Rejected stops its key at the failing message; the partition is rewound to the earliest such
-message and retried after a bounded backoff (counted in campaign_retries_total). Messages after
-it that did succeed come again, and the handler's deduplication absorbs them.
+It takes what is ready (up to `batch_size` messages, never waiting for a full batch) and hands
+the decoded events to the batch handler in one call; the handler keeps the order of each key
+(see events.ports.BatchHandler). Offsets are committed only up to the first message not yet
+handled: its outcome was None (its database transaction committed), or it was dead-lettered
+(undecodable, or Rejected by the handler) and the dead letter acknowledged by the broker. Any
+other outcome leaves the partition at the earliest such message: it is rewound there and the
+batch retried after a bounded backoff (counted in campaign_retries_total). Messages after it
+that did succeed come again, and the handler's deduplication absorbs them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from typing import Any, TypeVar
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from campaign_service import context, metrics
-from campaign_service.adapters.kafka.producer import KafkaProducer
+from campaign_service import metrics
+from campaign_service.adapters.kafka.producer import DeliveryFailed, KafkaProducer
 from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
 from campaign_service.backoff import Backoff, sleep_unless
-from campaign_service.events.ports import EventHandler, InboundEvent, Rejected
+from campaign_service.events.ports import BatchHandler, Deferred, InboundEvent, Outcome, Rejected
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -78,7 +79,6 @@ class KafkaEventSubscriber:
         dead_letter_topic: str,
         *,
         batch_size: int = 200,
-        concurrency: int = 8,
         retry: Backoff | None = None,
         dead_letter_timeout_s: float = 15.0,
     ) -> None:
@@ -88,7 +88,6 @@ class KafkaEventSubscriber:
         self._dlq = dead_letters
         self._dlq_topic = dead_letter_topic
         self._batch = batch_size
-        self._slots = asyncio.Semaphore(concurrency)
         self._retry = retry or Backoff(0.2, 5.0)
         self._dlq_timeout = dead_letter_timeout_s
         # Every call into the (blocking) consumer happens on this one thread, in order.
@@ -97,10 +96,10 @@ class KafkaEventSubscriber:
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
 
-    async def run(self, handler: EventHandler, stop: asyncio.Event) -> None:
+    async def run(self, handler: BatchHandler, stop: asyncio.Event) -> None:
         consumer = Consumer(self._config)
         await self._call(consumer.subscribe, [self._topic])
-        log.info("consuming", topic=self._topic, group=self._config["group.id"])
+        log.info("consuming", topic=self._topic, group=self._config["group.id"], batch_size=self._batch)
         try:
             while not stop.is_set():
                 messages = await self._call(_fetch, consumer, self._batch, 0.25)
@@ -114,30 +113,83 @@ class KafkaEventSubscriber:
             log.info("consumer stopped", topic=self._topic)
 
     async def _process(
-        self, consumer: Consumer, handler: EventHandler, messages: Sequence[Message], stop: asyncio.Event
+        self, consumer: Consumer, handler: BatchHandler, messages: Sequence[Message], stop: asyncio.Event
     ) -> None:
-        partitions: dict[tuple[str, int], list[Message]] = {}
+        received: list[Message] = []
         for m in messages:
             err = m.error()
             if err is not None:
                 log.warning("kafka consume error", error=err.str())
-                continue
-            partitions.setdefault((_text(m.topic()), m.partition() or 0), []).append(m)
-        keys = list(partitions)
-        outcomes = await asyncio.gather(*(self._partition(handler, partitions[k]) for k in keys))
+            else:
+                received.append(m)
+        outcomes = await self._handle(handler, received)
+        failed = {i: o for i, o in enumerate(outcomes) if o is not None and not isinstance(o, Rejected)}
+        # Dead letters in the order of their messages; one that the broker did not take comes again.
+        failed |= await self._dead_letter(
+            [(i, received[i], o) for i, o in enumerate(outcomes) if isinstance(o, Rejected)]
+        )
+        self._count_failures([(received[i], error) for i, error in sorted(failed.items())])
         commits: list[TopicPartition] = []
         rewinds: list[TopicPartition] = []
-        for (topic, partition), (done, failed) in zip(keys, outcomes, strict=True):
-            if done is not None:
-                commits.append(TopicPartition(topic, partition, done))
-            if failed is not None:
-                rewinds.append(TopicPartition(topic, partition, failed))
+        for (topic, partition), indexes in _by_partition(received).items():
+            first, last = received[indexes[0]].offset() or 0, received[indexes[-1]].offset() or 0
+            first_failed = next((received[i].offset() or 0 for i in indexes if i in failed), None)
+            if first_failed is None:
+                commits.append(TopicPartition(topic, partition, last + 1))
+                continue
+            if first_failed > first:
+                commits.append(TopicPartition(topic, partition, first_failed))
+            rewinds.append(TopicPartition(topic, partition, first_failed))
         await self._commit(consumer, commits)
         await self._rewind(consumer, rewinds)
         if rewinds:
             await sleep_unless(stop, self._retry.next())
         else:
             self._retry.reset()
+
+    async def _handle(self, handler: BatchHandler, received: list[Message]) -> list[Outcome]:
+        """One outcome per message: Rejected for one that cannot be decoded, else the handler's."""
+        outcomes: list[Outcome] = [None] * len(received)
+        events: list[InboundEvent] = []
+        decoded: list[int] = []
+        for i, m in enumerate(received):
+            try:
+                payload = await self._codec.decode(m.value())
+            except Undecodable as exc:
+                outcomes[i] = Rejected("undecodable", str(exc))
+                continue
+            key = m.key()
+            headers = {k: _text(v) for k, v in _header_items(m)}
+            events.append(
+                InboundEvent(_text(m.topic()), key.decode("utf-8", "replace") if key else None, payload, headers)
+            )
+            decoded.append(i)
+        if not events:
+            return outcomes
+        try:
+            handled = await handler(events)
+        except Exception as exc:  # a handler that fails as a whole: every event comes again
+            handled = [exc] * len(events)
+        for i, outcome in zip(decoded, handled, strict=True):
+            outcomes[i] = outcome
+        return outcomes
+
+    def _count_failures(self, failed: list[tuple[Message, Exception]]) -> None:
+        attempted = [(m, e) for m, e in failed if not isinstance(e, Deferred)]
+        for m, _ in attempted:
+            metrics.RETRIES.labels("consumer").inc()
+            metrics.ASSIGNMENT_FAILURES.labels(_text(m.topic()), "transient").inc()
+        if attempted:
+            m, error = attempted[0]
+            log.warning(
+                "event handling failed; will retry",
+                topic=m.topic(),
+                partition=m.partition(),
+                offset=m.offset(),
+                failed=len(attempted),
+                deferred=len(failed) - len(attempted),
+                error=f"{type(error).__name__}: {error}"[:300],
+            )
 
     async def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         if not offsets:
@@ -160,69 +212,57 @@ class KafkaEventSubscriber:
             except KafkaException as exc:
                 log.warning("rewind failed; the message comes again after a rebalance", error=str(exc))
 
-    async def _partition(self, handler: EventHandler, messages: list[Message]) -> tuple[int | None, int | None]:
-        """(offset to commit, offset to rewind to) after handling one partition's messages."""
-        by_key: dict[bytes | int, list[Message]] = {}
-        for i, m in enumerate(messages):
-            by_key.setdefault(m.key() or i, []).append(m)  # no key: no order to keep
-        failures = await asyncio.gather(*(self._in_order(handler, ms) for ms in by_key.values()))
-        failed = min((f for f in failures if f is not None), default=None)
-        if failed is not None:
-            return (failed if failed > (messages[0].offset() or 0) else None), failed
-        return (messages[-1].offset() or 0) + 1, None
-
-    async def _in_order(self, handler: EventHandler, messages: list[Message]) -> int | None:
-        """Handles messages of one key in order; the offset of the first that failed, if any."""
-        for m in messages:
-            offset = m.offset() or 0
+    async def _dead_letter(self, dead: list[tuple[int, Message, Rejected]]) -> dict[int, Exception]:
+        """Sends the (index, message, reason)s to the dead-letter topic in order and waits (bounded)
+        for the broker; what went wrong, by index, for those it did not acknowledge."""
+        sent: list[tuple[int, Message, Rejected, asyncio.Future[None]]] = []
+        undelivered: dict[int, Exception] = {}
+        for i, m, rejected in dead:
+            headers: list[tuple[str, str | bytes | None]] = [
+                *_header_items(m),
+                (DLQ_REASON, rejected.reason),
+                (DLQ_DETAIL, rejected.detail[:500]),
+                (DLQ_SOURCE, f"{_text(m.topic())}/{m.partition()}/{m.offset()}"),
+            ]
             try:
-                async with self._slots:
-                    await self._one(handler, m)
-            except Exception as exc:  # anything but Rejected is retried, never skipped
-                metrics.RETRIES.labels("consumer").inc()
-                metrics.ASSIGNMENT_FAILURES.labels(_text(m.topic()), "transient").inc()
-                log.warning(
-                    "event handling failed; will retry",
-                    topic=m.topic(),
-                    partition=m.partition(),
-                    offset=offset,
-                    error=f"{type(exc).__name__}: {exc}"[:300],
+                delivered = await self._dlq.send(
+                    self._dlq_topic, m.value(), key=m.key(), headers=[(k, _text(v).encode()) for k, v in headers]
                 )
-                return offset
-        return None
+            except DeliveryFailed as exc:
+                undelivered[i] = exc
+                continue
+            sent.append((i, m, rejected, delivered))
+        if sent:
+            await asyncio.wait([f for *_, f in sent], timeout=self._dlq_timeout)
+        for i, m, rejected, delivered in sent:
+            if not delivered.done():
+                delivered.cancel()
+                undelivered[i] = TimeoutError("no dead-letter delivery report in time")
+                continue
+            error = delivered.exception()
+            if isinstance(error, Exception):
+                undelivered[i] = error
+                continue
+            topic = _text(m.topic())
+            metrics.ASSIGNMENT_FAILURES.labels(topic, "dead_letter").inc()
+            metrics.DEAD_LETTERED.labels(topic, rejected.reason).inc()
+            log.warning(
+                "dead-lettered",
+                topic=topic,
+                partition=m.partition(),
+                offset=m.offset(),
+                reason=rejected.reason,
+                correlation_id=_text(dict(_header_items(m)).get("correlation_id")),
+            )
+        return undelivered
 
-    async def _one(self, handler: EventHandler, m: Message) -> None:
-        topic = _text(m.topic())
-        headers = {k: _text(v) for k, v in _header_items(m)}
-        # Each message logs under its own correlation id, never the previous message's.
-        context.correlation_id.set(headers.get("correlation_id", ""))
-        try:
-            payload = await self._codec.decode(m.value())
-        except Undecodable as exc:
-            await self._dead_letter(m, "undecodable", str(exc))
-            return
-        key = m.key()
-        event = InboundEvent(topic, key.decode("utf-8", "replace") if key else None, payload, headers)
-        try:
-            await handler(event)
-        except Rejected as exc:
-            await self._dead_letter(m, exc.reason, exc.detail)
 
-    async def _dead_letter(self, m: Message, reason: str, detail: str) -> None:
-        topic = _text(m.topic())
-        headers: list[tuple[str, str | bytes | None]] = [
-            *_header_items(m),
-            (DLQ_REASON, reason),
-            (DLQ_DETAIL, detail[:500]),
-            (DLQ_SOURCE, f"{topic}/{m.partition()}/{m.offset()}"),
-        ]
-        delivered = await self._dlq.send(
-            self._dlq_topic, m.value(), key=m.key(), headers=[(k, _text(v).encode()) for k, v in headers]
-        )
-        await asyncio.wait_for(delivered, self._dlq_timeout)
-        metrics.ASSIGNMENT_FAILURES.labels(topic, "dead_letter").inc()
-        metrics.DEAD_LETTERED.labels(topic, reason).inc()
-        log.warning("dead-lettered", topic=topic, partition=m.partition(), offset=m.offset(), reason=reason)
+def _by_partition(messages: list[Message]) -> dict[tuple[str, int], list[int]]:
+    """The indexes of each partition's messages, in offset order (as fetched)."""
+    partitions: dict[tuple[str, int], list[int]] = {}
+    for i, m in enumerate(messages):
+        partitions.setdefault((_text(m.topic()), m.partition() or 0), []).append(i)
+    return partitions
 
 
 def _fetch(consumer: Consumer, batch: int, timeout_s: float) -> list[Message]:

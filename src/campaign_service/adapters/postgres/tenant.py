@@ -200,41 +200,52 @@ class PgTenantTransaction:
         )
         return CustomerAssignment(**dict(row)) if row else None
 
-    async def assign(self, assignment: CustomerAssignment) -> bool:
-        """Records the customer's first tier; False when the customer already has one."""
-        inserted = await self._conn.fetchval(
+    async def assign(self, assignments: Sequence[CustomerAssignment]) -> set[UUID]:
+        """Records each customer's first tier; the customers assigned now (not those who had one).
+        One statement for all; rows go in in the given order, so the first of a customer wins."""
+        if not assignments:
+            return set()
+        rows = await self._conn.fetch(
             "INSERT INTO customer_tiers (merchant_id, customer_id, tier_id, assigned_at, source, cause_event_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, customer_id) DO NOTHING RETURNING 1",
-            assignment.merchant_id,
-            assignment.customer_id,
-            assignment.tier_id,
-            assignment.assigned_at,
-            assignment.source,
-            assignment.cause_event_id,
+            " SELECT m, c, t, a, s, e FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],"
+            " $5::text[], $6::uuid[]) WITH ORDINALITY AS x(m, c, t, a, s, e, n) ORDER BY n"
+            " ON CONFLICT (merchant_id, customer_id) DO NOTHING RETURNING customer_id",
+            [a.merchant_id for a in assignments],
+            [a.customer_id for a in assignments],
+            [a.tier_id for a in assignments],
+            [a.assigned_at for a in assignments],
+            [a.source for a in assignments],
+            [a.cause_event_id for a in assignments],
         )
-        return inserted is not None
+        return {r["customer_id"] for r in rows}
 
-    async def mark_processed(self, event_id: UUID, event_type: str) -> bool:
-        """True the first time an event is seen; False for a duplicate."""
-        inserted = await self._conn.fetchval(
-            "INSERT INTO processed_events (event_id, merchant_id, event_type) VALUES ($1, $2, $3)"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING 1",
-            event_id,
+    async def mark_processed(self, event_ids: Sequence[UUID], event_type: str) -> set[UUID]:
+        """Records the events as processed; the ids seen for the first time (the rest are duplicates)."""
+        if not event_ids:
+            return set()
+        rows = await self._conn.fetch(
+            "INSERT INTO processed_events (event_id, merchant_id, event_type)"
+            " SELECT e, $2, $3 FROM unnest($1::uuid[]) AS e ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            list(event_ids),
             self._merchant,
             event_type,
         )
-        return inserted is not None
+        return {r["event_id"] for r in rows}
 
-    async def add_outbox(self, message: OutboxMessage) -> None:
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        """Writes the messages in one statement; the relay publishes them in this order (seq)."""
+        if not messages:
+            return
         await self._conn.execute(
             "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            message.event_id,
-            message.merchant_id,
-            message.topic,
-            message.key,
-            message.payload,
-            message.headers,
+            " SELECT e, m, t, k, p, h FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],"
+            " $6::jsonb[]) WITH ORDINALITY AS x(e, m, t, k, p, h, n) ORDER BY n",
+            [m.event_id for m in messages],
+            [m.merchant_id for m in messages],
+            [m.topic for m in messages],
+            [m.key for m in messages],
+            [m.payload for m in messages],
+            [m.headers for m in messages],
         )
 
 
