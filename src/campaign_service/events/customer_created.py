@@ -33,7 +33,7 @@ import structlog
 
 from campaign_service import metrics, topics
 from campaign_service.domain import events
-from campaign_service.domain.errors import Unavailable
+from campaign_service.domain.errors import NotFound, Unavailable
 from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Outcome, ProcessedEvents, Rejected
 from campaign_service.service.ports import CustomerAssignment, UnitOfWork
@@ -173,9 +173,10 @@ class CustomerCreatedHandler:
         for i, c in enumerate(batch):
             first.setdefault(c.event_id, i)
         async with self._uow(merchant) as tx:
-            if not await tx.merchant_exists():
-                raise Rejected("unknown_merchant", f"merchant {merchant} is not provisioned")
-            fresh = await tx.mark_processed(list(first), topics.CUSTOMER_CREATED)
+            try:
+                fresh = await tx.mark_processed(list(first), topics.CUSTOMER_CREATED)
+            except NotFound:
+                raise Rejected("unknown_merchant", f"merchant {merchant} is not provisioned") from None
             new = [i for event_id, i in first.items() if event_id in fresh]
             if not new:
                 return labels

@@ -92,12 +92,17 @@ class PgOutbox:
     async def claim(self, limit: int) -> AsyncIterator[PgClaim]:
         """The oldest unpublished rows not claimed by another relay, locked until the block ends."""
         async with self._as_relay() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RELAY_LOCK):
+            # One round trip: the lock, and the claim's own idle timeout (harmless when not locked).
+            locked = await conn.fetchrow(
+                "SELECT pg_try_advisory_xact_lock($1), set_config('idle_in_transaction_session_timeout', $2, true)",
+                _RELAY_LOCK,
+                self._hold_ms,
+            )
+            if not (locked and locked[0]):
                 # Another relay (another replica) is publishing. One at a time keeps the events
                 # of each key in order; SKIP LOCKED alone would let two relays interleave them.
                 yield PgClaim(conn, [])
                 return
-            await conn.execute("SELECT set_config('idle_in_transaction_session_timeout', $1, true)", self._hold_ms)
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM outbox_events WHERE published_at IS NULL"
                 " ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",

@@ -75,9 +75,6 @@ class PgTenantTransaction:
         self._conn = conn
         self._merchant = merchant_id
 
-    async def merchant_exists(self) -> bool:
-        return bool(await self._conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", self._merchant))
-
     async def get_tier(self, tier_id: str, *, for_update: bool = False) -> VIPTier | None:
         lock = " FOR UPDATE OF t" if for_update else ""
         row = await self._conn.fetchrow(
@@ -220,16 +217,20 @@ class PgTenantTransaction:
         return {r["customer_id"] for r in rows}
 
     async def mark_processed(self, event_ids: Sequence[UUID], event_type: str) -> set[UUID]:
-        """Records the events as processed; the ids seen for the first time (the rest are duplicates)."""
+        """Records the events as processed; the ids seen for the first time (the rest are duplicates).
+        Raises NotFound when the merchant is not provisioned (the foreign key says so)."""
         if not event_ids:
             return set()
-        rows = await self._conn.fetch(
-            "INSERT INTO processed_events (event_id, merchant_id, event_type)"
-            " SELECT e, $2, $3 FROM unnest($1::uuid[]) AS e ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            list(event_ids),
-            self._merchant,
-            event_type,
-        )
+        try:
+            rows = await self._conn.fetch(
+                "INSERT INTO processed_events (event_id, merchant_id, event_type)"
+                " SELECT e, $2, $3 FROM unnest($1::uuid[]) AS e ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                list(event_ids),
+                self._merchant,
+                event_type,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound("merchant is not provisioned") from None
         return {r["event_id"] for r in rows}
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
