@@ -7,7 +7,6 @@ extra (auth, rate limit) -> errors. Health and reflection RPCs pass through unto
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,7 +32,7 @@ from campaign_service.domain.errors import (
     VersionConflict,
     invalid,
 )
-from campaign_service.domain.ids import is_uuid
+from campaign_service.domain.ids import is_correlation_id, is_uuid
 from campaign_service.service.ports import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ access_log = structlog.get_logger("campaign_service.access")
 
 SERVICE_PREFIX = "/campaign.v1.CampaignService/"
 LOOKUP_METHODS = frozenset({"GetVIPTier", "ListVIPTiers", "EvaluateTier", "GetCustomerTier"})
-_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Status codes that describe the caller's request, not a fault of ours: logged at info.
 _CALLER_CODES = frozenset(
     {
@@ -225,7 +223,7 @@ class CorrelationInterceptor(_ServiceInterceptor):
 
         async def correlated(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             value = _metadata(ctx, "x-correlation-id")
-            if not (value and _CORRELATION_ID.fullmatch(value)):
+            if not is_correlation_id(value):
                 value = str(uuid.uuid4())
             context.correlation_id.set(value)
             context.continue_trace(_metadata(ctx, "traceparent"))

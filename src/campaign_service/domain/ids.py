@@ -1,8 +1,9 @@
-"""Identifiers callers send: UUIDs in their canonical textual form only."""
+"""Identifiers callers send: UUIDs in their canonical textual form only; correlation ids."""
 
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 from uuid import UUID
 
 from campaign_service.domain.errors import invalid
@@ -11,10 +12,17 @@ from campaign_service.domain.errors import invalid
 # hyphens, underscores and non-ASCII digits, which would let one id have many spellings.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_HINT = "must be a UUID like 123e4567-e89b-12d3-a456-426614174000"
+# What a caller's correlation id may be (from gRPC metadata or a Kafka header); anything else is
+# replaced by a new one. It goes into logs, headers and JSON: no control characters, bounded.
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def is_uuid(value: object) -> bool:
     return isinstance(value, str) and _UUID.fullmatch(value) is not None
+
+
+def is_correlation_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and _CORRELATION_ID.fullmatch(value) is not None
 
 
 def parse_uuid(value: str, field_path: str) -> UUID:

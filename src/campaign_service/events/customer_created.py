@@ -34,6 +34,7 @@ import structlog
 from campaign_service import metrics, topics
 from campaign_service.domain import events
 from campaign_service.domain.errors import NotFound, Unavailable
+from campaign_service.domain.ids import is_correlation_id
 from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Outcome, ProcessedEvents, Rejected
 from campaign_service.service.ports import CustomerAssignment, UnitOfWork
@@ -65,12 +66,13 @@ def _uuid(payload: Mapping[str, Any], name: str) -> UUID:
 
 def parse(event: InboundEvent) -> CustomerCreated:
     payload = event.payload
-    correlation = event.headers.get("correlation_id") or payload.get("correlation_id") or str(uuid.uuid4())
+    correlation = event.headers.get("correlation_id") or payload.get("correlation_id")
     return CustomerCreated(
         event_id=_uuid(payload, "event_id"),
         merchant_id=_uuid(payload, "merchant_id"),
         customer_id=_uuid(payload, "customer_id"),
-        correlation_id=str(correlation)[:128],
+        # The gRPC rule: e.g. a NUL (which jsonb refuses) would make the event fail for ever.
+        correlation_id=correlation if is_correlation_id(correlation) else str(uuid.uuid4()),
     )
 
 
