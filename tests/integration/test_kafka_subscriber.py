@@ -1,5 +1,6 @@
 """The Kafka subscriber on the real broker, on topics of its own: order, retry of failed handling,
-dead letters, and offsets committed only for what was handled."""
+dead letters, and offsets committed only for what was handled; and driving the real
+customer.created batch handler."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from campaign_service import topics
 from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
 from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
 from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.backoff import Backoff
+from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Rejected
 from tests.conftest import required_env
@@ -168,3 +171,50 @@ async def test_rejected_event_is_dead_lettered_with_its_reason_and_passed(
     assert [d.headers["dlq_source"] for d in dead] == [f"{source}/0/0", f"{source}/0/1"]
     assert dead[0].value == good
     assert await asyncio.to_thread(committed, group, source) == 3
+
+
+async def test_the_subscriber_hands_batches_to_the_handler_and_dead_letters_only_the_bad_one(
+    own_topics: tuple[str, str],
+    avro_codec: AvroWireCodec,
+    dlq_producer: KafkaProducer,
+    app_pool: Any,
+    merchant_with_default: Any,
+    superuser_conn: Any,
+) -> None:
+    source, dlq = own_topics
+    a, b = await merchant_with_default(), await merchant_with_default()
+    ids = [uuid.uuid4() for _ in range(3)]
+    payloads = [
+        {"event_id": str(ids[0]), "customer_id": str(uuid.uuid4()), "merchant_id": str(a)},
+        {"event_id": str(ids[1]), "customer_id": str(uuid.uuid4()), "merchant_id": str(uuid.uuid4())},  # unknown
+        {"event_id": str(ids[2]), "customer_id": str(uuid.uuid4()), "merchant_id": str(b)},
+    ]
+    values = [await avro_codec.encode(topics.CUSTOMER_CREATED, p) for p in payloads]
+    producer = Producer({"bootstrap.servers": required_env("KAFKA_BROKER")})
+    for value in [*values, values[0]]:  # and the first one again
+        producer.produce(source, value, b"one-key")
+    assert await asyncio.to_thread(producer.flush, 15) == 0
+
+    group = f"test-{uuid.uuid4().hex[:8]}"
+    config = consumer_config(required_env("KAFKA_BROKER"), group_id=group, client_id="test")
+    subscriber = KafkaEventSubscriber(config, source, avro_codec, dlq_producer, dlq, batch_size=100)
+    reader = TopicReader(required_env("KAFKA_BROKER"), dlq, avro_codec)
+    stop = asyncio.Event()
+    task = asyncio.create_task(subscriber.run(CustomerCreatedHandler(PgUnitOfWork(app_pool)).batch, stop))
+    try:
+        dead = await reader.wait_for(lambda got: len(got) >= 1)
+        for _ in range(100):
+            if await asyncio.to_thread(committed, group, source) == 4:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        reader.close()
+    assert [(d.headers["dlq_reason"], d.headers["dlq_source"]) for d in dead] == [("unknown_merchant", f"{source}/0/1")]
+    assert await asyncio.to_thread(committed, group, source) == 4
+    for merchant, cause in ((a, ids[0]), (b, ids[2])):
+        rows = await superuser_conn.fetch(
+            "SELECT cause_event_id FROM customer_tier_history WHERE merchant_id = $1", merchant
+        )
+        assert [r["cause_event_id"] for r in rows] == [cause]
