@@ -7,7 +7,9 @@ handled: its outcome was None (its database transaction committed), or it was de
 (undecodable, or Rejected by the handler) and the dead letter acknowledged by the broker. Any
 other outcome leaves the partition at the earliest such message: it is rewound there and the
 batch retried after a bounded backoff (counted in campaign_retries_total). Messages after it
-that did succeed come again, and the handler's deduplication absorbs them.
+that did succeed come again, and the handler's deduplication absorbs them. (A dead letter the
+broker did not take also makes its message come again; later events of its key may have taken
+effect meanwhile, which is harmless: a rejected event has no effect of its own to order.)
 """
 
 from __future__ import annotations
