@@ -207,12 +207,7 @@ class PgTenantTransaction:
             " SELECT m, c, t, a, s, e FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[],"
             " $5::text[], $6::uuid[]) WITH ORDINALITY AS x(m, c, t, a, s, e, n) ORDER BY n"
             " ON CONFLICT (merchant_id, customer_id) DO NOTHING RETURNING customer_id",
-            [a.merchant_id for a in assignments],
-            [a.customer_id for a in assignments],
-            [a.tier_id for a in assignments],
-            [a.assigned_at for a in assignments],
-            [a.source for a in assignments],
-            [a.cause_event_id for a in assignments],
+            *_columns(assignments, "merchant_id", "customer_id", "tier_id", "assigned_at", "source", "cause_event_id"),
         )
         return {r["customer_id"] for r in rows}
 
@@ -241,13 +236,13 @@ class PgTenantTransaction:
             "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)"
             " SELECT e, m, t, k, p, h FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],"
             " $6::jsonb[]) WITH ORDINALITY AS x(e, m, t, k, p, h, n) ORDER BY n",
-            [m.event_id for m in messages],
-            [m.merchant_id for m in messages],
-            [m.topic for m in messages],
-            [m.key for m in messages],
-            [m.payload for m in messages],
-            [m.headers for m in messages],
+            *_columns(messages, "event_id", "merchant_id", "topic", "key", "payload", "headers"),
         )
+
+
+def _columns(rows: Sequence[object], *fields: str) -> list[list[Any]]:
+    """One array per field, for a multi-row INSERT ... SELECT FROM unnest($1, $2, ...)."""
+    return [[getattr(row, name) for row in rows] for name in fields]
 
 
 def _unique_failed(exc: asyncpg.UniqueViolationError, tier_id: str) -> DomainError:
