@@ -2,8 +2,9 @@
 
 Core keys: timestamp, level, message, correlation_id, merchant_id, tier_id, event_type (null
 when they do not apply), trace_id and span_id (W3C, when a request or event is being handled).
-Per-request values are bound with structlog contextvars by the gRPC interceptor (and by the
-Kafka consumer per message), so every line logged while handling it carries them.
+Per-request values are bound with structlog contextvars by the gRPC interceptor, so every line
+logged while handling it carries them. The Kafka consumer logs one line per batch; its per-event
+lines (dead letters) carry the event's correlation_id themselves.
 """
 
 from __future__ import annotations
