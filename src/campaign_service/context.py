@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -19,6 +20,10 @@ def current_correlation_id() -> str:
         correlation_id.set(value)
     return value
 
+
+# Log fields of the RPC being handled (grpc_method, merchant_id, tier_id), set by the correlation
+# interceptor and added to every log line by logs.py: one contextvar instead of one per field.
+log_fields: ContextVar[Mapping[str, str | None] | None] = ContextVar("log_fields", default=None)
 
 # How the cache answered the current lookup: "hit", "miss", or "none" when no cache is in use.
 cache_result: ContextVar[str] = ContextVar("cache_result", default="none")
