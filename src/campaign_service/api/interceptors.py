@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 from uuid import UUID
@@ -111,12 +110,13 @@ class MetricsInterceptor(MethodInterceptor):
         handled = {code: metrics.GRPC_HANDLED.labels(method, code.name) for code in grpc.StatusCode}
         seconds = metrics.GRPC_HANDLING_SECONDS.labels(method)
         lookup = method in LOOKUP_METHODS
+        latency = {result: metrics.LOOKUP_LATENCY.labels(method, result) for result in ("hit", "miss", "none")}
 
         def record(code: grpc.StatusCode, elapsed: float) -> None:
             handled[code].inc()
             seconds.observe(elapsed)
             if lookup:
-                metrics.LOOKUP_LATENCY.labels(method, context.cache_result.get()).observe(elapsed)
+                latency[context.cache_result.get()].observe(elapsed)
                 if code is not grpc.StatusCode.OK:
                     metrics.LOOKUP_ERRORS.labels(code.name).inc()
 
@@ -185,7 +185,7 @@ class CorrelationInterceptor(MethodInterceptor):
                 elif k == "traceparent":
                     traceparent = v
             if not (isinstance(value, str) and _CORRELATION_ID.fullmatch(value)):
-                value = str(uuid.uuid4())
+                value = context.new_correlation_id()
             context.correlation_id.set(value)
             context.continue_trace(traceparent if isinstance(traceparent, str) else None)
             context.cache_result.set("none")
