@@ -305,6 +305,12 @@ class RedisParts:
     client: Redis | None = None
     breaker: RedisBreaker | None = None
 
+    async def start(self) -> None:
+        """Purges the shared cache before serving: a previous instance may have died with
+        invalidations it never delivered (see adapters/redis/cache.py)."""
+        if isinstance(self.cache, RedisViewCache) and not await self.cache.deliver():
+            log.warning("cache not purged at start (Redis unreachable); bypassed until it is")
+
     def checks(self) -> list[Check]:
         """Redis readiness, non-critical: lookups go to PostgreSQL while it is down."""
         client, breaker, cache = self.client, self.breaker, self.cache
@@ -428,6 +434,7 @@ async def build_app(settings: Settings) -> App:
     )
     await check_app_role(pool)
     parts = redis_parts(settings)
+    await parts.start()
     tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
     reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(

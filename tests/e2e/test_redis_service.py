@@ -217,6 +217,41 @@ async def test_redis_killed_mid_test_then_restarted(
     assert metric(svc, "vip_tier_cache_invalidation_retries_total", outcome="ok") >= 1
 
 
+async def test_invalidations_a_killed_instance_never_delivered_are_not_served_after_its_restart(
+    services: Callable[..., ServiceProcess], own_redis, new_merchant
+) -> None:
+    """The fault matrix's stale lookups: a Redis hiccup opens the breaker, an acknowledged rename's
+    invalidation waits in the instance's memory (the instance bypasses its cache meanwhile), the
+    instance is SIGKILLed, and its successor must not answer the name from before the rename."""
+    server = own_redis()
+    # A long cool-down: the invalidation surely waits, and no background retry delivers it.
+    env = redis_env("127.0.0.1", server.port, CAMPAIGN_REDIS_TIMEOUT_MS="100", CAMPAIGN_REDIS_RETRY_AFTER_MS="60000")
+    first = services(env)
+    merchant = await new_merchant()
+    async with client(first) as stub:
+        await create_gold(stub, merchant)
+        for _ in range(2):
+            assert (await stub.GetVIPTier(get_gold(merchant))).name == "Gold"
+        assert hits(first) == 1
+        server.pause()  # one timed-out call opens the breaker; the lookup answers from PostgreSQL
+        assert (await stub.GetVIPTier(get_gold(merchant), timeout=5)).name == "Gold"
+        server.resume()
+        await stub.UpdateVIPTier(rename(merchant, "Platinum"), timeout=5)  # acknowledged
+        assert (await stub.GetVIPTier(get_gold(merchant), timeout=5)).name == "Platinum"
+    assert metric(first, "vip_tier_cache_pending_invalidations") == 2  # the tier and the merchant's list
+    redis = aioredis.Redis(host="127.0.0.1", port=server.port)
+    assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # the answer from before the rename
+    await redis.aclose()
+    first.proc.kill()  # SIGKILL: the pending invalidations die with the process
+    first.proc.wait(10)
+
+    second = services(env)
+    async with client(second) as stub:
+        for _ in range(2):
+            assert (await stub.GetVIPTier(get_gold(merchant))).name == "Platinum"
+    assert hits(second) == 1  # the successor does use the cache
+
+
 async def test_in_process_cache_without_redis(services: Callable[..., ServiceProcess], new_merchant) -> None:
     svc = services({"CAMPAIGN_CACHE": "memory"})
     merchant = await new_merchant()
