@@ -54,6 +54,7 @@ from tests.conftest import (
 )
 from tests.dependencies import dependency_sh
 from tests.kafka_support import CustomerEvents, Received, TopicReader, drop_records
+from tests.service_http import metric
 
 EVENTS = int(os.environ.get("CAMPAIGN_CHAOS_EVENTS", "2000"))
 MERCHANTS = 10
@@ -85,12 +86,17 @@ class RestartableService:
         self._db, self._tmp, self._env = db, tmp, env
         self.current = start_service(db, tmp, env)
         self.incarnations = [self.current]
+        # Cache invalidations the instance still held (not delivered to Redis) when it was killed:
+        # its successor must not serve what they would have removed.
+        self.pending_at_kills: list[float] = []
 
     @property
     def target(self) -> str:
         return self.current.target
 
     def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.pending_at_kills.append(metric(self.current, "vip_tier_cache_pending_invalidations"))
         self.current.proc.kill()
         self.current.proc.wait(10)
 
@@ -432,6 +438,7 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
         f" lookups {len(calls)}: {len(calls) - len(failed)} ok, {len(failed)} failed, {len(wrong)} wrong;"
         f" failures by code {dict(Counter(c.code.name for c in failed))}\n" + HEADER + "\n" + "\n".join(p.row() for p in phases)
     )
+    print(f"pending cache invalidations when the service was killed: {service.pending_at_kills}")
     ledger = await check_ledger(db, stream, dlq)
     assigned.close()
     dlq.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,31 +17,12 @@ import redis.asyncio as aioredis
 from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from prometheus_client.parser import text_string_to_metric_families
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import ServiceProcess, redis_address, redis_env, start_service
+from tests.service_http import http_get, metric
 from tests.tokens import auth_channel
-
-
-def http_get(service: ServiceProcess, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{service.http_port}{path}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def metric(service: ServiceProcess, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    text = http_get(service, "/metrics")[1].decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def hits(service: ServiceProcess) -> float:

@@ -58,7 +58,12 @@ class RedisBreaker:
         metrics.CACHE_ERRORS.labels(operation).inc()
         if self._up:
             # Once per outage, not once per request.
-            log.warning("redis unavailable; serving without it", operation=operation, error=type(exc).__name__)
+            log.warning(
+                "redis unavailable; serving without it",
+                operation=operation,
+                error=type(exc).__name__,
+                detail=str(exc)[:160],  # e.g. "No connection available." (pool wait) vs a refused connect
+            )
             self._up = False
             metrics.REDIS_UP.set(0)
         self._open_until = self._clock() + self._retry_after_s
