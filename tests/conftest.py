@@ -36,7 +36,8 @@ from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
-from campaign_service.adapters.redis.client import create_client
+from campaign_service.adapters.redis.client import create_client, create_pipe
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.adapters.schema_registry import SchemaRegistryClient
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.config import Settings
@@ -116,6 +117,22 @@ async def new_merchant(owner_conn: asyncpg.Connection[Any]) -> Callable[[], Any]
         return merchant
 
     return make
+
+
+@pytest.fixture
+async def service_pipe() -> AsyncIterator[Callable[..., RedisPipe]]:
+    """Factory of the service's pipelined Redis connections (create_pipe), closed after the test."""
+    pipes: list[RedisPipe] = []
+
+    def make(host: str | None = None, port: int | None = None, **overrides: Any) -> RedisPipe:
+        if host is None or port is None:
+            host, port = redis_address()
+        pipes.append(create_pipe(redis_settings(host, port, **overrides)))
+        return pipes[-1]
+
+    yield make
+    for pipe in pipes:
+        await pipe.aclose()
 
 
 @dataclass

@@ -42,8 +42,9 @@ from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.adapters.redis.cache import RedisViewCache
-from campaign_service.adapters.redis.client import RedisBreaker, create_client, ping
+from campaign_service.adapters.redis.client import RedisBreaker, create_client, create_pipe, ping
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
 from campaign_service.api.auth import AuthInterceptor
@@ -303,6 +304,7 @@ class RedisParts:
     cache: ViewCache
     limiter: RateLimiter | None  # None: the rate limit is off
     client: Redis | None = None
+    pipe: RedisPipe | None = None
     breaker: RedisBreaker | None = None
 
     async def start(self) -> None:
@@ -310,6 +312,9 @@ class RedisParts:
         invalidations it never delivered (see adapters/redis/cache.py)."""
         if isinstance(self.cache, RedisViewCache) and not await self.cache.deliver():
             log.warning("cache not purged at start (Redis unreachable); bypassed until it is")
+
+    def closers(self) -> list[Callable[[], Awaitable[None]]]:
+        return [part.aclose for part in (self.client, self.pipe) if part is not None]
 
     def checks(self) -> list[Check]:
         """Redis readiness, non-critical: lookups go to PostgreSQL while it is down."""
@@ -328,19 +333,20 @@ class RedisParts:
 
 def redis_parts(settings: Settings) -> RedisParts:
     client = create_client(settings) if settings.redis_host else None
+    pipe = create_pipe(settings) if settings.redis_host else None
     breaker = RedisBreaker(settings.redis_retry_after_ms / 1000) if client is not None else None
     cache: ViewCache
     backend = settings.cache_backend
-    if backend == "redis" and client is not None and breaker is not None:
-        cache = RedisViewCache(client, breaker, settings.cache_ttl_s)
+    if backend == "redis" and client is not None and pipe is not None and breaker is not None:
+        cache = RedisViewCache(client, pipe, breaker, settings.cache_ttl_s)
     elif backend == "memory":
         cache = MemoryViewCache(settings.cache_ttl_s, settings.cache_memory_max_bytes)
     else:
         cache = NoCache()
     limiter: RateLimiter | None = None
     window_s = settings.rate_limit_window_ms / 1000
-    if settings.rate_limit_requests and client is not None and breaker is not None:
-        limiter = RedisRateLimiter(client, breaker, settings.rate_limit_requests, window_s)
+    if settings.rate_limit_requests and pipe is not None and breaker is not None:
+        limiter = RedisRateLimiter(pipe, breaker, settings.rate_limit_requests, window_s)
     elif settings.rate_limit_requests:
         limiter = LocalRateLimiter(settings.rate_limit_requests, window_s)
     log.info(
@@ -349,7 +355,7 @@ def redis_parts(settings: Settings) -> RedisParts:
         rate_limit=f"{settings.rate_limit_requests}/{settings.rate_limit_window_ms}ms" if limiter else "off",
         rate_limit_shared=isinstance(limiter, RedisRateLimiter),
     )
-    return RedisParts(cache, limiter, client, breaker)
+    return RedisParts(cache, limiter, client, pipe, breaker)
 
 
 def _file_keys(path: Path, variable: str, kind: str) -> FileKeys:
@@ -492,8 +498,7 @@ async def build_app(settings: Settings) -> App:
     if isinstance(parts.cache, RedisViewCache):
         interval_s = settings.redis_retry_after_ms / 1000
         app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))
-    if parts.client is not None:
-        app._closers.append(parts.client.aclose)
+    app._closers.extend(parts.closers())
     if events is not None:
         events.start()
         app.drain_hooks += [events.stop_consumer, events.stop_relay, events.close]

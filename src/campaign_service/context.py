@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -12,13 +13,27 @@ correlation_id: ContextVar[str] = ContextVar("correlation_id", default="")
 actor: ContextVar[str] = ContextVar("actor", default="anonymous")
 
 
+def new_correlation_id() -> str:
+    """A random (version 4) UUID. Ids, not secrets: the process's PRNG, no system call per request."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
+def _random_id(bits: int) -> str:
+    """A non-zero random id of `bits` bits in lowercase hex (W3C trace and span ids)."""
+    return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
+
+
 def current_correlation_id() -> str:
     value = correlation_id.get()
     if not value:
-        value = str(uuid.uuid4())
+        value = new_correlation_id()
         correlation_id.set(value)
     return value
 
+
+# Log fields of the RPC being handled (grpc_method, merchant_id, tier_id), set by the correlation
+# interceptor and added to every log line by logs.py: one contextvar instead of one per field.
+log_fields: ContextVar[Mapping[str, str | None] | None] = ContextVar("log_fields", default=None)
 
 # How the cache answered the current lookup: "hit", "miss", or "none" when no cache is in use.
 cache_result: ContextVar[str] = ContextVar("cache_result", default="none")
@@ -55,10 +70,7 @@ def continue_trace(traceparent: str | None) -> Trace:
         and m[2] != _ZERO_TRACE
         and m[3] != _ZERO_SPAN
     )
-    if m is not None and valid:
-        value = Trace(m[2], secrets.token_hex(8), m[4])
-    else:
-        value = Trace(secrets.token_hex(16), secrets.token_hex(8))
+    value = Trace(m[2], _random_id(64), m[4]) if m is not None and valid else Trace(_random_id(128), _random_id(64))
     trace.set(value)
     return value
 

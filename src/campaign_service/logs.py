@@ -30,6 +30,10 @@ def _add_request_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any
     if trace is not None and "trace_id" not in event:
         event["trace_id"] = trace.trace_id
         event["span_id"] = trace.span_id
+    fields = context.log_fields.get()
+    if fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
     for key in CORE_KEYS:
         event.setdefault(key, None)
     return event

@@ -23,12 +23,13 @@ def errors(operation: str) -> float:
 
 @pytest.mark.parametrize("outage", ["paused", "killed and restarted with its data"])
 async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
-    own_redis, service_redis, app_pool, new_merchant, outage: str
+    own_redis, service_redis, service_pipe, app_pool, new_merchant, outage: str
 ) -> None:
     server = own_redis(persist=True)
     client = service_redis("127.0.0.1", server.port, redis_timeout_ms=100)
+    pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=100)
     breaker = RedisBreaker(retry_after_s=0.05)
-    cache = RedisViewCache(client, breaker, ttl_s=3600)
+    cache = RedisViewCache(client, pipe, breaker, ttl_s=3600)
     tiers = TierService(PgUnitOfWork(app_pool), [cache])
     reads = TierReads(tiers, cache, render_tier, render_tiers)
     merchant = await new_merchant()
@@ -71,10 +72,11 @@ async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
         assert context.cache_result.get() == expected
 
 
-async def test_slow_redis_costs_one_timeout_per_cool_down(own_redis, service_redis, app_pool, new_merchant) -> None:
+async def test_slow_redis_costs_one_timeout_per_cool_down(own_redis, service_redis, service_pipe, app_pool, new_merchant) -> None:
     server = own_redis()
     client = service_redis("127.0.0.1", server.port, redis_timeout_ms=100)
-    cache = RedisViewCache(client, RedisBreaker(retry_after_s=60), ttl_s=3600)
+    pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=100)
+    cache = RedisViewCache(client, pipe, RedisBreaker(retry_after_s=60), ttl_s=3600)
     tiers = TierService(PgUnitOfWork(app_pool), [cache])
     reads = TierReads(tiers, cache, render_tier, render_tiers)
     merchant = await new_merchant()

@@ -19,8 +19,8 @@ async def admitted(limiter: RateLimiter, merchant: uuid.UUID, n: int) -> int:
     return sum([(await limiter.acquire(merchant)).allowed for _ in range(n)])
 
 
-async def test_hundred_pass_the_hundred_and_first_waits(redis_client: aioredis.Redis, service_redis) -> None:
-    limiter = RedisRateLimiter(service_redis(), RedisBreaker(1.0), limit=100, window_s=1.0)
+async def test_hundred_pass_the_hundred_and_first_waits(redis_client: aioredis.Redis, service_redis, service_pipe) -> None:
+    limiter = RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=1.0)
     merchant = uuid.uuid4()
 
     assert await admitted(limiter, merchant, 100) == 100
@@ -39,8 +39,8 @@ async def test_hundred_pass_the_hundred_and_first_waits(redis_client: aioredis.R
     assert (await limiter.acquire(merchant)).allowed
 
 
-async def test_instances_share_one_budget(service_redis) -> None:
-    a, b = (RedisRateLimiter(service_redis(), RedisBreaker(1.0), limit=100, window_s=5.0) for _ in range(2))
+async def test_instances_share_one_budget(service_redis, service_pipe) -> None:
+    a, b = (RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=5.0) for _ in range(2))
     merchant = uuid.uuid4()
     assert await admitted(a, merchant, 60) == 60
     assert await admitted(b, merchant, 40) == 40
@@ -48,9 +48,9 @@ async def test_instances_share_one_budget(service_redis) -> None:
     assert not (await b.acquire(merchant)).allowed
 
 
-async def test_limits_per_instance_while_redis_is_unreachable(service_redis) -> None:
-    client = service_redis("127.0.0.1", free_port(), redis_timeout_ms=100)
-    limiter = RedisRateLimiter(client, RedisBreaker(60.0), limit=100, window_s=5.0)
+async def test_limits_per_instance_while_redis_is_unreachable(service_redis, service_pipe) -> None:
+    pipe = service_pipe("127.0.0.1", free_port(), redis_timeout_ms=100)
+    limiter = RedisRateLimiter(pipe, RedisBreaker(60.0), limit=100, window_s=5.0)
     merchant = uuid.uuid4()
     decisions = [await limiter.acquire(merchant) for _ in range(101)]
     assert [d.allowed for d in decisions].count(True) == 100
@@ -84,8 +84,8 @@ async def evalsha_calls(client: aioredis.Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
 
 
-async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(redis_client: aioredis.Redis, service_redis) -> None:
-    limiter = RedisRateLimiter(service_redis(), RedisBreaker(1.0), limit=100, window_s=5.0)
+async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(redis_client: aioredis.Redis, service_redis, service_pipe) -> None:
+    limiter = RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=5.0)
     merchant = uuid.uuid4()
     await limiter.acquire(uuid.uuid4())  # loads the script
     before = await evalsha_calls(redis_client)

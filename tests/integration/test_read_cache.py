@@ -38,10 +38,10 @@ SILVER = TierSpec(name="Silver", min_points=100, is_default=True)
 
 
 @pytest.fixture(params=["redis", "memory"])
-def view_cache(request: pytest.FixtureRequest, service_redis) -> ViewCache:
+def view_cache(request: pytest.FixtureRequest, service_redis, service_pipe) -> ViewCache:
     if request.param == "memory":
         return MemoryViewCache(ttl_s=3600, max_bytes=1 << 20)
-    return RedisViewCache(service_redis(), RedisBreaker(1.0), ttl_s=3600)
+    return RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
 
 
 @pytest.fixture
@@ -257,8 +257,8 @@ async def test_update_and_read_storm_leaves_nothing_stale(view_cache, reads_on, 
             )
 
 
-async def test_redis_keys_are_the_plans(reads_on, new_merchant, redis_client: aioredis.Redis, service_redis) -> None:
-    cache = RedisViewCache(service_redis(), RedisBreaker(1.0), ttl_s=3600)
+async def test_redis_keys_are_the_plans(reads_on, new_merchant, redis_client: aioredis.Redis, service_redis, service_pipe) -> None:
+    cache = RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
     merchant = await new_merchant()
     tiers, reads = reads_on(cache)
     await tiers.create(merchant, "gold", GOLD)
@@ -275,10 +275,10 @@ async def test_redis_keys_are_the_plans(reads_on, new_merchant, redis_client: ai
 
 
 async def test_redis_entries_expire_after_the_ttl(
-    reads_on, new_merchant, redis_client: aioredis.Redis, service_redis
+    reads_on, new_merchant, redis_client: aioredis.Redis, service_redis, service_pipe
 ) -> None:
     merchant = await new_merchant()
-    tiers, reads = reads_on(RedisViewCache(service_redis(), RedisBreaker(1.0), ttl_s=1))
+    tiers, reads = reads_on(RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=1))
     await tiers.create(merchant, "gold", GOLD)
     await reads.tier(merchant, "gold", "")
     await reads.tier(merchant, "gold", "")

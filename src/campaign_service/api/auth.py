@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from campaign_service import context, metrics
-from campaign_service.api.interceptors import Behavior, _abort, _ServiceInterceptor, status_for
+from campaign_service.api.interceptors import Behavior, MethodInterceptor, _abort, status_for
 from campaign_service.domain.access import Access, authorize
 from campaign_service.domain.errors import (
     DomainError,
@@ -64,7 +64,7 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     return token
 
 
-class AuthInterceptor(_ServiceInterceptor):
+class AuthInterceptor(MethodInterceptor):
     def __init__(self, verifier: TokenVerifier, access: Mapping[str, Access] = METHOD_ACCESS) -> None:
         self._verifier = verifier
         self._access = access

@@ -1,34 +1,64 @@
-"""The grpc.aio server: interceptors, CampaignService, health and reflection."""
+"""The grpc.aio server: CampaignService behind its interceptor chain, health and reflection."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from campaign_service.api.interceptors import (
     CorrelationInterceptor,
     ErrorInterceptor,
+    MethodInterceptor,
     MetricsInterceptor,
     RequestDecodingInterceptor,
+    request_parser,
 )
-from campaign_service.api.pb import campaign_grpc, campaign_pb2
+from campaign_service.api.pb import campaign_pb2
 from campaign_service.api.servicer import CampaignServicer
 
-SERVICE_NAME = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
+SERVICE = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"]
+SERVICE_NAME = SERVICE.full_name
+
+
+def serialize_response(response: Any) -> bytes:
+    """A message, or an answer the servicer already holds serialized (a cached lookup) as is."""
+    if type(response) is bytes:
+        return response
+    return bytes(response.SerializeToString())
+
+
+def campaign_handlers(
+    servicer: CampaignServicer, interceptors: Sequence[MethodInterceptor]
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """Every CampaignService method of the proto, its servicer method wrapped by `interceptors`
+    (outermost first), composed here once rather than on every RPC."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        behavior = getattr(servicer, method.name)
+        for interceptor in reversed(interceptors):
+            behavior = interceptor.wrap(method.name, behavior)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=request_parser(message_factory.GetMessageClass(method.input_type).FromString),
+            response_serializer=serialize_response,
+        )
+    return handlers
 
 
 def build_grpc_server(
     servicer: CampaignServicer,
     *,
-    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    extra_interceptors: Sequence[MethodInterceptor] = (),
     max_message_bytes: int = 256 * 1024,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """Interceptors run outermost first: metrics, correlation id, request decoding, `extra` (auth,
-    rate limit), errors."""
-    interceptors: list[grpc.aio.ServerInterceptor] = [
+    """CampaignService's interceptors run outermost first: metrics, correlation id, request
+    decoding, `extra` (auth, rate limit), errors. Health and reflection have none."""
+    interceptors: list[MethodInterceptor] = [
         MetricsInterceptor(),
         CorrelationInterceptor(),
         RequestDecodingInterceptor(),
@@ -36,14 +66,15 @@ def build_grpc_server(
         ErrorInterceptor(),
     ]
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ],
     )
-    campaign_grpc.add_CampaignServiceServicer_to_server(servicer, server)
+    handlers = campaign_handlers(servicer, interceptors)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import grpc
 
 from campaign_service.api.mapping import parse_uuid, spec_from_proto, tier_to_proto
-from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.locales import check_requested
@@ -17,26 +16,29 @@ from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
 
 
-class CampaignServicer(campaign_grpc.CampaignServiceServicer):
+class CampaignServicer:
+    """The methods of campaign.v1.CampaignService (api/server.py registers them by the proto's
+    method names). GetVIPTier and ListVIPTiers answer with the serialized message, as cached."""
+
     def __init__(self, tiers: TierService, reads: TierReads) -> None:
         self._tiers = tiers
         self._reads = reads
 
     async def GetVIPTier(
         self, request: pb.GetVIPTierRequest, context: grpc.aio.ServicerContext[pb.GetVIPTierRequest, pb.VIPTier]
-    ) -> pb.VIPTier:
+    ) -> bytes:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
-        return pb.VIPTier.FromString(await self._reads.tier(merchant, request.tier_id, locale))
+        return await self._reads.tier(merchant, request.tier_id, locale)
 
     async def ListVIPTiers(
         self,
         request: pb.ListVIPTiersRequest,
         context: grpc.aio.ServicerContext[pb.ListVIPTiersRequest, pb.ListVIPTiersResponse],
-    ) -> pb.ListVIPTiersResponse:
+    ) -> bytes:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
-        return pb.ListVIPTiersResponse.FromString(await self._reads.tiers(merchant, locale))
+        return await self._reads.tiers(merchant, locale)
 
     async def CreateVIPTier(
         self, request: pb.CreateVIPTierRequest, context: grpc.aio.ServicerContext[pb.CreateVIPTierRequest, pb.VIPTier]

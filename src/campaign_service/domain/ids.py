@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from uuid import UUID
 
@@ -13,11 +14,23 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 UUID_HINT = "must be a UUID like 123e4567-e89b-12d3-a456-426614174000"
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical(value: str) -> UUID | None:
+    # Every request names its merchant, often more than once (auth, rate limit, use case): the
+    # same few ids are parsed again and again. Only 36-character strings reach this cache.
+    return UUID(value) if _UUID.fullmatch(value) else None
+
+
+def _parsed(value: object) -> UUID | None:
+    return _canonical(value) if isinstance(value, str) and len(value) == 36 else None
+
+
 def is_uuid(value: object) -> bool:
-    return isinstance(value, str) and _UUID.fullmatch(value) is not None
+    return _parsed(value) is not None
 
 
 def parse_uuid(value: str, field_path: str) -> UUID:
-    if not is_uuid(value):
+    parsed = _parsed(value)
+    if parsed is None:
         raise invalid(field_path, UUID_HINT)
-    return UUID(value)
+    return parsed

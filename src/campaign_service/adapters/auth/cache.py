@@ -13,6 +13,8 @@ from campaign_service import metrics
 from campaign_service.domain.access import Principal
 from campaign_service.service.ports import TokenVerifier
 
+_HIT, _MISS = metrics.AUTH_CACHE.labels("hit"), metrics.AUTH_CACHE.labels("miss")
+
 
 class CachingVerifier:
     """Only positive results are kept, never longer than `max_ttl_s`; the key is a hash of the
@@ -41,10 +43,10 @@ class CachingVerifier:
         if entry is not None:
             if entry[0] > self._clock():
                 self._entries.move_to_end(key)
-                metrics.AUTH_CACHE.labels("hit").inc()
+                _HIT.inc()
                 return entry[1]
             del self._entries[key]
-        metrics.AUTH_CACHE.labels("miss").inc()
+        _MISS.inc()
         generation = self._generation
         task = self._inflight.get(key)
         if task is None:

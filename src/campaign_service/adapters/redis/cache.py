@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
+import os
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 
 from campaign_service import keys, metrics
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.service.ports import CachedView, ViewKey
 
 log = structlog.get_logger(__name__)
@@ -55,13 +56,16 @@ _UNLINK_BATCH = 500
 
 
 class RedisViewCache:
-    def __init__(self, client: Redis, breaker: RedisBreaker, ttl_s: int, max_pending: int = 10_000) -> None:
+    def __init__(
+        self, client: Redis, pipe: RedisPipe, breaker: RedisBreaker, ttl_s: int, max_pending: int = 10_000
+    ) -> None:
         self._client = client
         self._breaker = breaker
         self._ttl_s = ttl_s
         self._max_pending = max_pending
-        self._lookup = client.register_script(_LOOKUP)
-        self._fill = client.register_script(_FILL)
+        # Per-request calls go through the pipelined connection; invalidations through the client.
+        self._lookup = pipe.script(_LOOKUP)
+        self._fill = pipe.script(_FILL)
         # Keys whose invalidation has not reached Redis, with a counter so that a delivery that was
         # in flight before a newer write does not clear the newer one.
         self._pending: dict[str, int] = {}
@@ -79,11 +83,13 @@ class RedisViewCache:
             return CachedView()
         name, slot = keys.view_slot(key)
         try:
-            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, uuid.uuid4().hex, keys.TICKET_TTL_S])
+            fresh_ticket = os.urandom(16).hex()
+            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, fresh_ticket, keys.TICKET_TTL_S])
         except REDIS_FAILURES as exc:
             self._breaker.failed("lookup", exc)
             return CachedView()
         self._breaker.succeeded()
+        assert isinstance(found, list)
         if found[0] is not None:
             return CachedView(value=found[0])
         return CachedView(ticket=found[1].decode())

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from campaign_service import metrics
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,18 @@ def create_client(settings: Settings) -> Redis:
         client_name="campaign-service",
     )
     return Redis.from_pool(pool)
+
+
+def create_pipe(settings: Settings) -> RedisPipe:
+    """The pipelined connection of the per-request calls (cache lookups and fills, rate limit)."""
+    assert settings.redis_host is not None
+    return RedisPipe(
+        settings.redis_host,
+        settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+        timeout_s=settings.redis_timeout_ms / 1000,
+    )
 
 
 class RedisBreaker:

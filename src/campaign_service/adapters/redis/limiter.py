@@ -9,14 +9,13 @@ at most what the window has room for, so batching never lets more than the limit
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from uuid import UUID
-
-from redis.asyncio import Redis
 
 from campaign_service import keys
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.service.ports import RateDecision
 
 # A sliding-window log in a sorted set, atomic in one script and timed by Redis's clock (one clock
@@ -49,11 +48,11 @@ return {admitted, wait}
 
 
 class RedisRateLimiter:
-    def __init__(self, client: Redis, breaker: RedisBreaker, limit: int, window_s: float) -> None:
+    def __init__(self, pipe: RedisPipe, breaker: RedisBreaker, limit: int, window_s: float) -> None:
         self._breaker = breaker
         self._limit = limit
         self._window_us = int(window_s * 1_000_000)
-        self._acquire = client.register_script(_ACQUIRE)
+        self._acquire = pipe.script(_ACQUIRE)
         self._local = LocalRateLimiter(limit, window_s)
         self._batches: dict[UUID, list[asyncio.Future[RateDecision]]] = {}
         self._flushing: set[asyncio.Task[None]] = set()
@@ -76,10 +75,12 @@ class RedisRateLimiter:
     async def _flush(self, merchant_id: UUID) -> None:
         batch = self._batches.pop(merchant_id)
         try:
-            admitted, wait_us = await self._acquire(
+            reply = await self._acquire(
                 keys=[keys.rate_limit(merchant_id)],
-                args=[self._limit, self._window_us, uuid.uuid4().hex, keys.RATE_LIMIT_TTL_S, len(batch)],
+                args=[self._limit, self._window_us, os.urandom(16).hex(), keys.RATE_LIMIT_TTL_S, len(batch)],
             )
+            assert isinstance(reply, list)
+            admitted, wait_us = reply
         except REDIS_FAILURES as exc:
             self._breaker.failed("rate_limit", exc)
             decisions = [await self._local.acquire(merchant_id) for _ in batch]
