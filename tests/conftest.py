@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import asyncpg
@@ -117,22 +117,6 @@ async def new_merchant(owner_conn: asyncpg.Connection[Any]) -> Callable[[], Any]
         return merchant
 
     return make
-
-
-@pytest.fixture
-async def service_pipe() -> AsyncIterator[Callable[..., RedisPipe]]:
-    """Factory of the service's pipelined Redis connections (create_pipe), closed after the test."""
-    pipes: list[RedisPipe] = []
-
-    def make(host: str | None = None, port: int | None = None, **overrides: Any) -> RedisPipe:
-        if host is None or port is None:
-            host, port = redis_address()
-        pipes.append(create_pipe(redis_settings(host, port, **overrides)))
-        return pipes[-1]
-
-    yield make
-    for pipe in pipes:
-        await pipe.aclose()
 
 
 @dataclass
@@ -296,20 +280,37 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+Closable = TypeVar("Closable", aioredis.Redis, RedisPipe)
+
+
+async def _made_for_redis(create: Callable[[Settings], Closable]) -> AsyncIterator[Callable[..., Closable]]:
+    """A factory of what `create` makes from the service's settings for a Redis (the shared
+    test Redis unless given), closing all it made when the test ends."""
+    made: list[Closable] = []
+
+    def make(host: str | None = None, port: int | None = None, **overrides: Any) -> Closable:
+        if host is None or port is None:
+            host, port = redis_address()
+        made.append(create(redis_settings(host, port, **overrides)))
+        return made[-1]
+
+    yield make
+    for thing in made:
+        await thing.aclose()
+
+
 @pytest.fixture
 async def service_redis() -> AsyncIterator[Callable[..., aioredis.Redis]]:
     """Factory of the service's own Redis clients (create_client), closed after the test."""
-    clients: list[aioredis.Redis] = []
+    async for make in _made_for_redis(create_client):
+        yield make
 
-    def make(host: str | None = None, port: int | None = None, **overrides: Any) -> aioredis.Redis:
-        if host is None or port is None:
-            host, port = redis_address()
-        clients.append(create_client(redis_settings(host, port, **overrides)))
-        return clients[-1]
 
-    yield make
-    for client in clients:
-        await client.aclose()
+@pytest.fixture
+async def service_pipe() -> AsyncIterator[Callable[..., RedisPipe]]:
+    """Factory of the service's pipelined Redis connections (create_pipe), closed after the test."""
+    async for make in _made_for_redis(create_pipe):
+        yield make
 
 
 @dataclass

@@ -307,6 +307,12 @@ class RedisParts:
     pipe: RedisPipe | None = None
     breaker: RedisBreaker | None = None
 
+    async def start(self) -> None:
+        """Purges the shared cache before serving: a previous instance may have died with
+        invalidations it never delivered (see adapters/redis/cache.py)."""
+        if isinstance(self.cache, RedisViewCache) and not await self.cache.deliver():
+            log.warning("cache not purged at start (Redis unreachable); bypassed until it is")
+
     def closers(self) -> list[Callable[[], Awaitable[None]]]:
         return [part.aclose for part in (self.client, self.pipe) if part is not None]
 
@@ -434,6 +440,7 @@ async def build_app(settings: Settings) -> App:
     )
     await check_app_role(pool)
     parts = redis_parts(settings)
+    await parts.start()
     tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
     reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(

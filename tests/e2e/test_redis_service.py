@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,31 +17,12 @@ import redis.asyncio as aioredis
 from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
-from prometheus_client.parser import text_string_to_metric_families
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import ServiceProcess, redis_address, redis_env, start_service
+from tests.service_http import http_get, metric
 from tests.tokens import auth_channel
-
-
-def http_get(service: ServiceProcess, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{service.http_port}{path}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def metric(service: ServiceProcess, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    text = http_get(service, "/metrics")[1].decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def hits(service: ServiceProcess) -> float:
@@ -215,6 +195,41 @@ async def test_redis_killed_mid_test_then_restarted(
         assert names == {"Platinum"}
     assert hits(svc) >= 2  # the cache is in use again
     assert metric(svc, "vip_tier_cache_invalidation_retries_total", outcome="ok") >= 1
+
+
+async def test_invalidations_a_killed_instance_never_delivered_are_not_served_after_its_restart(
+    services: Callable[..., ServiceProcess], own_redis, new_merchant
+) -> None:
+    """The fault matrix's stale lookups: a Redis hiccup opens the breaker, an acknowledged rename's
+    invalidation waits in the instance's memory (the instance bypasses its cache meanwhile), the
+    instance is SIGKILLed, and its successor must not answer the name from before the rename."""
+    server = own_redis()
+    # A long cool-down: the invalidation surely waits, and no background retry delivers it.
+    env = redis_env("127.0.0.1", server.port, CAMPAIGN_REDIS_TIMEOUT_MS="100", CAMPAIGN_REDIS_RETRY_AFTER_MS="60000")
+    first = services(env)
+    merchant = await new_merchant()
+    async with client(first) as stub:
+        await create_gold(stub, merchant)
+        for _ in range(2):
+            assert (await stub.GetVIPTier(get_gold(merchant))).name == "Gold"
+        assert hits(first) == 1
+        server.pause()  # one timed-out call opens the breaker; the lookup answers from PostgreSQL
+        assert (await stub.GetVIPTier(get_gold(merchant), timeout=5)).name == "Gold"
+        server.resume()
+        await stub.UpdateVIPTier(rename(merchant, "Platinum"), timeout=5)  # acknowledged
+        assert (await stub.GetVIPTier(get_gold(merchant), timeout=5)).name == "Platinum"
+    assert metric(first, "vip_tier_cache_pending_invalidations") == 2  # the tier and the merchant's list
+    redis = aioredis.Redis(host="127.0.0.1", port=server.port)
+    assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # the answer from before the rename
+    await redis.aclose()
+    first.proc.kill()  # SIGKILL: the pending invalidations die with the process
+    first.proc.wait(10)
+
+    second = services(env)
+    async with client(second) as stub:
+        for _ in range(2):
+            assert (await stub.GetVIPTier(get_gold(merchant))).name == "Platinum"
+    assert hits(second) == 1  # the successor does use the cache
 
 
 async def test_in_process_cache_without_redis(services: Callable[..., ServiceProcess], new_merchant) -> None:

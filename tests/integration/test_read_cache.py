@@ -22,7 +22,7 @@ from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
-from campaign_service.domain.errors import NotFound
+from campaign_service.domain.errors import NotFound, Unavailable
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.ports import TenantTransaction, ViewCache, ViewKey
 from campaign_service.service.reads import TierReads
@@ -112,21 +112,21 @@ WRITES: dict[str, Callable[[TierService, UUID], Any]] = {
 }
 
 
-@pytest.mark.parametrize("write", list(WRITES))
-async def test_every_write_path_invalidates(view_cache, reads_on, new_merchant, write: str) -> None:
-    merchant = await new_merchant()
-    tiers, reads = reads_on(view_cache)
+LOCALES = ["", "ar", "he"]
+
+
+async def gold_and_silver_cached(tiers: TierService, reads: TierReads, merchant: UUID) -> None:
+    """Both tiers, and every cache entry a write to them could make stale, filled."""
     await tiers.create(merchant, "gold", GOLD)
     await tiers.create(merchant, "silver", SILVER)
-    locales = ["", "ar", "he"]
-    for locale in locales:  # warm every entry the write could make stale
+    for locale in LOCALES:
         for tier_id in ("gold", "silver"):
             await reads.tier(merchant, tier_id, locale)
         await reads.tiers(merchant, locale)
 
-    await WRITES[write](tiers, merchant)
 
-    for locale in locales:
+async def assert_reads_are_fresh(tiers: TierService, reads: TierReads, merchant: UUID) -> None:
+    for locale in LOCALES:
         for tier_id in ("gold", "silver", "bronze"):
             try:
                 expected = await fresh_tier(tiers, merchant, tier_id, locale)
@@ -138,6 +138,44 @@ async def test_every_write_path_invalidates(view_cache, reads_on, new_merchant, 
         assert pb.ListVIPTiersResponse.FromString(await reads.tiers(merchant, locale)) == await fresh_list(
             tiers, merchant, locale
         )
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_every_write_path_invalidates(view_cache, reads_on, new_merchant, write: str) -> None:
+    merchant = await new_merchant()
+    tiers, reads = reads_on(view_cache)
+    await gold_and_silver_cached(tiers, reads, merchant)
+    await WRITES[write](tiers, merchant)
+    await assert_reads_are_fresh(tiers, reads, merchant)
+
+
+class AnswerLostUnitOfWork:
+    """PostgreSQL unit of work whose write transactions commit and then fail as Unavailable, as
+    when the connection dies with the commit's answer in flight (PostgreSQL killed right after
+    it committed): the caller cannot know that the change landed."""
+
+    def __init__(self, inner: PgUnitOfWork) -> None:
+        self._inner = inner
+
+    @asynccontextmanager
+    async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[TenantTransaction]:
+        async with self._inner(merchant_id, readonly=readonly) as tx:
+            yield tx
+        if not readonly:
+            raise Unavailable("database unavailable (connection lost)")
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_write_whose_commit_answer_was_lost_still_invalidates(
+    view_cache, reads_on, app_pool, new_merchant, write: str
+) -> None:
+    merchant = await new_merchant()
+    tiers, reads = reads_on(view_cache)
+    await gold_and_silver_cached(tiers, reads, merchant)
+    answer_lost, _ = reads_on(view_cache, AnswerLostUnitOfWork(PgUnitOfWork(app_pool)))
+    with pytest.raises(Unavailable):
+        await WRITES[write](answer_lost, merchant)
+    await assert_reads_are_fresh(tiers, reads, merchant)  # the change landed: no answer from before it
 
 
 class GatedUnitOfWork:

@@ -1,4 +1,4 @@
-"""The pipelined Redis connection of the per-request calls, against a real redis-server: answers
+"""The Redis connections against a real redis-server. The pipelined one of the per-request calls: answers
 reach the right callers, errors stay with their caller, a hung or dead Redis fails callers within
 the timeout, and the next call after a restart connects again."""
 
@@ -87,3 +87,14 @@ async def test_a_cancelled_caller_does_not_shift_the_answers(service_pipe) -> No
     first.cancel()
     assert await second == b"second"
     assert await pipe.execute("ECHO", "third") == b"third"
+
+
+async def test_the_pooled_client_takes_a_new_connection_after_a_redis_restart(own_redis, service_redis) -> None:
+    """The invalidation path's client: a pooled connection that a restart closed is replaced on
+    its next command instead of failing it (which would open the breaker for nothing)."""
+    server = own_redis()
+    client = service_redis("127.0.0.1", server.port, redis_timeout_ms=200)
+    assert await client.ping()
+    server.kill()
+    server.start()
+    assert await client.unlink("some-key") == 0

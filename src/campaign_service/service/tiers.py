@@ -1,13 +1,16 @@
 """Use cases on VIP tiers: read, evaluate, create, update, delete.
 
 Every change writes its `vip_tier.updated` event to the outbox in the same transaction, and
-listeners (cache invalidation) hear about it only after the commit.
+listeners (cache invalidation) hear about it only after the commit (or after a commit whose
+outcome is unknown).
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -15,7 +18,7 @@ import structlog
 
 from campaign_service import context, topics
 from campaign_service.domain import events
-from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
+from campaign_service.domain.errors import FailedPrecondition, NotFound, Unavailable, VersionConflict, invalid
 from campaign_service.domain.tiers import (
     MAX_POINTS,
     MAX_TIERS_PER_MERCHANT,
@@ -82,14 +85,14 @@ class TierService:
     async def create(self, merchant_id: UUID, tier_id: str, spec: TierSpec) -> VIPTier:
         check_tier_id(tier_id, "tier.tier_id")
         check_spec(spec)
-        async with self._uow(merchant_id) as tx:
+        async with self._writing(merchant_id) as (tx, changed_tiers):
             if await tx.count_tiers() >= MAX_TIERS_PER_MERCHANT:
                 raise FailedPrecondition(f"a merchant may have at most {MAX_TIERS_PER_MERCHANT} tiers")
             cleared = await tx.clear_default(tier_id) if spec.is_default else []
             tier = await tx.insert_tier(tier_id, spec)
             await self._announce(tx, merchant_id, tier, list(MUTABLE_FIELDS))
             await self._announce_cleared(tx, merchant_id, cleared)
-        await self._changed(merchant_id, [tier_id, *cleared])
+            changed_tiers += [tier_id, *cleared]
         return tier
 
     async def update(
@@ -103,7 +106,7 @@ class TierService:
         check_tier_id(tier_id)
         paths = check_mask(mask)
         _check_expected_version(expected_version)
-        async with self._uow(merchant_id) as tx:
+        async with self._writing(merchant_id) as (tx, changed_tiers):
             current = await _locked(tx, tier_id, expected_version)
             new_spec = check_spec(current.spec.patched(values, paths))
             changed = current.spec.changed_fields(new_spec)
@@ -113,20 +116,20 @@ class TierService:
             tier = await tx.update_tier(tier_id, new_spec, changed)
             await self._announce(tx, merchant_id, tier, changed)
             await self._announce_cleared(tx, merchant_id, cleared)
-        await self._changed(merchant_id, [tier_id, *cleared])
+            changed_tiers += [tier_id, *cleared]
         return UpdateResult(tier, changed)
 
     async def delete(self, merchant_id: UUID, tier_id: str, expected_version: int = 0) -> None:
         check_tier_id(tier_id)
         _check_expected_version(expected_version)
-        async with self._uow(merchant_id) as tx:
+        async with self._writing(merchant_id) as (tx, changed_tiers):
             current = await _locked(tx, tier_id, expected_version)
             holders = await tx.customers_holding(tier_id)
             if holders:
                 raise FailedPrecondition(f"{holders} customer(s) hold tier {tier_id!r}; move them first")
             await tx.delete_tier(tier_id)
             await self._announce(tx, merchant_id, current, ["deleted"])
-        await self._changed(merchant_id, [tier_id])
+            changed_tiers.append(tier_id)
 
     async def _announce(self, tx: TenantTransaction, merchant_id: UUID, tier: VIPTier, fields: list[str]) -> None:
         await tx.add_outbox(
@@ -149,9 +152,28 @@ class TierService:
             if tier is not None:
                 await self._announce(tx, merchant_id, tier, ["is_default"])
 
-    async def _changed(self, merchant_id: UUID, tier_ids: list[str]) -> None:
-        for tier_id in tier_ids:
-            log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
+    @asynccontextmanager
+    async def _writing(self, merchant_id: UUID) -> AsyncIterator[tuple[TenantTransaction, list[str]]]:
+        """A write transaction, and a list into which the use case puts the tiers it changed as
+        the last thing before the commit. Listeners hear of them after the commit, and also when
+        the commit may or may not have landed (the database connection failed, or the request was
+        cancelled, with the commit in flight): a needless invalidation costs a cache miss, a
+        missing one would leave the old answer cached until its TTL."""
+        changed: list[str] = []
+        try:
+            async with self._uow(merchant_id) as tx:
+                yield tx, changed
+        except (Unavailable, asyncio.CancelledError):
+            if changed:
+                log.warning("outcome of a tier change unknown; invalidated as if committed", tier_ids=changed)
+                await self._notify(merchant_id, changed)
+            raise
+        if changed:
+            for tier_id in changed:
+                log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
+            await self._notify(merchant_id, changed)
+
+    async def _notify(self, merchant_id: UUID, tier_ids: list[str]) -> None:
         for listener in self._listeners:
             await listener.tiers_changed(merchant_id, tier_ids)
 

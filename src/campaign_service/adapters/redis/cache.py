@@ -10,6 +10,11 @@ lookup comes before the database read, so any value read before a commit fails t
 When an invalidation cannot reach Redis, the key stays pending: this instance bypasses the cache
 until a background retry has delivered every pending invalidation, so nothing stale survives an
 outage (a Redis with persistence would otherwise come back with the old answers).
+
+Pending invalidations live only in this process, and a process can also die between a commit and
+its invalidation; a successor cannot know what was left undelivered. So a new instance starts by
+purging every cache key (bypassing the cache until that got through): a start costs a cold
+cache, never a stale answer for a write that was acknowledged.
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ class RedisViewCache:
         # in flight before a newer write does not clear the newer one.
         self._pending: dict[str, int] = {}
         self._seq = itertools.count(1)
-        # Too many pending keys to remember: delete every cache key on recovery instead.
-        self._purge_all = False
+        # Delete every cache key on recovery: too many pending keys to remember, or (at start) the
+        # invalidations a previous instance may have died with. Like the keys, numbered (0: none).
+        self._purge_all = next(self._seq)
 
     @property
     def pending(self) -> int:
@@ -108,7 +114,7 @@ class RedisViewCache:
         if len(self._pending) > self._max_pending:
             log.warning("too many pending cache invalidations; the whole cache is purged on recovery")
             self._pending.clear()
-            self._purge_all = True
+            self._purge_all = next(self._seq)
         await self.deliver()
 
     async def deliver(self) -> bool:
@@ -141,6 +147,7 @@ class RedisViewCache:
                     log.info("pending cache invalidations delivered")
 
     async def _purge(self) -> None:
+        requested = self._purge_all
         batch: list[bytes] = []
         async for name in self._client.scan_iter(match=keys.CACHE_PATTERN, count=1000):
             batch.append(name)
@@ -149,4 +156,5 @@ class RedisViewCache:
                 batch.clear()
         if batch:
             await self._client.unlink(*batch)
-        self._purge_all = False
+        if self._purge_all == requested:  # else a newer request came in meanwhile: purge again
+            self._purge_all = 0

@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from campaign_service import metrics
 from campaign_service.adapters.redis.pipe import RedisPipe
@@ -34,8 +35,11 @@ def create_client(settings: Settings) -> Redis:
         socket_connect_timeout=timeout_s,
         max_connections=settings.redis_max_connections,
         timeout=timeout_s,
-        # Retrying inside a request would multiply the timeout; the breaker decides instead.
-        retry=Retry(NoBackoff(), 0),
+        # A timeout is not retried (that would multiply the bound; the breaker decides instead),
+        # but a connection error once, on a new connection: a pooled connection that a restart of
+        # Redis closed fails its next command at once, and each such failure opened the breaker
+        # (the fault matrix saw renames go pending seconds after Redis was back).
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         client_name="campaign-service",
     )
     return Redis.from_pool(pool)
@@ -71,7 +75,12 @@ class RedisBreaker:
         metrics.CACHE_ERRORS.labels(operation).inc()
         if self._up:
             # Once per outage, not once per request.
-            log.warning("redis unavailable; serving without it", operation=operation, error=type(exc).__name__)
+            log.warning(
+                "redis unavailable; serving without it",
+                operation=operation,
+                error=type(exc).__name__,
+                detail=str(exc)[:160],  # e.g. "No connection available." (pool wait) vs a refused connect
+            )
             self._up = False
             metrics.REDIS_UP.set(0)
         self._open_until = self._clock() + self._retry_after_s
