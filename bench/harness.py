@@ -18,9 +18,13 @@ from pathlib import Path
 
 from tests.tokens import ISSUER, SESSION_ISSUER
 
+from campaign_service import logs
 from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 
 ROOT = Path(__file__).resolve().parent.parent
+# The benches seed through the service's own code in-process: a log line per seeded tier would
+# bury the tables they print.
+logs.configure("warning")
 
 
 def free_port() -> int:
