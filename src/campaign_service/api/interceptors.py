@@ -1,7 +1,7 @@
-"""Cross-cutting concerns of every CampaignService RPC, as grpc.aio server interceptors.
+"""Cross-cutting concerns of every CampaignService RPC, each wrapping the method's behaviour.
 
-Order (outermost first): metrics -> correlation id, trace and request log -> request decoding ->
-extra (auth, rate limit) -> errors. Health and reflection RPCs pass through untouched.
+Order (outermost first, composed in api/server.py): metrics -> correlation id, trace and request
+log -> request decoding -> extra (auth, rate limit) -> errors. Health and reflection have none.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from campaign_service.domain.errors import (
     VersionConflict,
     invalid,
 )
-from campaign_service.domain.ids import is_correlation_id, is_uuid
+from campaign_service.domain.ids import as_uuid, is_correlation_id
 from campaign_service.service.ports import RateLimiter
 
 log = logging.getLogger(__name__)
 access_log = structlog.get_logger("campaign_service.access")
 _access_logger = logging.getLogger("campaign_service.access")
 
-SERVICE_PREFIX = "/campaign.v1.CampaignService/"
 LOOKUP_METHODS = frozenset({"GetVIPTier", "ListVIPTiers", "EvaluateTier", "GetCustomerTier"})
 # Status codes that describe the caller's request, not a fault of ours: logged at info.
 _CALLER_CODES = frozenset(
@@ -252,8 +251,7 @@ class ErrorInterceptor(MethodInterceptor):
 
 def _merchant_of(request: Any) -> UUID | None:
     """The request's merchant in canonical form; None when malformed (the servicer rejects it)."""
-    value = getattr(request, "merchant_id", "")
-    return UUID(value) if is_uuid(value) else None
+    return as_uuid(getattr(request, "merchant_id", ""))
 
 
 def exhausted_status(retry_after_s: float) -> status_pb2.Status:

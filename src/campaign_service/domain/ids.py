@@ -25,12 +25,13 @@ def _canonical(value: str) -> UUID | None:
     return UUID(value) if _UUID.fullmatch(value) else None
 
 
-def _parsed(value: object) -> UUID | None:
+def as_uuid(value: object) -> UUID | None:
+    """`value` as a UUID when it is one in canonical form, else None."""
     return _canonical(value) if isinstance(value, str) and len(value) == 36 else None
 
 
 def is_uuid(value: object) -> bool:
-    return _parsed(value) is not None
+    return as_uuid(value) is not None
 
 
 def is_correlation_id(value: object) -> TypeGuard[str]:
@@ -38,7 +39,7 @@ def is_correlation_id(value: object) -> TypeGuard[str]:
 
 
 def parse_uuid(value: str, field_path: str) -> UUID:
-    parsed = _parsed(value)
+    parsed = as_uuid(value)
     if parsed is None:
         raise invalid(field_path, UUID_HINT)
     return parsed
