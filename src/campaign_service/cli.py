@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import signal
 import sys
@@ -45,10 +44,6 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _serve(settings: Settings) -> int:
     app = await build_app(settings)
-    # Everything built so far (modules, clients, pools) lives as long as the process: kept out of
-    # the collector's full passes, which otherwise walked the whole heap every ~thousand
-    # requests and cost more than a cached lookup's own work (bench/lookup.py).
-    gc.freeze()
     await _stop_on_signals().wait()
     try:
         await asyncio.wait_for(app.stop(), app.stop_bound_s)
