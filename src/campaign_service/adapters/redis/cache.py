@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -29,7 +28,7 @@ import structlog
 from redis.asyncio import Redis
 
 from campaign_service import keys, metrics
-from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
+from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.service.ports import CachedView, ViewKey
 
@@ -83,8 +82,7 @@ class RedisViewCache:
             return CachedView()
         name, slot = keys.view_slot(key)
         try:
-            fresh_ticket = os.urandom(16).hex()
-            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, fresh_ticket, keys.TICKET_TTL_S])
+            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, unique_token(), keys.TICKET_TTL_S])
         except REDIS_FAILURES as exc:
             self._breaker.failed("lookup", exc)
             return CachedView()

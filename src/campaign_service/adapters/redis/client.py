@@ -3,6 +3,8 @@ Redis cost one timeout per cool-down instead of one per request."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Callable
 
@@ -21,6 +23,16 @@ log = structlog.get_logger(__name__)
 
 # What a Redis call raises when Redis is down, slow, full or restarting.
 REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
+
+
+# Tokens unique across every instance and restart (cache fill tickets, rate-limit entries): a
+# random prefix drawn once per process and a counter, so a lookup pays no system call for one.
+_TOKEN_PREFIX = os.urandom(12).hex()
+_TOKEN_COUNTER = itertools.count()
+
+
+def unique_token() -> str:
+    return f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}"
 
 
 def create_client(settings: Settings) -> Redis:

@@ -9,12 +9,11 @@ at most what the window has room for, so batching never lets more than the limit
 from __future__ import annotations
 
 import asyncio
-import os
 from uuid import UUID
 
 from campaign_service import keys
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
-from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
+from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.service.ports import RateDecision
 
@@ -77,7 +76,7 @@ class RedisRateLimiter:
         try:
             reply = await self._acquire(
                 keys=[keys.rate_limit(merchant_id)],
-                args=[self._limit, self._window_us, os.urandom(16).hex(), keys.RATE_LIMIT_TTL_S, len(batch)],
+                args=[self._limit, self._window_us, unique_token(), keys.RATE_LIMIT_TTL_S, len(batch)],
             )
             assert isinstance(reply, list)
             admitted, wait_us = reply
