@@ -74,12 +74,12 @@ async def main() -> None:
     tiers = TierService(uow=None)  # type: ignore[arg-type]
     servicer = CampaignServicer(tiers, TierReads(tiers, cache, render_tier, render_tiers))
     chain: list[MethodInterceptor] = [
+        ErrorInterceptor(),
         MetricsInterceptor(),
         CorrelationInterceptor(),
         RequestDecodingInterceptor(),
         AuthInterceptor(CachingVerifier(_Verifier(), 100, 300)),
         RateLimitInterceptor(LocalRateLimiter(10**9, 1.0)),
-        ErrorInterceptor(),
     ]
     body = pb.GetVIPTierRequest(merchant_id=str(MERCHANT), tier_id="gold", locale="ar").SerializeToString()
     ctx = _Context()

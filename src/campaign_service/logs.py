@@ -13,7 +13,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -94,6 +95,10 @@ def configure(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    cygrpc = logging.getLogger("grpc._cython.cygrpc")
+    for existing in [f for f in cygrpc.filters if isinstance(f, GrpcUndecodableFilter)]:
+        cygrpc.removeFilter(existing)
+    cygrpc.addFilter(GrpcUndecodableFilter(CALLER_INPUT))
     structlog.configure(
         # filter_by_level first: a debug line below the level costs one comparison, not a render.
         processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -101,3 +106,60 @@ def configure(level: str = "info") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class CallerInputLimiter:
+    """Bad input from callers is worth a warning, but callers choose how often it happens: at
+    most one line per cause per `interval_s`, the next one counting the lines left out."""
+
+    def __init__(self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s, self._clock = interval_s, clock
+        self._last: dict[str, float] = {}  # causes are a fixed few named in code, never the caller's
+        self._dropped: dict[str, int] = {}
+
+    def admit(self, cause: str) -> int | None:
+        """None: leave this line out; else the count of lines of `cause` left out before it."""
+        now = self._clock()
+        last = self._last.get(cause)
+        if last is not None and now - last < self._interval_s:
+            self._dropped[cause] = self._dropped.get(cause, 0) + 1
+            return None
+        self._last[cause] = now
+        return self._dropped.pop(cause, 0)
+
+
+CALLER_INPUT = CallerInputLimiter()
+_caller_log = structlog.get_logger("campaign_service.caller_input")
+
+
+def caller_input_warning(cause: str, message: str, **fields: Any) -> None:
+    """One warning line, no traceback, rate-limited per `cause`: for input a caller got wrong
+    (it says nothing about our health, so never error level). `fields` must not hold the input."""
+    dropped = CALLER_INPUT.admit(cause)
+    if dropped is not None:
+        _caller_log.warning(message, cause=cause, suppressed=dropped, **fields)
+
+
+class GrpcUndecodableFilter(logging.Filter):
+    """grpc-core's Python layer logs a metadata value that is not UTF-8 with `logger.exception`
+    ("Invalid encoding on b'...'": an error line with a traceback, and the raw value - a token,
+    perhaps) and hands it on decoded as Latin-1, so auth refuses it. That is a caller's bad input:
+    rewritten here to a rate-limited warning without the value or a traceback."""
+
+    CAUSE = "metadata_not_utf8"
+
+    def __init__(self, limiter: CallerInputLimiter) -> None:
+        super().__init__()
+        self._limiter = limiter
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Invalid encoding on")):
+            return True
+        dropped = self._limiter.admit(self.CAUSE)
+        if dropped is None:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "a metadata value is not valid UTF-8 (read as Latin-1: no token matches)", ()
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.cause, record.suppressed = self.CAUSE, dropped
+        return True

@@ -313,9 +313,7 @@ async def check_ledger(db: Database, stream: Stream, dlq: TopicReader) -> Ledger
             "SELECT merchant_id, customer_id, tier_id, cause_event_id FROM customer_tiers WHERE merchant_id = ANY($1)",
             merchants,
         )
-        history = await su.fetchval(
-            "SELECT count(*) FROM customer_tier_history WHERE merchant_id = ANY($1)", merchants
-        )
+        history = await su.fetchval("SELECT count(*) FROM customer_tier_history WHERE merchant_id = ANY($1)", merchants)
         processed = await su.fetchval("SELECT count(*) FROM processed_events WHERE merchant_id = ANY($1)", merchants)
         outbox = await su.fetch(
             "SELECT event_id, published_at FROM outbox_events WHERE topic = $1 AND merchant_id = ANY($2)",
@@ -436,7 +434,10 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
     print(
         f"\nfault matrix: {len(stream.sent)} customer.created in {total_s:.0f} s; {renamed} renames;"
         f" lookups {len(calls)}: {len(calls) - len(failed)} ok, {len(failed)} failed, {len(wrong)} wrong;"
-        f" failures by code {dict(Counter(c.code.name for c in failed))}\n" + HEADER + "\n" + "\n".join(p.row() for p in phases)
+        f" failures by code {dict(Counter(c.code.name for c in failed))}\n"
+        + HEADER
+        + "\n"
+        + "\n".join(p.row() for p in phases)
     )
     print(f"pending cache invalidations when the service was killed: {service.pending_at_kills}")
     ledger = await check_ledger(db, stream, dlq)

@@ -84,7 +84,9 @@ async def test_each_write_emits_one_event_with_actor_and_fields(
     assert not unchanged.success
     assert await audit.new_events() == []  # nothing changed, nothing to audit
 
-    deleted = await one_event(alice.DeleteVIPTier(pb.DeleteVIPTierRequest(merchant_id=m, tier_id="gold"), metadata=cid("c3")), "c3")
+    deleted = await one_event(
+        alice.DeleteVIPTier(pb.DeleteVIPTierRequest(merchant_id=m, tier_id="gold"), metadata=cid("c3")), "c3"
+    )
     assert (deleted["tier_id"], deleted["updated_fields"]) == ("gold", ["deleted"])
 
 
@@ -92,10 +94,15 @@ async def test_moving_the_default_audits_both_tiers(stub_for: Any, new_merchant:
     merchant = await new_merchant()
     audit = Audit(superuser_conn, merchant)
     ops = stub_for(None, ["campaign:admin"], subject="ops")
-    await ops.CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=gold(tier_id="basic", name="Basic", is_default=True)))
+    await ops.CreateVIPTier(
+        pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=gold(tier_id="basic", name="Basic", is_default=True))
+    )
     await audit.new_events()
     await ops.CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=gold(is_default=True)))
-    events = [(e["payload"]["tier_id"], e["payload"]["updated_fields"], e["payload"]["actor"]) for e in await audit.new_events()]
+    events = [
+        (e["payload"]["tier_id"], e["payload"]["updated_fields"], e["payload"]["actor"])
+        for e in await audit.new_events()
+    ]
     assert events == [("gold", list(MUTABLE_FIELDS), "ops"), ("basic", ["is_default"], "ops")]
 
 
@@ -103,20 +110,34 @@ async def test_moving_the_default_audits_both_tiers(stub_for: Any, new_merchant:
     "refused",
     [
         lambda m, s: s(m, [SCOPE_WRITE]).CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(m), tier=gold(name=""))),
-        lambda m, s: s(m, [SCOPE_READ]).CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(m), tier=gold(tier_id="x"))),
-        lambda m, s: s(uuid.uuid4(), [SCOPE_WRITE]).DeleteVIPTier(pb.DeleteVIPTierRequest(merchant_id=str(m), tier_id="gold")),
+        lambda m, s: s(m, [SCOPE_READ]).CreateVIPTier(
+            pb.CreateVIPTierRequest(merchant_id=str(m), tier=gold(tier_id="x"))
+        ),
+        lambda m, s: s(uuid.uuid4(), [SCOPE_WRITE]).DeleteVIPTier(
+            pb.DeleteVIPTierRequest(merchant_id=str(m), tier_id="gold")
+        ),
         lambda m, s: s(m, [SCOPE_WRITE]).UpdateVIPTier(
-            pb.UpdateVIPTierRequest(merchant_id=str(m), tier_id="gold", tier=pb.VIPTier(name="X"), update_mask=mask("name"), expected_version=99)
+            pb.UpdateVIPTierRequest(
+                merchant_id=str(m),
+                tier_id="gold",
+                tier=pb.VIPTier(name="X"),
+                update_mask=mask("name"),
+                expected_version=99,
+            )
         ),
         lambda m, s: s(m, [SCOPE_WRITE]).CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(m), tier=gold())),
-        lambda m, s: s(m, [SCOPE_WRITE], token="garbage").DeleteVIPTier(pb.DeleteVIPTierRequest(merchant_id=str(m), tier_id="gold")),
+        lambda m, s: s(m, [SCOPE_WRITE], token="garbage").DeleteVIPTier(
+            pb.DeleteVIPTierRequest(merchant_id=str(m), tier_id="gold")
+        ),
     ],
     ids=["invalid", "read scope", "other merchant", "stale version", "already exists", "bad token"],
 )
 async def test_refused_writes_emit_nothing(stub_for: Any, new_merchant: Any, superuser_conn: Any, refused: Any) -> None:
     merchant = await new_merchant()
     audit = Audit(superuser_conn, merchant)
-    await stub_for(merchant, [SCOPE_WRITE]).CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=gold()))
+    await stub_for(merchant, [SCOPE_WRITE]).CreateVIPTier(
+        pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=gold())
+    )
     await audit.new_events()
     with pytest.raises(grpc.aio.AioRpcError):
         await refused(merchant, stub_for)

@@ -31,7 +31,10 @@ def requests(merchant: uuid.UUID) -> dict[str, Any]:
         "GetCustomerTier": pb.GetCustomerTierRequest(merchant_id=m, customer_id=str(uuid.uuid4())),
         "CreateVIPTier": pb.CreateVIPTierRequest(merchant_id=m, tier=pb.VIPTier(tier_id="t", name="T")),
         "UpdateVIPTier": pb.UpdateVIPTierRequest(
-            merchant_id=m, tier_id="gold", tier=pb.VIPTier(name="G"), update_mask=field_mask_pb2.FieldMask(paths=["name"])
+            merchant_id=m,
+            tier_id="gold",
+            tier=pb.VIPTier(name="G"),
+            update_mask=field_mask_pb2.FieldMask(paths=["name"]),
         ),
         "DeleteVIPTier": pb.DeleteVIPTierRequest(merchant_id=m, tier_id="gold"),
     }
@@ -57,7 +60,9 @@ async def state(superuser_conn: Any, merchant: uuid.UUID) -> tuple[Any, ...]:
 
 
 async def seed(stub: Any, merchant: uuid.UUID) -> None:
-    await stub.CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=pb.VIPTier(tier_id="gold", name="Gold")))
+    await stub.CreateVIPTier(
+        pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=pb.VIPTier(tier_id="gold", name="Gold"))
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -113,7 +118,9 @@ async def test_token_of_another_merchant_is_denied(
 
 
 @pytest.mark.parametrize("method", WRITES)
-async def test_read_scope_cannot_write(stub_for: Any, new_merchant: Any, superuser_conn: Any, stub: Any, method: str) -> None:
+async def test_read_scope_cannot_write(
+    stub_for: Any, new_merchant: Any, superuser_conn: Any, stub: Any, method: str
+) -> None:
     merchant = await new_merchant()
     await seed(stub, merchant)
     before = await state(superuser_conn, merchant)
@@ -144,7 +151,9 @@ async def test_service_scope_reads_any_merchant_but_cannot_write(stub_for: Any, 
         assert code == grpc.StatusCode.PERMISSION_DENIED, method
 
 
-async def test_malformed_merchant_id_is_invalid_argument_before_any_data_access(stub_for: Any, new_merchant: Any) -> None:
+async def test_malformed_merchant_id_is_invalid_argument_before_any_data_access(
+    stub_for: Any, new_merchant: Any
+) -> None:
     merchant = await new_merchant()
     for who in (stub_for(merchant, [SCOPE_WRITE]), stub_for(None, [SCOPE_ADMIN])):
         code, details = await code_of(who, "ListVIPTiers", pb.ListVIPTiersRequest(merchant_id="' OR 1=1 --"))
@@ -158,7 +167,10 @@ async def test_the_token_subject_is_the_actor_of_changes(stub_for: Any, new_merc
     await seed(alice, merchant)
     await stub_for(None, [SCOPE_ADMIN], subject="ops-bob").UpdateVIPTier(
         pb.UpdateVIPTierRequest(
-            merchant_id=str(merchant), tier_id="gold", tier=pb.VIPTier(name="Golden"), update_mask=field_mask_pb2.FieldMask(paths=["name"])
+            merchant_id=str(merchant),
+            tier_id="gold",
+            tier=pb.VIPTier(name="Golden"),
+            update_mask=field_mask_pb2.FieldMask(paths=["name"]),
         )
     )
     rows = await superuser_conn.fetch(
@@ -193,10 +205,16 @@ JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
 
 async def test_logs_never_contain_a_token(service: Any, stub_for: Any, new_merchant: Any) -> None:
     merchant = await new_merchant()
-    tokens = [mint_token(merchant, [SCOPE_READ]), mint_token(merchant, [SCOPE_READ], ttl_s=-100), TokenIssuer().mint(merchant)]
+    tokens = [
+        mint_token(merchant, [SCOPE_READ]),
+        mint_token(merchant, [SCOPE_READ], ttl_s=-100),
+        TokenIssuer().mint(merchant),
+    ]
     for token in tokens:
         await code_of(stub_for(token=token), "ListVIPTiers", requests(merchant)["ListVIPTiers"])
-        await code_of(stub_for(token=token), "GetVIPTier", pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="BAD\x00"))
+        await code_of(
+            stub_for(token=token), "GetVIPTier", pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="BAD\x00")
+        )
     logs = service.logs()
     assert "rpc" in logs or "serving" in logs  # the service does log (debug level)
     for token in tokens:
@@ -206,7 +224,9 @@ async def test_logs_never_contain_a_token(service: Any, stub_for: Any, new_merch
     assert not re.search(r"(?i)bearer\s+[A-Za-z0-9]", logs)
 
 
-async def test_auth_service_mode_end_to_end(database: Any, tmp_path: Any, new_merchant: Any, superuser_conn: Any) -> None:
+async def test_auth_service_mode_end_to_end(
+    database: Any, tmp_path: Any, new_merchant: Any, superuser_conn: Any
+) -> None:
     merchant = await new_merchant()
     async with auth_server() as auth:
         auth.servicer.tokens["opaque-alice"] = valid("alice", merchant, [SCOPE_WRITE])
@@ -217,14 +237,19 @@ async def test_auth_service_mode_end_to_end(database: Any, tmp_path: Any, new_me
             {"AUTH_HOST": auth.target, "CAMPAIGN_JWT_JWKS_FILE": None, "CAMPAIGN_JWT_ISSUER": None},
         )
         try:
-            async with auth_channel(svc.target, "opaque-alice") as ch, auth_channel(svc.target, "opaque-other") as other:
+            async with (
+                auth_channel(svc.target, "opaque-alice") as ch,
+                auth_channel(svc.target, "opaque-other") as other,
+            ):
                 alice = campaign_grpc.CampaignServiceStub(ch)
                 await seed(alice, merchant)
                 for _ in range(3):
                     await alice.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
                 assert [c.token for c in auth.servicer.calls] == ["opaque-alice"]  # cached after the first call
                 assert auth.servicer.calls[0].audience == "campaign-service"
-                code, _ = await code_of(campaign_grpc.CampaignServiceStub(other), "ListVIPTiers", requests(merchant)["ListVIPTiers"])
+                code, _ = await code_of(
+                    campaign_grpc.CampaignServiceStub(other), "ListVIPTiers", requests(merchant)["ListVIPTiers"]
+                )
                 assert code == grpc.StatusCode.PERMISSION_DENIED
                 actor = await superuser_conn.fetchval(
                     "SELECT payload->>'actor' FROM outbox_events WHERE merchant_id = $1", merchant

@@ -48,7 +48,12 @@ def test_production_configuration_without_a_verifier_refuses_to_start(database: 
 
 def test_dev_token_is_refused_in_production_and_security_errors_are_one_line(tmp_path: Path) -> None:
     """The CLI surface; every variable and mode is covered in tests/unit/test_security_config.py."""
-    minted = cli("dev-token", "--merchant", str(uuid.uuid4()), env=clean_env(CAMPAIGN_DATA_DIR=str(tmp_path), CAMPAIGN_DB_HOST="h"))
+    minted = cli(
+        "dev-token",
+        "--merchant",
+        str(uuid.uuid4()),
+        env=clean_env(CAMPAIGN_DATA_DIR=str(tmp_path), CAMPAIGN_DB_HOST="h"),
+    )
     assert (minted.returncode, minted.stdout) == (2, "")
     assert "dev-token works only on the embedded default" in minted.stderr
     assert not (tmp_path / "auth").exists()

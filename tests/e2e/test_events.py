@@ -158,7 +158,11 @@ async def test_unknown_merchant_is_dead_lettered(
 
 
 async def test_merchant_without_default_tier_is_a_recorded_no_op(
-    event_service: Any, new_merchant: Any, merchant_with_default: Any, customer_events: Any, read_topic: Any,
+    event_service: Any,
+    new_merchant: Any,
+    merchant_with_default: Any,
+    customer_events: Any,
+    read_topic: Any,
     superuser_conn: Any,
 ) -> None:
     plain, other = await new_merchant(), await merchant_with_default()

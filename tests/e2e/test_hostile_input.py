@@ -118,7 +118,9 @@ class Target:
     """A merchant with two tiers, and the means to see whether anything of it changed."""
 
     # What requests may change; the outbox relay's bookkeeping (published_at, attempts) is not.
-    COLUMNS: ClassVar[dict[str, str]] = {"outbox_events": "(t.event_id, t.topic, t.key, t.payload, t.headers, t.created_at)::text"}
+    COLUMNS: ClassVar[dict[str, str]] = {
+        "outbox_events": "(t.event_id, t.topic, t.key, t.payload, t.headers, t.created_at)::text"
+    }
 
     def __init__(self, merchant: uuid.UUID, superuser_conn: Any) -> None:
         self.merchant = merchant
@@ -239,7 +241,9 @@ async def test_fuzz_tokens_and_merchants(service: Any, target: Target) -> None:
     claims = st.fixed_dictionaries(
         {
             "merchant": st.one_of(st.none(), st.just(target.merchant), st.just(uuid.uuid4()), texts),
-            "scopes": st.lists(st.one_of(st.sampled_from(["tiers:read", "tiers:write", "campaign:service"]), texts), max_size=3),
+            "scopes": st.lists(
+                st.one_of(st.sampled_from(["tiers:read", "tiers:write", "campaign:service"]), texts), max_size=3
+            ),
             "subject": st.one_of(st.just("fuzzer"), texts),
             "ttl_s": st.sampled_from([-3600, -1, 60]),  # -1: expired, but within the 30 s leeway
         }
@@ -268,7 +272,15 @@ async def test_fuzz_tokens_and_merchants(service: Any, target: Target) -> None:
 
 
 async def test_raw_bodies_that_are_not_valid_messages(service: Any, target: Target) -> None:
-    methods = ["GetVIPTier", "ListVIPTiers", "EvaluateTier", "GetCustomerTier", "CreateVIPTier", "UpdateVIPTier", "DeleteVIPTier"]
+    methods = [
+        "GetVIPTier",
+        "ListVIPTiers",
+        "EvaluateTier",
+        "GetCustomerTier",
+        "CreateVIPTier",
+        "UpdateVIPTier",
+        "DeleteVIPTier",
+    ]
     invalid_utf8 = b"\x0a\x04\xff\xfe\xfd\xfc"  # field 1 (merchant_id), a string that is not UTF-8
     deep_groups = b"\x9b\x06" * 200 + b"\x9c\x06" * 200  # field 99, groups nested 200 deep
     bodies = st.one_of(
@@ -312,7 +324,10 @@ async def raw_h2_call(port: int, headers: list[tuple[bytes, bytes]], body: bytes
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(
-            client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False, validate_inbound_headers=False
+            client_side=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            validate_inbound_headers=False,
         )
     )
     conn.initiate_connection()
@@ -343,7 +358,9 @@ async def raw_h2_call(port: int, headers: list[tuple[bytes, bytes]], body: bytes
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                         result.update({k.decode(): v.decode(errors="replace") for k, v in event.headers})
-                    elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated):
+                    elif isinstance(
+                        event, h2.events.StreamEnded | h2.events.StreamReset | h2.events.ConnectionTerminated
+                    ):
                         result["end"] = type(event).__name__
                 writer.write(conn.data_to_send())
     finally:
@@ -365,7 +382,10 @@ HOSTILE_METADATA = [
 # Refused by grpc-core while parsing HTTP/2 headers, before any code of this service runs: core
 # answers INTERNAL with its own parse message. Nothing reaches the service, nothing changes.
 REFUSED_BY_GRPC_CORE = [
-    ([(b"authorization-bin", b"!!not base64!!")], "Error parsing 'authorization-bin' metadata: illegal base64 encoding"),
+    (
+        [(b"authorization-bin", b"!!not base64!!")],
+        "Error parsing 'authorization-bin' metadata: illegal base64 encoding",
+    ),
     ([(b"\xff\xfe", b"x")], "Illegal header key"),
 ]
 
@@ -423,7 +443,9 @@ async def test_a_trailing_newline_is_not_part_of_a_valid_identifier(stub: Any, t
             stub.CreateVIPTier(
                 pb.CreateVIPTierRequest(
                     merchant_id=m,
-                    tier=gold(tier_id="new", benefits=pb.Benefits(custom_perks=[pb.Perk(code="gift\n", label={"en": "Gift"})])),
+                    tier=gold(
+                        tier_id="new", benefits=pb.Benefits(custom_perks=[pb.Perk(code="gift\n", label={"en": "Gift"})])
+                    ),
                 )
             ),
             "tier.benefits.custom_perks[0].code",

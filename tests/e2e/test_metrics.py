@@ -132,9 +132,7 @@ async def test_promtool_accepts_the_metrics_output(metered: Any, tmp_path: Path)
         pytest.fail("promtool is not installed: run the tests through scripts/test, which installs it")
     body, samples = await scrape(service)
     assert any(name == "vip_tiers_total" for name, _ in samples)
-    proc = await asyncio.create_subprocess_exec(
-        promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
-    )
+    proc = await asyncio.create_subprocess_exec(promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(body.encode()), 30)
     assert proc.returncode == 0, out.decode()
 

@@ -95,12 +95,16 @@ async def list_code(target: str, creds: grpc.ChannelCredentials | None) -> grpc.
     return grpc.StatusCode.OK
 
 
-async def test_client_with_a_certificate_from_the_client_ca_gets_through(tls_service: TlsService, new_merchant: Any) -> None:
+async def test_client_with_a_certificate_from_the_client_ca_gets_through(
+    tls_service: TlsService, new_merchant: Any
+) -> None:
     pki = tls_service.pki
     merchant = await new_merchant()
     creds = credentials(pki.server_ca, pki.client_ca.issue("frontend", server=False))
     async with auth_channel(tls_service.svc.target, credentials=creds) as channel:
-        got = await campaign_grpc.CampaignServiceStub(channel).ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
+        got = await campaign_grpc.CampaignServiceStub(channel).ListVIPTiers(
+            pb.ListVIPTiersRequest(merchant_id=str(merchant))
+        )
     assert list(got.tiers) == []
 
 
@@ -109,7 +113,9 @@ async def test_clients_without_a_valid_certificate_are_refused(tls_service: TlsS
     pki = tls_service.pki
     creds = {
         "no certificate": credentials(pki.server_ca, None),
-        "certificate from another CA": credentials(pki.server_ca, CertificateAuthority("rogue").issue("x", server=False)),
+        "certificate from another CA": credentials(
+            pki.server_ca, CertificateAuthority("rogue").issue("x", server=False)
+        ),
         "plaintext": None,
     }[who]
     assert await list_code(tls_service.svc.target, creds) == grpc.StatusCode.UNAVAILABLE

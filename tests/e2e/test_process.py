@@ -155,7 +155,9 @@ async def test_embedded_default_serves_with_no_database_configured(tmp_path: Pat
     merchant, other = uuid.uuid4(), uuid.uuid4()
     added = cli("merchants", "add", str(merchant), env={"CAMPAIGN_DATA_DIR": str(data)})
     assert added.returncode == 0, added.stderr
-    minted = cli("dev-token", "--merchant", str(merchant), "--subject", "newcomer", env={"CAMPAIGN_DATA_DIR": str(data)})
+    minted = cli(
+        "dev-token", "--merchant", str(merchant), "--subject", "newcomer", env={"CAMPAIGN_DATA_DIR": str(data)}
+    )
     assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()
     # the same command against another data dir signs with another key
@@ -210,7 +212,11 @@ async def rpc_code(call: Any) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
-async def test_database_timeout_is_unavailable_not_internal(database: Any, superuser_conn: Any, new_merchant: Any, tmp_path: Path) -> None:
+
+
+async def test_database_timeout_is_unavailable_not_internal(
+    database: Any, superuser_conn: Any, new_merchant: Any, tmp_path: Path
+) -> None:
     merchant = await new_merchant()
     svc = start_service(database, tmp_path, {"CAMPAIGN_DB_STATEMENT_TIMEOUT_MS": "300"})
     try:

@@ -72,7 +72,9 @@ async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
         assert context.cache_result.get() == expected
 
 
-async def test_slow_redis_costs_one_timeout_per_cool_down(own_redis, service_redis, service_pipe, app_pool, new_merchant) -> None:
+async def test_slow_redis_costs_one_timeout_per_cool_down(
+    own_redis, service_redis, service_pipe, app_pool, new_merchant
+) -> None:
     server = own_redis()
     client = service_redis("127.0.0.1", server.port, redis_timeout_ms=100)
     pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=100)

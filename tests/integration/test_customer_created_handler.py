@@ -34,7 +34,9 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 
 async def counts(superuser_conn: Any, merchant: uuid.UUID, event_id: uuid.UUID) -> tuple[int, int, int]:
     """(assignments ever made, vip_tier.assigned outbox rows, processed_events rows) of the merchant."""
-    history = await superuser_conn.fetchval("SELECT count(*) FROM customer_tier_history WHERE merchant_id = $1", merchant)
+    history = await superuser_conn.fetchval(
+        "SELECT count(*) FROM customer_tier_history WHERE merchant_id = $1", merchant
+    )
     outbox = await superuser_conn.fetchval(
         "SELECT count(*) FROM outbox_events WHERE merchant_id = $1 AND topic = $2", merchant, topics.VIP_TIER_ASSIGNED
     )

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
-from campaign_service.domain.errors import Unavailable
+from campaign_service.service.errors import Unavailable
 from tests.conftest import OwnDatabase
 
 

@@ -19,7 +19,9 @@ async def admitted(limiter: RateLimiter, merchant: uuid.UUID, n: int) -> int:
     return sum([(await limiter.acquire(merchant)).allowed for _ in range(n)])
 
 
-async def test_hundred_pass_the_hundred_and_first_waits(redis_client: aioredis.Redis, service_redis, service_pipe) -> None:
+async def test_hundred_pass_the_hundred_and_first_waits(
+    redis_client: aioredis.Redis, service_redis, service_pipe
+) -> None:
     limiter = RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=1.0)
     merchant = uuid.uuid4()
 
@@ -84,7 +86,9 @@ async def evalsha_calls(client: aioredis.Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
 
 
-async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(redis_client: aioredis.Redis, service_redis, service_pipe) -> None:
+async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(
+    redis_client: aioredis.Redis, service_redis, service_pipe
+) -> None:
     limiter = RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=5.0)
     merchant = uuid.uuid4()
     await limiter.acquire(uuid.uuid4())  # loads the script

@@ -22,8 +22,9 @@ from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
-from campaign_service.domain.errors import NotFound, Unavailable
+from campaign_service.domain.errors import NotFound
 from campaign_service.domain.tiers import TierSpec
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import TenantTransaction, ViewCache, ViewKey
 from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
@@ -257,7 +258,9 @@ async def test_update_and_read_storm_leaves_nothing_stale(view_cache, reads_on, 
             )
 
 
-async def test_redis_keys_are_the_plans(reads_on, new_merchant, redis_client: aioredis.Redis, service_redis, service_pipe) -> None:
+async def test_redis_keys_are_the_plans(
+    reads_on, new_merchant, redis_client: aioredis.Redis, service_redis, service_pipe
+) -> None:
     cache = RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
     merchant = await new_merchant()
     tiers, reads = reads_on(cache)

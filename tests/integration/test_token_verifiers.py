@@ -25,7 +25,7 @@ from campaign_service.adapters.auth.keys import FileKeys, UrlKeys, parse_jwks, p
 from campaign_service.adapters.auth.local import ClaimRules, LocalJwtVerifier
 from campaign_service.api.pb import auth_pb2
 from campaign_service.domain.access import SCOPE_READ, SCOPE_WRITE, Principal
-from campaign_service.domain.errors import Unauthenticated, Unavailable
+from campaign_service.service.errors import Unauthenticated, Unavailable
 from tests.auth_server import auth_server, valid
 from tests.tokens import AUDIENCE, ISSUER, TokenIssuer
 
@@ -83,9 +83,7 @@ BAD_TOKENS = {
     "alg none": lambda i: (_alg_none(i), "invalid token"),
     "HS256 with the public key": lambda i: (_hs256_with_public_key(i), "invalid token"),
     "tampered payload": lambda i: (
-        (lambda t: t[0] + "." + TokenIssuer().mint(M, subject="root").split(".")[1] + "." + t[2])(
-            i.mint(M).split(".")
-        ),
+        (lambda t: t[0] + "." + TokenIssuer().mint(M, subject="root").split(".")[1] + "." + t[2])(i.mint(M).split(".")),
         "invalid token",
     ),
     "garbage": lambda i: ("not.a.jwt", "invalid token"),
@@ -125,7 +123,11 @@ async def test_rsa_pss_and_eddsa_keys_from_a_jwks(tmp_path: Path) -> None:
     rsa_jwk = {**json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key())), "kid": "r"}
     ed_jwk = {**json.loads(OKPAlgorithm.to_jwk(ed_key.public_key())), "kid": "e"}
     path = tmp_path / "jwks.json"
-    path.write_text(json.dumps({"keys": [rsa_jwk, ed_jwk, {"kty": "oct", "k": jwt.utils.base64url_encode(b"s" * 32).decode(), "kid": "h"}]}))
+    path.write_text(
+        json.dumps(
+            {"keys": [rsa_jwk, ed_jwk, {"kty": "oct", "k": jwt.utils.base64url_encode(b"s" * 32).decode(), "kid": "h"}]}
+        )
+    )
     v = LocalJwtVerifier(FileKeys(path, parse_jwks, "jwks"), RULES)
     claims = {"sub": "s", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) + 60, "scope": SCOPE_WRITE}
     for key, alg, kid in ((rsa_key, "RS256", "r"), (rsa_key, "PS256", "r"), (ed_key, "EdDSA", "e")):

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from campaign_service import logs
+from campaign_service.adapters.auth.principals import make_principal, principal_from_claims
 from campaign_service.api.auth import METHOD_ACCESS, bearer_token
 from campaign_service.domain.access import (
     SCOPE_ADMIN,
@@ -19,11 +20,10 @@ from campaign_service.domain.access import (
     Access,
     Principal,
     authorize,
-    make_principal,
-    principal_from_claims,
 )
-from campaign_service.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from campaign_service.domain.errors import InvalidArgument, PermissionDenied
 from campaign_service.domain.ids import parse_uuid
+from campaign_service.service.errors import Unauthenticated
 
 A, B = uuid.uuid4(), uuid.uuid4()
 
@@ -72,7 +72,9 @@ def test_every_write_rpc_needs_the_write_scope() -> None:
 
 
 def test_principal_from_claims_reads_scope_string_or_scp_list_and_drops_unknown_scopes() -> None:
-    p = principal_from_claims({"sub": "bob", "merchant_id": str(A), "scope": "tiers:read root", "exp": 5}, "merchant_id")
+    p = principal_from_claims(
+        {"sub": "bob", "merchant_id": str(A), "scope": "tiers:read root", "exp": 5}, "merchant_id"
+    )
     assert (p.subject, p.merchant_id, p.scopes, p.expires_at) == ("bob", A, frozenset({SCOPE_READ}), 5.0)
     p = principal_from_claims({"sub": "svc", "scp": ["campaign:service", 7], "exp": 5}, "merchant_id")
     assert (p.merchant_id, p.scopes) == (None, frozenset({SCOPE_SERVICE}))

@@ -85,7 +85,9 @@ def test_unusable_key_and_certificate_files_name_the_variable(tmp_path: Path, mo
         _file_keys(tmp_path / "missing.json", "CAMPAIGN_JWT_JWKS_FILE", "jwks")
     with pytest.raises(ConfigError, match=r"^CAMPAIGN_JWT_PUBLIC_KEY_FILE: cannot use"):
         _file_keys(tmp_path / "garbage", "CAMPAIGN_JWT_PUBLIC_KEY_FILE", "public_key")
-    s = settings(monkeypatch, CAMPAIGN_TLS_CERT_FILE=str(tmp_path / "garbage"), CAMPAIGN_TLS_KEY_FILE=str(tmp_path / "garbage"))
+    s = settings(
+        monkeypatch, CAMPAIGN_TLS_CERT_FILE=str(tmp_path / "garbage"), CAMPAIGN_TLS_KEY_FILE=str(tmp_path / "garbage")
+    )
     with pytest.raises(ConfigError, match=r"^CAMPAIGN_TLS_CERT_FILE: cannot use the TLS files"):
         tls_credentials(s)
 
@@ -109,11 +111,15 @@ async def test_dev_token_mints_only_on_the_embedded_default(
     assert not (tmp_path / "auth").exists()
 
 
-async def test_dev_token_on_the_embedded_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_dev_token_on_the_embedded_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import jwt
 
     merchant = uuid.uuid4()
-    await _dev_token(settings(monkeypatch), argparse.Namespace(merchant=merchant, scope=["tiers:read"], subject="me", ttl=60))
+    await _dev_token(
+        settings(monkeypatch), argparse.Namespace(merchant=merchant, scope=["tiers:read"], subject="me", ttl=60)
+    )
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert (claims["merchant_id"], claims["scope"], claims["sub"], claims["exp"] - claims["iat"]) == (
         str(merchant),

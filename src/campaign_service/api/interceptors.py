@@ -1,11 +1,15 @@
 """Cross-cutting concerns of every CampaignService RPC, each wrapping the method's behaviour.
 
-Order (outermost first, composed in api/server.py): metrics -> correlation id, trace and request
-log -> request decoding -> extra (auth, rate limit) -> errors. Health and reflection have none.
+Order (outermost first, composed in api/server.py): errors -> metrics -> correlation id, trace
+and request log -> request decoding -> extra (auth, rate limit). Errors is outermost so that
+whatever any layer raises ends as a mapped status, never grpc's UNKNOWN with the exception's
+text; the layers inside it name the same code for the same exception (`code_of`).
+Health and reflection have none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,19 +23,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from campaign_service import context, metrics
-from campaign_service.domain.errors import (
-    AlreadyExists,
-    DomainError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
-    VersionConflict,
-    invalid,
-)
+from campaign_service.domain.errors import CampaignError, InvalidArgument, invalid
 from campaign_service.domain.ids import as_uuid, is_correlation_id
+from campaign_service.service.errors import RateLimited
 from campaign_service.service.ports import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -96,7 +90,7 @@ class RequestDecodingInterceptor(MethodInterceptor):
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def decoded(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if request is UNDECODABLE:
-                await _abort(ctx, status_for(invalid("request", "not a valid protobuf message of the request type")))
+                raise invalid("request", "not a valid protobuf message of the request type")
             return await behavior(request, ctx)
 
         return decoded
@@ -134,17 +128,21 @@ async def _timed(
     code = grpc.StatusCode.OK
     try:
         return await behavior(request, ctx)
-    except BaseException:
-        code = _failed_code(ctx)
+    except BaseException as exc:
+        code = code_of(exc, ctx)
         raise
     finally:
         done(code, time.perf_counter() - start)
 
 
-def _failed_code(ctx: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """The status an RPC that raised ends with (UNKNOWN when nothing set one)."""
-    code = ctx.code()
-    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+def code_of(exc: BaseException, ctx: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The status an RPC that raised `exc` ends with, as ErrorInterceptor will answer it."""
+    if isinstance(exc, CampaignError):
+        return grpc.StatusCode[exc.code]
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = ctx.code() if isinstance(exc, grpc.aio.AbortError) else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
 
 
 def _request_fields(method: str, request: Any) -> dict[str, str | None]:
@@ -196,22 +194,13 @@ class CorrelationInterceptor(MethodInterceptor):
         return correlated
 
 
-_CODES: list[tuple[type[DomainError], grpc.StatusCode]] = [
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (VersionConflict, grpc.StatusCode.ABORTED),
-    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (Unavailable, grpc.StatusCode.UNAVAILABLE),
-]
-
-
-def status_for(exc: DomainError) -> status_pb2.Status:
-    code = next((c for t, c in _CODES if isinstance(exc, t)), grpc.StatusCode.FAILED_PRECONDITION)
-    status = status_pb2.Status(code=code.value[0], message=exc.message)
-    if isinstance(exc, InvalidArgument):
+def status_for(exc: CampaignError) -> status_pb2.Status:
+    """The status an error answers: the code its class names, its message, and the details that
+    let a client act on it (the fields at fault, when to retry)."""
+    status = status_pb2.Status(code=grpc.StatusCode[exc.code].value[0], message=exc.message)
+    if isinstance(exc, RateLimited):
+        status.details.append(_retry_info(exc.retry_after_s))
+    elif isinstance(exc, InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
@@ -231,20 +220,28 @@ async def _abort(ctx: grpc.aio.ServicerContext[Any, Any], status: status_pb2.Sta
     await ctx.abort(st.code, st.details, (*(ctx.trailing_metadata() or ()), *st.trailing_metadata))
 
 
+INTERNAL_MESSAGE = "internal error"
+
+
 class ErrorInterceptor(MethodInterceptor):
-    """Domain errors -> status codes with details; anything else -> INTERNAL without internals."""
+    """CampaignError -> the status its class names, with details; anything else (a fault of
+    ours) -> INTERNAL with a fixed message, and one error line with the correlation id and the
+    traceback. The caller never reads an exception's text."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         async def guarded(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 return await behavior(request, ctx)
-            except DomainError as exc:
+            except CampaignError as exc:
                 await _abort(ctx, status_for(exc))
-            except (grpc.aio.AbortError, grpc.RpcError):
-                raise
+            except grpc.aio.AbortError:
+                raise  # a status was set already
             except Exception:
-                log.exception("unhandled error", extra={"rpc_method": method})
-                await _abort(ctx, status_pb2.Status(code=code_pb2.INTERNAL, message="internal error"))
+                log.exception(
+                    "unhandled error",
+                    extra={"rpc_method": method, "correlation_id": context.correlation_id.get()},
+                )
+                await _abort(ctx, status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE))
 
         return guarded
 
@@ -254,17 +251,13 @@ def _merchant_of(request: Any) -> UUID | None:
     return as_uuid(getattr(request, "merchant_id", ""))
 
 
-def exhausted_status(retry_after_s: float) -> status_pb2.Status:
-    """RESOURCE_EXHAUSTED with a google.rpc.RetryInfo detail saying when to retry."""
+def _retry_info(retry_after_s: float) -> any_pb2.Any:
+    """A google.rpc.RetryInfo detail saying when to retry."""
     delay = duration_pb2.Duration()
     delay.FromNanoseconds(max(1_000_000, int(retry_after_s * 1e9)))  # at least 1 ms
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    return status_pb2.Status(
-        code=code_pb2.RESOURCE_EXHAUSTED,
-        message=f"rate limit exceeded for this merchant; retry in {delay.ToMilliseconds()} ms",
-        details=[detail],
-    )
+    return detail
 
 
 class RateLimitInterceptor(MethodInterceptor):
@@ -281,7 +274,7 @@ class RateLimitInterceptor(MethodInterceptor):
                 decision = await self._limiter.acquire(merchant)
                 if not decision.allowed:
                     metrics.RATE_LIMITED.labels(method, decision.limiter).inc()
-                    await _abort(ctx, exhausted_status(decision.retry_after_s))
+                    raise RateLimited(decision.retry_after_s)
             return await behavior(request, ctx)
 
         return limited

@@ -56,14 +56,15 @@ def build_grpc_server(
     extra_interceptors: Sequence[MethodInterceptor] = (),
     max_message_bytes: int = 256 * 1024,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """CampaignService's interceptors run outermost first: metrics, correlation id, request
-    decoding, `extra` (auth, rate limit), errors. Health and reflection have none."""
+    """CampaignService's interceptors run outermost first: errors (so nothing any of them raises
+    reaches a caller unmapped), metrics, correlation id, request decoding, `extra` (auth, rate
+    limit). Health and reflection have none."""
     interceptors: list[MethodInterceptor] = [
+        ErrorInterceptor(),
         MetricsInterceptor(),
         CorrelationInterceptor(),
         RequestDecodingInterceptor(),
         *extra_interceptors,
-        ErrorInterceptor(),
     ]
     server = grpc.aio.server(
         options=[

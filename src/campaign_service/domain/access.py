@@ -1,15 +1,14 @@
-"""Who a caller is (a verified token's principal) and what its scopes allow."""
+"""Who a caller is (a verified token's principal) and what its scopes allow.
+
+Building a principal from a verifier's answer is the verifiers' work: adapters/auth/principals.py."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
-from campaign_service.domain.errors import PermissionDenied, Unauthenticated
-from campaign_service.domain.ids import is_uuid
+from campaign_service.domain.errors import PermissionDenied
 
 # The scopes a token may carry (space-separated `scope` claim, a `scp` list, or the Auth
 # Service's `scopes`). proto/auth/v1/auth.proto documents them for token issuers.
@@ -65,32 +64,3 @@ def authorize(principal: Principal, merchant_id: UUID | None, access: Access) ->
         raise PermissionDenied(f"the token lacks the {_NEEDED[access]} scope")
     if (merchant_id is None or principal.merchant_id != merchant_id) and not principal.cross_merchant(access):
         raise PermissionDenied("the token is not valid for this merchant")
-
-
-def make_principal(subject: object, merchant_id: object, scopes: Iterable[object], expires_at: float) -> Principal:
-    """A principal from values a verifier vouched for but whose shape is not ours to trust."""
-    if not (isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_CHARS and subject.isprintable()):
-        raise Unauthenticated(INVALID_TOKEN)
-    if merchant_id in (None, ""):
-        merchant = None
-    elif is_uuid(merchant_id):
-        merchant = UUID(str(merchant_id))
-    else:
-        raise Unauthenticated(INVALID_TOKEN)
-    return Principal(subject, merchant, frozenset(s for s in scopes if isinstance(s, str) and s in SCOPES), expires_at)
-
-
-def principal_from_claims(claims: Mapping[str, Any], merchant_claim: str) -> Principal:
-    """The principal of a verified JWT: `sub`, the merchant claim, `scope` (or `scp`), `exp`."""
-    scope, scp, exp = claims.get("scope"), claims.get("scp"), claims.get("exp")
-    if isinstance(scope, str):
-        scopes: list[object] = list(scope.split())
-    elif isinstance(scp, list):
-        scopes = scp
-    elif scope is None and scp is None:
-        scopes = []
-    else:
-        raise Unauthenticated(INVALID_TOKEN)
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
-        raise Unauthenticated(INVALID_TOKEN)
-    return make_principal(claims.get("sub"), claims.get(merchant_claim), scopes, float(exp))

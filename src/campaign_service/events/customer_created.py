@@ -33,10 +33,11 @@ import structlog
 
 from campaign_service import metrics, topics
 from campaign_service.domain import events
-from campaign_service.domain.errors import NotFound, Unavailable
+from campaign_service.domain.errors import NotFound
 from campaign_service.domain.ids import is_correlation_id
 from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Outcome, ProcessedEvents, Rejected
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import CustomerAssignment, UnitOfWork
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,7 @@ import structlog
 
 from campaign_service import context, topics
 from campaign_service.domain import events
-from campaign_service.domain.errors import FailedPrecondition, NotFound, Unavailable, VersionConflict, invalid
+from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
 from campaign_service.domain.tiers import (
     MAX_POINTS,
     MAX_TIERS_PER_MERCHANT,
@@ -29,6 +29,7 @@ from campaign_service.domain.tiers import (
     check_spec,
     check_tier_id,
 )
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import (
     CustomerAssignment,
     TenantTransaction,

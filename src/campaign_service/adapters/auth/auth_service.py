@@ -8,9 +8,10 @@ import grpc
 import structlog
 
 from campaign_service import metrics
+from campaign_service.adapters.auth.principals import make_principal
 from campaign_service.api.pb import auth_grpc, auth_pb2
-from campaign_service.domain.access import INVALID_TOKEN, Principal, make_principal
-from campaign_service.domain.errors import Unauthenticated, Unavailable
+from campaign_service.domain.access import INVALID_TOKEN, Principal
+from campaign_service.service.errors import Unauthenticated, Unavailable
 
 log = structlog.get_logger(__name__)
 

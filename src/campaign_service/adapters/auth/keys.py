@@ -17,7 +17,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from campaign_service import metrics
-from campaign_service.domain.errors import Unavailable
+from campaign_service.service.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 

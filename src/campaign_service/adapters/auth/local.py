@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from campaign_service.adapters.auth.keys import KeySource
-from campaign_service.domain.access import INVALID_TOKEN, Principal, principal_from_claims
-from campaign_service.domain.errors import Unauthenticated
+from campaign_service.adapters.auth.principals import principal_from_claims
+from campaign_service.domain.access import INVALID_TOKEN, Principal
+from campaign_service.logs import caller_input_warning
+from campaign_service.service.errors import Unauthenticated
+
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
+
+
+def fits(alg: str, key: Any) -> bool:
+    """Whether `key` is of the type (and curve) that algorithm `alg` verifies with. PyJWT checks
+    this by failing in ways of its own (a TypeError "Expecting a PEM-formatted key" for an ES256
+    header against an RSA key), so it is decided here first."""
+    if alg.startswith(("RS", "PS")):
+        return isinstance(key, rsa.RSAPublicKey)
+    if alg in _CURVES:
+        return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _CURVES[alg]
+    if alg == "EdDSA":
+        return isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
+    return False
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,14 @@ class LocalJwtVerifier:
             raise Unauthenticated(INVALID_TOKEN)
         key = await self._keys.find(kid)
         if key is None or (key.alg is not None and key.alg != alg):
+            raise Unauthenticated(INVALID_TOKEN)
+        if not fits(alg, key.key):
+            caller_input_warning(
+                "token_alg_key_mismatch",
+                "token algorithm does not fit the key",
+                alg=alg,
+                key_type=type(key.key).__name__,
+            )
             raise Unauthenticated(INVALID_TOKEN)
         try:
             claims = jwt.decode(

@@ -11,14 +11,14 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from campaign_service.adapters.postgres.errors import translated
 from campaign_service.domain.benefits import Benefits
 from campaign_service.domain.errors import (
     AlreadyExists,
-    DomainError,
+    CampaignError,
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unavailable,
     VersionConflict,
 )
 from campaign_service.domain.events import OutboxMessage
@@ -245,7 +245,7 @@ def _columns(rows: Sequence[object], *fields: str) -> list[list[Any]]:
     return [[getattr(row, name) for row in rows] for name in fields]
 
 
-def _unique_failed(exc: asyncpg.UniqueViolationError, tier_id: str) -> DomainError:
+def _unique_failed(exc: asyncpg.UniqueViolationError, tier_id: str) -> CampaignError:
     # Partition indexes carry their own names (vip_tiers_p3_..._default...), so match by part.
     if "default" in (exc.constraint_name or ""):
         return VersionConflict("another default tier was set concurrently; retry")
@@ -260,23 +260,6 @@ def _check_failed(exc: asyncpg.CheckViolationError) -> InvalidArgument:
     return InvalidArgument([FieldViolation(f"tier.{field}" if description else "tier", description or message)])
 
 
-_UNAVAILABLE = (
-    asyncpg.QueryCanceledError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.OperatorInterventionError,  # e.g. the server shutting down (admin_shutdown)
-    asyncpg.TransactionRollbackError,  # deadlock or serialization failure: rolled back, retryable
-    # asyncpg's protocol met the server's FATAL "terminating connection" (PostgreSQL killed or
-    # restarted, backend terminated) while starting a statement or resetting the connection:
-    # "another operation (2) is in progress". The pool drops that connection.
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
-
-
 class PgUnitOfWork:
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
         self._pool = pool
@@ -284,26 +267,11 @@ class PgUnitOfWork:
 
     @asynccontextmanager
     async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[PgTenantTransaction]:
-        try:
-            async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn, conn.transaction(readonly=readonly):
-                await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
-                yield PgTenantTransaction(conn, merchant_id)
-        except _UNAVAILABLE as exc:
-            # statement timeout, lost connection, pool exhausted: retryable, not a server bug
-            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
-        except asyncpg.InterfaceError as exc:
-            if _lost_connection(exc):
-                raise Unavailable("database unavailable (connection lost)") from exc
-            raise
-
-
-def _lost_connection(exc: asyncpg.InterfaceError) -> bool:
-    """When the connection dies inside a unit of work, asyncpg hands it back to the pool at once,
-    and the next use of it (a statement, the transaction's exit) is an InterfaceError saying so.
-    We never release a connection early ourselves; any other InterfaceError is our bug."""
-    message = str(exc)
-    return (
-        isinstance(exc.__context__, _UNAVAILABLE)
-        or "the underlying connection is closed" in message
-        or "released back to the pool" in message
-    )
+        async with (
+            translated(),
+            self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
+            translated(conn),
+            conn.transaction(readonly=readonly),
+        ):
+            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
+            yield PgTenantTransaction(conn, merchant_id)
