@@ -15,11 +15,17 @@ from campaign_service.api.pb import auth_grpc, auth_pb2
 
 
 def valid(
-    subject: str, merchant: uuid.UUID | None, scopes: Iterable[str], ttl_s: float = 600
+    subject: str,
+    merchant: uuid.UUID | None,
+    scopes: Iterable[str],
+    ttl_s: float = 600,
+    max_cache_seconds: int | None = None,
 ) -> auth_pb2.ValidateTokenResponse:
     resp = auth_pb2.ValidateTokenResponse(
         valid=True, subject=subject, merchant_id=str(merchant) if merchant else "", scopes=list(scopes)
     )
+    if max_cache_seconds is not None:
+        resp.max_cache_seconds = max_cache_seconds
     resp.expires_at.FromNanoseconds(int((time.time() + ttl_s) * 1e9))
     return resp
 

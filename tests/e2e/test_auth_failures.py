@@ -18,8 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from campaign_service.api.pb import campaign_grpc
+from campaign_service.api.pb import auth_pb2, campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
+from campaign_service.domain.access import SCOPE_READ
+from tests.auth_server import auth_server, valid
 from tests.conftest import ServiceProcess, start_service
 from tests.e2e.test_hostile_input import raw_h2_call
 from tests.e2e.test_logs import log_lines
@@ -105,3 +107,33 @@ async def test_non_utf8_metadata_logs_a_rate_limited_warning_without_traceback(
     assert warnings, lines
     assert all("UTF-8" in w["message"] for w in warnings), warnings
     assert 1 <= len(warnings) <= int(elapsed) + 1, warnings
+
+
+async def test_auth_service_max_cache_seconds_makes_a_revocation_take_effect_sooner(
+    database: Any, tmp_path: Path, new_merchant: Any
+) -> None:
+    """The Auth Service answers `max_cache_seconds = 1`: a token revoked there is refused within
+    about a second, not after CAMPAIGN_AUTH_CACHE_MAX_TTL_S (300 s), and is reused until then."""
+    merchant = await new_merchant()
+    request = pb.ListVIPTiersRequest(merchant_id=str(merchant))
+    async with auth_server() as auth:
+        auth.servicer.tokens["opaque-r"] = valid("alice", merchant, [SCOPE_READ], max_cache_seconds=1)
+        svc = start_service(
+            database, tmp_path, {"AUTH_HOST": auth.target, "CAMPAIGN_JWT_JWKS_FILE": None, "CAMPAIGN_JWT_ISSUER": None}
+        )
+        try:
+            async with auth_channel(svc.target, "opaque-r") as channel:
+                stub = campaign_grpc.CampaignServiceStub(channel)
+                await stub.ListVIPTiers(request)
+                revoked_at = time.monotonic()
+                auth.servicer.tokens["opaque-r"] = auth_pb2.ValidateTokenResponse(
+                    valid=False, reason=auth_pb2.INVALID_REASON_REVOKED
+                )
+                await stub.ListVIPTiers(request)  # still within the second it may be reused
+                assert len(auth.servicer.calls) == 1
+                await asyncio.sleep(max(0.0, revoked_at + 1.05 - time.monotonic()))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.ListVIPTiers(request)
+                assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+        finally:
+            svc.stop()

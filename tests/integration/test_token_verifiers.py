@@ -388,3 +388,30 @@ async def test_auth_service_results_are_cached_until_expiry() -> None:
             with pytest.raises(Unauthenticated):
                 await cache.verify("bad")
         assert len(auth.servicer.calls) == 5
+
+
+async def test_auth_service_max_cache_seconds_bounds_the_cache() -> None:
+    """auth.v1 `max_cache_seconds`: an upper bound on reuse (0: never reused); unset, the
+    service's own bound applies, as with an Auth Service that predates the field."""
+    async with auth_server() as auth, grpc.aio.insecure_channel(auth.target) as channel:
+        auth.servicer.tokens["short"] = valid("alice", M, [SCOPE_READ], ttl_s=600, max_cache_seconds=5)
+        auth.servicer.tokens["never"] = valid("bob", M, [SCOPE_READ], ttl_s=600, max_cache_seconds=0)
+        auth.servicer.tokens["long"] = valid("carol", M, [SCOPE_READ], ttl_s=600, max_cache_seconds=3600)
+        auth.servicer.tokens["plain"] = valid("dave", M, [SCOPE_READ], ttl_s=600)
+        now = [time.time()]
+        cache = CachingVerifier(AuthServiceVerifier(channel, AUDIENCE, 2), 100, 60, clock=lambda: now[0])
+
+        def calls(token: str) -> int:
+            return sum(1 for c in auth.servicer.calls if c.token == token)
+
+        for token in ("short", "never", "long", "plain"):
+            await cache.verify(token)
+            await cache.verify(token)
+        assert (calls("short"), calls("never"), calls("long"), calls("plain")) == (1, 2, 1, 1)
+        now[0] += 6  # past max_cache_seconds of "short", within the service's 60 s bound
+        for token in ("short", "long", "plain"):
+            await cache.verify(token)
+        assert (calls("short"), calls("long"), calls("plain")) == (2, 1, 1)
+        now[0] += 60  # past the service's bound: a longer max_cache_seconds does not extend it
+        await cache.verify("long")
+        assert calls("long") == 2

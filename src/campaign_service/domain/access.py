@@ -41,6 +41,9 @@ class Principal:
     merchant_id: UUID | None
     scopes: frozenset[str]
     expires_at: float  # seconds since the epoch
+    # How long the verifier allows this answer to be reused without asking it again (seconds;
+    # None: no bound of its own). The Auth Service's `max_cache_seconds`.
+    reuse_for_s: float | None = None
 
     def cross_merchant(self, access: Access) -> bool:
         if SCOPE_ADMIN in self.scopes:

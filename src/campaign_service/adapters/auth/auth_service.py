@@ -61,4 +61,5 @@ class AuthServiceVerifier:
         expires_at = resp.expires_at.seconds + resp.expires_at.nanos / 1e9 if resp.HasField("expires_at") else 0.0
         if expires_at <= time.time():
             raise Unauthenticated("token expired")
-        return make_principal(resp.subject, resp.merchant_id, resp.scopes, expires_at)
+        reuse_for_s = float(resp.max_cache_seconds) if resp.HasField("max_cache_seconds") else None
+        return make_principal(resp.subject, resp.merchant_id, resp.scopes, expires_at, reuse_for_s)

@@ -66,6 +66,8 @@ class CachingVerifier:
     def _remember(self, key: bytes, principal: Principal, generation: int) -> None:
         now = self._clock()
         until = min(principal.expires_at, now + self._max_ttl_s)
+        if principal.reuse_for_s is not None:  # the verifier's own bound (Auth Service max_cache_seconds)
+            until = min(until, now + principal.reuse_for_s)
         if self._max_entries <= 0 or until <= now or generation != self._generation:
             return
         self._entries[key] = (until, principal)

@@ -12,7 +12,9 @@ from campaign_service.domain.ids import is_uuid
 from campaign_service.service.errors import Unauthenticated
 
 
-def make_principal(subject: object, merchant_id: object, scopes: Iterable[object], expires_at: float) -> Principal:
+def make_principal(
+    subject: object, merchant_id: object, scopes: Iterable[object], expires_at: float, reuse_for_s: float | None = None
+) -> Principal:
     """A principal from values a verifier vouched for but whose shape is not ours to trust."""
     if not (isinstance(subject, str) and 0 < len(subject) <= MAX_SUBJECT_CHARS and subject.isprintable()):
         raise Unauthenticated(INVALID_TOKEN)
@@ -22,7 +24,8 @@ def make_principal(subject: object, merchant_id: object, scopes: Iterable[object
         merchant = UUID(str(merchant_id))
     else:
         raise Unauthenticated(INVALID_TOKEN)
-    return Principal(subject, merchant, frozenset(s for s in scopes if isinstance(s, str) and s in SCOPES), expires_at)
+    scope_set = frozenset(s for s in scopes if isinstance(s, str) and s in SCOPES)
+    return Principal(subject, merchant, scope_set, expires_at, reuse_for_s)
 
 
 def principal_from_claims(claims: Mapping[str, Any], merchant_claim: str) -> Principal:
