@@ -1,13 +1,19 @@
-"""Remembers verified tokens until they expire (bounded LRU), and verifies each unknown token
-once however many requests present it at the same time."""
+"""Remembers verified tokens until they may no longer be reused (cachetools' TLRUCache: a bounded
+LRU whose entries each carry their own expiry), and verifies each unknown token once however
+many requests present it at the same time.
+
+A hit is one `__getitem__` (a KeyError once expired): 2.7 µs per cached verify against 2.2 µs
+for the OrderedDict this replaced (min of 7 runs, process time, one core); `.get()` checks the
+expiry twice and cost 4.6 µs."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+
+from cachetools import TLRUCache
 
 from campaign_service import metrics
 from campaign_service.domain.access import Principal
@@ -16,16 +22,22 @@ from campaign_service.service.ports import TokenVerifier
 _HIT, _MISS = metrics.AUTH_CACHE.labels("hit"), metrics.AUTH_CACHE.labels("miss")
 
 
+def _until(key: bytes, entry: tuple[float, Principal], now: float) -> float:
+    return entry[0]
+
+
 class CachingVerifier:
-    """Only positive results are kept, never longer than `max_ttl_s`; the key is a hash of the
-    token, so no token is held in memory beyond the request that brought it."""
+    """Only positive results are kept, until the earliest of the token's expiry, `max_ttl_s`
+    and the verifier's own bound (`Principal.reuse_for_s`, the Auth Service's
+    `max_cache_seconds`). The key is a hash of the token, so no token is held in memory beyond
+    the request that brought it."""
 
     def __init__(
         self, inner: TokenVerifier, max_entries: int, max_ttl_s: float, clock: Callable[[], float] = time.time
     ) -> None:
         self._inner = inner
         self._max_entries, self._max_ttl_s, self._clock = max_entries, max_ttl_s, clock
-        self._entries: OrderedDict[bytes, tuple[float, Principal]] = OrderedDict()
+        self._entries: TLRUCache[bytes, tuple[float, Principal]] = TLRUCache(max(1, max_entries), _until, clock)
         self._inflight: dict[bytes, asyncio.Task[Principal]] = {}
         self._generation = 0
 
@@ -39,13 +51,13 @@ class CachingVerifier:
 
     async def verify(self, token: str) -> Principal:
         key = hashlib.sha256(token.encode()).digest()
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry[0] > self._clock():
-                self._entries.move_to_end(key)
-                _HIT.inc()
-                return entry[1]
-            del self._entries[key]
+        try:
+            principal = self._entries[key][1]  # KeyError once expired
+        except KeyError:
+            pass
+        else:
+            _HIT.inc()
+            return principal
         _MISS.inc()
         generation = self._generation
         task = self._inflight.get(key)
@@ -71,6 +83,3 @@ class CachingVerifier:
         if self._max_entries <= 0 or until <= now or generation != self._generation:
             return
         self._entries[key] = (until, principal)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
