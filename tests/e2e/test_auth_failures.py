@@ -23,7 +23,7 @@ from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.access import SCOPE_READ
 from tests.auth_server import auth_server, valid
 from tests.conftest import ServiceProcess, start_service
-from tests.e2e.test_hostile_input import raw_h2_call
+from tests.e2e.test_hostile_input import HOSTILE_METADATA, REFUSED_BY_GRPC_CORE, raw_h2_call
 from tests.e2e.test_logs import log_lines
 from tests.tokens import SESSION_ISSUER, auth_channel
 
@@ -137,3 +137,18 @@ async def test_auth_service_max_cache_seconds_makes_a_revocation_take_effect_soo
                 assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token revoked")
         finally:
             svc.stop()
+
+
+async def test_hostile_metadata_leaves_no_error_line_or_traceback(service: ServiceProcess, new_merchant: Any) -> None:
+    """Every hostile metadata case of test_hostile_input.py, those grpc-core refuses included:
+    bad caller input is never an error line or a traceback in the log."""
+    merchant = await new_merchant()
+    body = pb.ListVIPTiersRequest(merchant_id=str(merchant)).SerializeToString()
+    start = len(log_lines(service))
+    for metadata in [*HOSTILE_METADATA, *(m for m, _ in REFUSED_BY_GRPC_CORE)]:
+        result = await raw_h2_call(service.grpc_port, metadata, body)
+        assert result.get("grpc-status") in ("13", "16"), result
+    await asyncio.sleep(0.5)  # the last request's lines
+    lines = log_lines(service)[start:]
+    assert lines
+    _no_error_or_traceback(lines)
