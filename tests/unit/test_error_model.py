@@ -4,7 +4,9 @@ status the class names; asyncpg's exceptions are classified by SQLSTATE class an
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
+import sys
 
 import asyncpg
 import grpc
@@ -14,6 +16,7 @@ import campaign_service
 from campaign_service.adapters.postgres.errors import unavailable
 from campaign_service.api.interceptors import status_for
 from campaign_service.domain.errors import CampaignError, FieldViolation, InvalidArgument, NotFound
+from campaign_service.logs import CallerInputLimiter, GrpcUndecodableFilter
 from campaign_service.service.errors import RateLimited, Unavailable
 
 
@@ -116,3 +119,42 @@ def test_outages_are_unavailable(exc: BaseException) -> None:
 )
 def test_other_errors_are_not_outages(exc: BaseException) -> None:
     assert unavailable(exc) is None
+
+
+def test_caller_input_lines_are_limited_per_cause_and_count_what_they_left_out() -> None:
+    now = [100.0]
+    limiter = CallerInputLimiter(interval_s=1.0, clock=lambda: now[0])
+    assert limiter.admit("metadata_not_utf8") == 0
+    assert [limiter.admit("metadata_not_utf8") for _ in range(5)] == [None] * 5
+    assert limiter.admit("token_alg_key_mismatch") == 0  # another cause has its own budget
+    now[0] += 1.0
+    assert limiter.admit("metadata_not_utf8") == 5
+    assert limiter.admit("metadata_not_utf8") is None
+
+
+def test_grpc_undecodable_metadata_record_becomes_a_warning_without_value_or_traceback() -> None:
+    now = [0.0]
+    grpc_filter = GrpcUndecodableFilter(CallerInputLimiter(clock=lambda: now[0]))
+
+    def record() -> logging.LogRecord:
+        try:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        except UnicodeDecodeError:
+            return logging.LogRecord(
+                "grpc._cython.cygrpc",
+                logging.ERROR,
+                "x.pyx",
+                48,
+                "Invalid encoding on %s",
+                (b"Bearer \xff",),
+                sys.exc_info(),
+            )
+
+    first = record()
+    assert grpc_filter.filter(first)
+    assert (first.levelno, first.exc_info, first.args) == (logging.WARNING, None, ())
+    assert "xff" not in first.getMessage()
+    assert not grpc_filter.filter(record())  # within the second: left out
+    other = logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, "x.pyx", 1, "something else", (), None)
+    assert grpc_filter.filter(other)
+    assert other.levelno == logging.ERROR  # only the undecodable-metadata line is rewritten
