@@ -26,12 +26,12 @@ async def test_session_ended_by_idle_in_transaction_timeout_is_unavailable(own_d
     try:
         uow = PgUnitOfWork(pool)
         with pytest.raises(Unavailable) as err:
-            async with uow(merchant, readonly=True) as tx:
+            async with uow(merchant, readonly=True) as work:
                 await asyncio.sleep(0.5)  # the server ends the session meanwhile
-                await tx.get_tier("gold")
+                await work.tiers.get("gold")
         assert "database unavailable" in err.value.message
-        async with uow(merchant, readonly=True) as tx:  # the pool replaces the connection
-            assert await tx.get_tier("gold") is None
+        async with uow(merchant, readonly=True) as work:  # the pool replaces the connection
+            assert await work.tiers.get("gold") is None
     finally:
         await pool.close()
 
@@ -44,8 +44,8 @@ async def test_statement_timeout_is_unavailable(own_db: OwnDatabase) -> None:
         async with blocker.transaction():
             await blocker.execute("LOCK TABLE vip_tiers IN ACCESS EXCLUSIVE MODE")
             with pytest.raises(Unavailable):
-                async with PgUnitOfWork(pool)(merchant, readonly=True) as tx:
-                    await tx.get_tier("gold")
+                async with PgUnitOfWork(pool)(merchant, readonly=True) as work:
+                    await work.tiers.get("gold")
     finally:
         await blocker.close()
         await pool.close()
@@ -60,8 +60,9 @@ async def test_insufficient_resources_class_53_is_unavailable(own_db: OwnDatabas
     pool = await create_pool(own_db.db.app_dsn, min_size=1, max_size=2)
     try:
         with pytest.raises(Unavailable) as err:
-            async with PgUnitOfWork(pool)(merchant, readonly=True) as tx:
-                conn = tx._conn  # type: ignore[attr-defined]
+            # The unit of work's own transaction, to run a statement of the test's on its connection.
+            async with PgUnitOfWork(pool)._transaction(merchant, readonly=True) as repositories:
+                conn = repositories.tiers._conn
                 await conn.execute("SET LOCAL work_mem = '64kB'")
                 await conn.execute(
                     "SELECT count(*) FROM (SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC) s"
@@ -75,8 +76,8 @@ async def test_domain_errors_and_our_bugs_pass_unchanged(own_db: OwnDatabase) ->
     merchant = await own_db.merchant()
     uow = PgUnitOfWork(own_db.pool)
     with pytest.raises(NotFound):
-        async with uow(merchant) as _:
+        async with uow(merchant):
             raise NotFound("no such tier")
     with pytest.raises(asyncpg.UndefinedTableError):  # SQLSTATE 42P01: a fault of ours, not an outage
-        async with uow(merchant) as tx:
-            await tx._conn.execute("SELECT * FROM no_such_table")  # type: ignore[attr-defined]
+        async with uow._transaction(merchant, readonly=False) as repositories:
+            await repositories.tiers._conn.execute("SELECT * FROM no_such_table")

@@ -18,8 +18,8 @@ async def test_connection_lost_during_a_statement_is_unavailable(own_db: OwnData
     uow = PgUnitOfWork(own_db.pool)
 
     async def lookup() -> object:
-        async with uow(merchant, readonly=True) as tx:
-            return await tx.get_tier("gold")
+        async with uow(merchant, readonly=True) as work:
+            return await work.tiers.get("gold")
 
     # The lookup waits on a lock, so its statement is surely running when its backend goes.
     blocker = await asyncpg.connect(own_db.db.superuser_dsn, database=own_db.db.name)
@@ -42,8 +42,8 @@ async def test_connection_lost_during_a_statement_is_unavailable(own_db: OwnData
                 await running
     finally:
         await blocker.close()
-    async with uow(merchant, readonly=True) as tx:  # the pool replaces the lost connection
-        assert await tx.get_tier("gold") is None
+    async with uow(merchant, readonly=True) as work:  # the pool replaces the lost connection
+        assert await work.tiers.get("gold") is None
 
 
 async def test_connection_terminated_between_statements_is_unavailable(own_db: OwnDatabase) -> None:
@@ -56,10 +56,10 @@ async def test_connection_terminated_between_statements_is_unavailable(own_db: O
     uow = PgUnitOfWork(own_db.pool)
     for _ in range(30):
         with pytest.raises(Unavailable):
-            async with uow(merchant, readonly=True) as tx:
+            async with uow(merchant, readonly=True) as work:
                 await own_db.su.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE datname = $1 AND usename = 'campaign_app' AND state = 'idle in transaction'",
                     own_db.db.name,
                 )
-                await tx.get_tier("gold")
+                await work.tiers.get("gold")

@@ -25,9 +25,10 @@ from campaign_service.domain.benefits import Benefits, Perk
 from campaign_service.domain.errors import NotFound
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.errors import Unavailable
-from campaign_service.service.ports import TenantTransaction, ViewCache, ViewKey
+from campaign_service.service.ports import ViewCache, ViewKey
 from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
+from campaign_service.service.unit_of_work import TenantUnitOfWork
 
 GOLD = TierSpec(
     name="Gold",
@@ -159,7 +160,7 @@ class AnswerLostUnitOfWork:
         self._inner = inner
 
     @asynccontextmanager
-    async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[TenantTransaction]:
+    async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[TenantUnitOfWork]:
         async with self._inner(merchant_id, readonly=readonly) as tx:
             yield tx
         if not readonly:
@@ -189,7 +190,7 @@ class GatedUnitOfWork:
         self.read_done = asyncio.Event()
 
     @asynccontextmanager
-    async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[TenantTransaction]:
+    async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[TenantUnitOfWork]:
         async with self._inner(merchant_id, readonly=readonly) as tx:
             yield tx
         if readonly and self.gate is not None:

@@ -38,7 +38,8 @@ from campaign_service.domain.ids import is_correlation_id
 from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Outcome, ProcessedEvents, Rejected
 from campaign_service.service.errors import Unavailable
-from campaign_service.service.ports import CustomerAssignment, UnitOfWork
+from campaign_service.service.ports import CustomerAssignment
+from campaign_service.service.unit_of_work import UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -175,15 +176,15 @@ class CustomerCreatedHandler:
         first: dict[UUID, int] = {}
         for i, c in enumerate(batch):
             first.setdefault(c.event_id, i)
-        async with self._uow(merchant) as tx:
+        async with self._uow(merchant) as uow:
             try:
-                fresh = await tx.mark_processed(list(first), topics.CUSTOMER_CREATED)
+                fresh = await uow.inbox.mark_processed(list(first), topics.CUSTOMER_CREATED)
             except NotFound:
                 raise Rejected("unknown_merchant", f"merchant {merchant} is not provisioned") from None
             new = [i for event_id, i in first.items() if event_id in fresh]
             if not new:
                 return labels
-            tier = await tx.default_tier()
+            tier = await uow.tiers.default()
             if tier is None:
                 for i in new:
                     labels[i] = "no_default_tier"
@@ -199,19 +200,18 @@ class CustomerCreatedHandler:
             # Millisecond precision: what the database stores is what the event says.
             now = datetime.now(UTC)
             assigned_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
-            assigned = await tx.assign(
+            assigned = await uow.customers.assign(
                 [
                     CustomerAssignment(merchant, customer, tier.tier_id, assigned_at, SOURCE, batch[i].event_id)
                     for customer, i in by_customer.items()
                 ]
             )
-            messages = []
             for customer, i in by_customer.items():
                 if customer not in assigned:
                     labels[i] = "already_assigned"
                     continue
                 labels[i] = "assigned"
-                messages.append(
+                uow.emit(
                     events.tier_assigned(
                         event_id=uuid.uuid4(),
                         merchant_id=merchant,
@@ -222,5 +222,4 @@ class CustomerCreatedHandler:
                         cause_event_id=batch[i].event_id,
                     )
                 )
-            await tx.add_outbox(messages)
         return labels

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -24,40 +23,85 @@ class CustomerAssignment:
     cause_event_id: UUID | None
 
 
-class TenantTransaction(Protocol):
-    """One database transaction scoped to one merchant (RLS applies to every statement)."""
+class TierRepository(Protocol):
+    """A merchant's VIP tier definitions."""
 
-    async def get_tier(self, tier_id: str, *, for_update: bool = False) -> VIPTier | None: ...
-    async def list_tiers(self) -> list[VIPTier]: ...
-    async def count_tiers(self) -> int: ...
-    async def evaluate(self, points: int) -> VIPTier | None: ...
-    async def default_tier(self) -> VIPTier | None: ...
-    async def insert_tier(self, tier_id: str, spec: TierSpec) -> VIPTier: ...
-    async def update_tier(self, tier_id: str, spec: TierSpec, changed: Sequence[str]) -> VIPTier: ...
-    async def clear_default(self, except_tier_id: str) -> list[str]: ...
-    async def delete_tier(self, tier_id: str) -> None: ...
-    async def customers_holding(self, tier_id: str) -> int: ...
-    async def get_customer(self, customer_id: UUID) -> CustomerAssignment | None: ...
+    async def get(self, tier_id: str, *, for_update: bool = False) -> VIPTier | None:
+        """The tier; with `for_update`, row-locked until the transaction ends."""
+        ...
+
+    async def all(self) -> list[VIPTier]:
+        """Every tier, by min_points then tier_id."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def evaluate(self, points: int) -> VIPTier | None:
+        """The highest tier whose min_points the balance reaches (ties: the greatest tier_id)."""
+        ...
+
+    async def default(self) -> VIPTier | None: ...
+
+    async def insert(self, tier_id: str, spec: TierSpec) -> VIPTier:
+        """Raises AlreadyExists, NotFound (merchant not provisioned), VersionConflict (another
+        default tier exists) or InvalidArgument (a database check refused a value)."""
+        ...
+
+    async def update(self, tier_id: str, spec: TierSpec, changed: Sequence[str]) -> VIPTier:
+        """Writes `spec` (the tier's version and updated_at move on); `changed` names the fields
+        that differ, so unchanged translations are not rewritten."""
+        ...
+
+    async def clear_default(self, except_tier_id: str) -> list[str]:
+        """Makes no tier but `except_tier_id` the default; the tier ids that were."""
+        ...
+
+    async def delete(self, tier_id: str) -> None: ...
+
+
+class CustomerTierRepository(Protocol):
+    """The tier each customer of a merchant holds."""
+
+    async def get(self, customer_id: UUID) -> CustomerAssignment | None: ...
+
     async def assign(self, assignments: Sequence[CustomerAssignment]) -> set[UUID]:
         """Gives each customer without a tier its first one, in order; the customers assigned now."""
         ...
+
+    async def holders(self, tier_id: str) -> int:
+        """How many customers hold the tier."""
+        ...
+
+
+class InboxRepository(Protocol):
+    """The consumed events already applied: the authoritative dedupe."""
 
     async def mark_processed(self, event_ids: Sequence[UUID], event_type: str) -> set[UUID]:
         """Records consumed events; the ids not recorded before (the others are duplicates).
         Raises NotFound when the merchant is not provisioned."""
         ...
 
-    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+
+class Outbox(Protocol):
+    """Messages to publish once the transaction has committed."""
+
+    async def add(self, messages: Sequence[OutboxMessage]) -> None:
         """Writes messages to the outbox, to be published in this order after the commit."""
         ...
 
 
-class UnitOfWork(Protocol):
-    """Opens a transaction for a merchant; it commits when the block exits cleanly."""
+class Repositories(Protocol):
+    """What one database transaction scoped to one merchant holds (RLS applies to every
+    statement). A new kind of record gets its repository here and on TenantUnitOfWork."""
 
-    def __call__(
-        self, merchant_id: UUID, *, readonly: bool = False
-    ) -> AbstractAsyncContextManager[TenantTransaction]: ...
+    @property
+    def tiers(self) -> TierRepository: ...
+    @property
+    def customers(self) -> CustomerTierRepository: ...
+    @property
+    def inbox(self) -> InboxRepository: ...
+    @property
+    def outbox(self) -> Outbox: ...
 
 
 class TierChangeListener(Protocol):

@@ -1,8 +1,8 @@
 """Use cases on VIP tiers: read, evaluate, create, update, delete.
 
-Every change writes its `vip_tier.updated` event to the outbox in the same transaction, and
-listeners (cache invalidation) hear about it only after the commit (or after a commit whose
-outcome is unknown).
+Every change emits its `vip_tier.updated` event into the unit of work (written to the outbox in
+the same transaction), and listeners (cache invalidation) hear of the tiers the unit of work
+wrote only after the commit (or after a commit whose outcome is unknown).
 """
 
 from __future__ import annotations
@@ -30,12 +30,8 @@ from campaign_service.domain.tiers import (
     check_tier_id,
 )
 from campaign_service.service.errors import Unavailable
-from campaign_service.service.ports import (
-    CustomerAssignment,
-    TenantTransaction,
-    TierChangeListener,
-    UnitOfWork,
-)
+from campaign_service.service.ports import CustomerAssignment, TierChangeListener
+from campaign_service.service.unit_of_work import TenantUnitOfWork, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -56,29 +52,29 @@ class TierService:
 
     async def get_tier(self, merchant_id: UUID, tier_id: str) -> VIPTier:
         check_tier_id(tier_id)
-        async with self._uow(merchant_id, readonly=True) as tx:
-            tier = await tx.get_tier(tier_id)
+        async with self._uow(merchant_id, readonly=True) as uow:
+            tier = await uow.tiers.get(tier_id)
         if tier is None:
             raise NotFound(f"tier {tier_id!r} not found")
         return tier
 
     async def list_tiers(self, merchant_id: UUID) -> list[VIPTier]:
-        async with self._uow(merchant_id, readonly=True) as tx:
-            return await tx.list_tiers()
+        async with self._uow(merchant_id, readonly=True) as uow:
+            return await uow.tiers.all()
 
     async def evaluate(self, merchant_id: UUID, points: int) -> VIPTier:
         if not 0 <= points <= 2**63 - 1:
             raise invalid("points", "must be >= 0")
-        async with self._uow(merchant_id, readonly=True) as tx:
-            tier = await tx.evaluate(min(points, MAX_POINTS))
+        async with self._uow(merchant_id, readonly=True) as uow:
+            tier = await uow.tiers.evaluate(min(points, MAX_POINTS))
         if tier is None:
             raise NotFound("no tier qualifies for this points balance")
         return tier
 
     async def customer_tier(self, merchant_id: UUID, customer_id: UUID) -> tuple[CustomerAssignment, VIPTier]:
-        async with self._uow(merchant_id, readonly=True) as tx:
-            assignment = await tx.get_customer(customer_id)
-            tier = await tx.get_tier(assignment.tier_id) if assignment else None
+        async with self._uow(merchant_id, readonly=True) as uow:
+            assignment = await uow.customers.get(customer_id)
+            tier = await uow.tiers.get(assignment.tier_id) if assignment else None
         if assignment is None or tier is None:
             raise NotFound("customer has no tier")
         return assignment, tier
@@ -86,14 +82,13 @@ class TierService:
     async def create(self, merchant_id: UUID, tier_id: str, spec: TierSpec) -> VIPTier:
         check_tier_id(tier_id, "tier.tier_id")
         check_spec(spec)
-        async with self._writing(merchant_id) as (tx, changed_tiers):
-            if await tx.count_tiers() >= MAX_TIERS_PER_MERCHANT:
+        async with self._writing(merchant_id) as uow:
+            if await uow.tiers.count() >= MAX_TIERS_PER_MERCHANT:
                 raise FailedPrecondition(f"a merchant may have at most {MAX_TIERS_PER_MERCHANT} tiers")
-            cleared = await tx.clear_default(tier_id) if spec.is_default else []
-            tier = await tx.insert_tier(tier_id, spec)
-            await self._announce(tx, merchant_id, tier, list(MUTABLE_FIELDS))
-            await self._announce_cleared(tx, merchant_id, cleared)
-            changed_tiers += [tier_id, *cleared]
+            cleared = await uow.tiers.clear_default(tier_id) if spec.is_default else []
+            tier = await uow.tiers.insert(tier_id, spec)
+            _announce(uow, merchant_id, tier, list(MUTABLE_FIELDS))
+            await _announce_cleared(uow, merchant_id, cleared)
         return tier
 
     async def update(
@@ -107,68 +102,46 @@ class TierService:
         check_tier_id(tier_id)
         paths = check_mask(mask)
         _check_expected_version(expected_version)
-        async with self._writing(merchant_id) as (tx, changed_tiers):
-            current = await _locked(tx, tier_id, expected_version)
+        async with self._writing(merchant_id) as uow:
+            current = await _locked(uow, tier_id, expected_version)
             new_spec = check_spec(current.spec.patched(values, paths))
             changed = current.spec.changed_fields(new_spec)
             if not changed:
                 return UpdateResult(current, [])
-            cleared = await tx.clear_default(tier_id) if "is_default" in changed and new_spec.is_default else []
-            tier = await tx.update_tier(tier_id, new_spec, changed)
-            await self._announce(tx, merchant_id, tier, changed)
-            await self._announce_cleared(tx, merchant_id, cleared)
-            changed_tiers += [tier_id, *cleared]
+            cleared = await uow.tiers.clear_default(tier_id) if "is_default" in changed and new_spec.is_default else []
+            tier = await uow.tiers.update(tier_id, new_spec, changed)
+            _announce(uow, merchant_id, tier, changed)
+            await _announce_cleared(uow, merchant_id, cleared)
         return UpdateResult(tier, changed)
 
     async def delete(self, merchant_id: UUID, tier_id: str, expected_version: int = 0) -> None:
         check_tier_id(tier_id)
         _check_expected_version(expected_version)
-        async with self._writing(merchant_id) as (tx, changed_tiers):
-            current = await _locked(tx, tier_id, expected_version)
-            holders = await tx.customers_holding(tier_id)
+        async with self._writing(merchant_id) as uow:
+            current = await _locked(uow, tier_id, expected_version)
+            holders = await uow.customers.holders(tier_id)
             if holders:
                 raise FailedPrecondition(f"{holders} customer(s) hold tier {tier_id!r}; move them first")
-            await tx.delete_tier(tier_id)
-            await self._announce(tx, merchant_id, current, ["deleted"])
-            changed_tiers.append(tier_id)
-
-    async def _announce(self, tx: TenantTransaction, merchant_id: UUID, tier: VIPTier, fields: list[str]) -> None:
-        await tx.add_outbox(
-            [
-                events.tier_updated(
-                    event_id=uuid.uuid4(),
-                    merchant_id=merchant_id,
-                    tier_id=tier.tier_id,
-                    updated_fields=fields,
-                    updated_at=tier.updated_at,
-                    actor=context.actor.get(),
-                    correlation_id=context.current_correlation_id(),
-                )
-            ]
-        )
-
-    async def _announce_cleared(self, tx: TenantTransaction, merchant_id: UUID, tier_ids: list[str]) -> None:
-        for other in tier_ids:
-            tier = await tx.get_tier(other)
-            if tier is not None:
-                await self._announce(tx, merchant_id, tier, ["is_default"])
+            await uow.tiers.delete(tier_id)
+            _announce(uow, merchant_id, current, ["deleted"])
 
     @asynccontextmanager
-    async def _writing(self, merchant_id: UUID) -> AsyncIterator[tuple[TenantTransaction, list[str]]]:
-        """A write transaction, and a list into which the use case puts the tiers it changed as
-        the last thing before the commit. Listeners hear of them after the commit, and also when
-        the commit may or may not have landed (the database connection failed, or the request was
-        cancelled, with the commit in flight): a needless invalidation costs a cache miss, a
+    async def _writing(self, merchant_id: UUID) -> AsyncIterator[TenantUnitOfWork]:
+        """A write transaction. Listeners hear of the tiers it changed after the commit, and also
+        when the commit may or may not have landed (the database connection failed, or the request
+        was cancelled, with the commit in flight): a needless invalidation costs a cache miss, a
         missing one would leave the old answer cached until its TTL."""
-        changed: list[str] = []
+        uow: TenantUnitOfWork | None = None
         try:
-            async with self._uow(merchant_id) as tx:
-                yield tx, changed
+            async with self._uow(merchant_id) as uow:
+                yield uow
         except (Unavailable, asyncio.CancelledError):
+            changed = uow.changed_tier_ids if uow is not None and uow.completed else []
             if changed:
                 log.warning("outcome of a tier change unknown; invalidated as if committed", tier_ids=changed)
                 await self._notify(merchant_id, changed)
             raise
+        changed = uow.changed_tier_ids
         if changed:
             for tier_id in changed:
                 log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
@@ -179,14 +152,36 @@ class TierService:
             await listener.tiers_changed(merchant_id, tier_ids)
 
 
+def _announce(uow: TenantUnitOfWork, merchant_id: UUID, tier: VIPTier, fields: list[str]) -> None:
+    uow.emit(
+        events.tier_updated(
+            event_id=uuid.uuid4(),
+            merchant_id=merchant_id,
+            tier_id=tier.tier_id,
+            updated_fields=fields,
+            updated_at=tier.updated_at,
+            actor=context.actor.get(),
+            correlation_id=context.current_correlation_id(),
+        )
+    )
+
+
+async def _announce_cleared(uow: TenantUnitOfWork, merchant_id: UUID, tier_ids: list[str]) -> None:
+    """The tiers that stopped being the default, announced with their new version's time."""
+    for other in tier_ids:
+        tier = await uow.tiers.get(other)
+        if tier is not None:
+            _announce(uow, merchant_id, tier, ["is_default"])
+
+
 def _check_expected_version(expected_version: int) -> None:
     if expected_version < 0:
         raise invalid("expected_version", "must be >= 0 (0: any version)")
 
 
-async def _locked(tx: TenantTransaction, tier_id: str, expected_version: int) -> VIPTier:
+async def _locked(uow: TenantUnitOfWork, tier_id: str, expected_version: int) -> VIPTier:
     """The tier, row-locked until commit; raises unless it exists at the expected version."""
-    current = await tx.get_tier(tier_id, for_update=True)
+    current = await uow.tiers.get(tier_id, for_update=True)
     if current is None:
         raise NotFound(f"tier {tier_id!r} not found")
     if expected_version and current.version != expected_version:

@@ -13,8 +13,9 @@ Unavailable (retryable: the statement did not take effect, or the transaction wa
     "another operation is in progress"), and an InterfaceError raised because the connection is
     gone - asyncpg closed it, or handed it back to the pool when it died (we never release a
     connection early) - or raised while handling one of the above (its `__context__`).
-Everything else (constraint violations the repository translates itself, syntax errors, an
-InterfaceError on a live connection) is not for this module: it stays a fault of ours.
+Everything else (syntax errors, an InterfaceError on a live connection) stays a fault of ours;
+a refused tier write (unique or check violation) is translated by the tier repository with the
+helpers at the end, which know the write's context.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from typing import Any
 
 import asyncpg
 
-from campaign_service.domain.errors import CampaignError
+from campaign_service.domain.errors import (
+    AlreadyExists,
+    CampaignError,
+    FieldViolation,
+    InvalidArgument,
+    VersionConflict,
+)
 from campaign_service.service.errors import Unavailable
 
 # SQLSTATE classes (the first two characters) that mean "the database cannot serve this now".
@@ -80,3 +87,18 @@ async def translated(conn: Any = None) -> AsyncIterator[None]:
         if error is None:
             raise
         raise error from exc
+
+
+def _unique_failed(exc: asyncpg.UniqueViolationError, tier_id: str) -> CampaignError:
+    # Partition indexes carry their own names (vip_tiers_p3_..._default...), so match by part.
+    if "default" in (exc.constraint_name or ""):
+        return VersionConflict("another default tier was set concurrently; retry")
+    return AlreadyExists(f"tier {tier_id!r} already exists")
+
+
+def _check_failed(exc: asyncpg.CheckViolationError) -> InvalidArgument:
+    # Trigger messages start with the field path ("benefits.custom_perks: ..."); constraint
+    # names are ours. Neither carries SQL or data.
+    message = str(exc.message) if exc.constraint_name is None else f"violates {exc.constraint_name}"
+    field, _, description = message.partition(": ")
+    return InvalidArgument([FieldViolation(f"tier.{field}" if description else "tier", description or message)])
