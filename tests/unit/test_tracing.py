@@ -139,7 +139,8 @@ async def test_rpc_span_continues_the_callers_traceparent_and_is_current_in_the_
         return "answer"
 
     wrapped = TracingInterceptor(tracer).wrap("UpdateVIPTier", behavior)
-    assert await wrapped(object(), FakeContext((("traceparent", TRACEPARENT), ("x-other", "1")))))  # type: ignore[arg-type] == "answer"
+    ctx = FakeContext((("traceparent", TRACEPARENT), ("x-other", "1")))
+    assert await wrapped(object(), ctx) == "answer"  # type: ignore[arg-type]
 
     [span] = exporter.get_finished_spans()
     assert (span.name, span.kind) == ("campaign.v1.CampaignService/UpdateVIPTier", SpanKind.SERVER)
