@@ -3,6 +3,7 @@ parent, and what context the RPC, the outbox rows and the sent headers carry."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -17,9 +18,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from campaign_service import context, logs
 from campaign_service.api.tracing import TracingInterceptor
+from campaign_service.config import ConfigError, load_settings
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.events.ports import InboundEvent, Outcome, Rejected
 from campaign_service.events.tracing import TracedPublisher, traced_batches
+from campaign_service.telemetry import start_tracing
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -167,3 +170,40 @@ async def test_rpc_without_traceparent_starts_a_trace_and_a_server_fault_marks_i
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({}, None),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317"}, "http://a:4317"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://b:1"},
+            "https://b:1",
+        ),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_SDK_DISABLED": "true"}, None),
+    ],
+)
+def test_tracing_is_on_only_with_a_standard_endpoint_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], endpoint: str | None
+) -> None:
+    for name in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.tracing, settings.otel_endpoint) == (endpoint is not None, endpoint)
+    if endpoint is None:
+        assert start_tracing(settings) is None, "no provider, no exporter"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")],
+)
+def test_an_otel_setting_we_cannot_honour_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        load_settings()
