@@ -4,9 +4,11 @@ With an endpoint configured (`OTEL_EXPORTER_OTLP_ENDPOINT` or `_TRACES_ENDPOINT`
 the process installs the SDK's TracerProvider with a batch span processor and the OTLP gRPC
 exporter, and the composition root adds the tracing wrappers: a span per RPC
 (api/tracing.py), per relay publish and per consumed event (events/tracing.py). Without one,
-no provider is installed and none of those wrappers is composed: the hot path makes no span and
-calls nothing of OpenTelemetry's (bench.interceptor_chain measures it), outbox rows store no
-`traceparent` and no Kafka message carries one. Propagation is W3C Trace Context only.
+no provider is installed and none of those wrappers is composed: a lookup makes no span and
+passes through no tracing code (bench.interceptor_chain and bench.lookup compare off and on),
+outbox rows store no `traceparent` and no Kafka message carries one. Propagation is W3C Trace
+Context only. An unreachable collector costs no RPC and does not hold up the stop
+(tests/e2e/test_tracing.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from campaign_service import topics
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.tiers import TierSpec
-from tests.conftest import OwnDatabase, ServiceProcess, events_env, start_service
+from tests.conftest import OwnDatabase, ServiceProcess, events_env, free_port, start_service
 from tests.kafka_support import CustomerEvents, Received
 from tests.otlp_receiver import OtlpReceiver
 from tests.tokens import auth_channel
@@ -170,3 +171,25 @@ async def test_without_an_otlp_endpoint_nothing_carries_a_trace(
     )
     await asyncio.sleep(0)
     assert rpc_trace not in event_service.logs()
+
+
+async def test_an_unreachable_collector_fails_no_rpc_and_does_not_hold_up_the_stop(
+    database: Any, tmp_path: Path, new_merchant: Any
+) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    service = start_service(database, tmp_path, extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": nobody})
+    try:
+        async with auth_channel(service.target) as channel:
+            created = await campaign_grpc.CampaignServiceStub(channel).CreateVIPTier(
+                pb.CreateVIPTierRequest(merchant_id=str(await new_merchant()), tier=pb.VIPTier(tier_id="g", name="G"))
+            )
+        assert created.tier_id == "g"
+        await asyncio.sleep(6)  # the batch processor's first export (5 s) fails and retries
+    finally:
+        started = time.monotonic()
+        code = service.stop()
+    took = time.monotonic() - started
+    assert (code, took < 15) == (0, True), (took, service.logs()[-2000:])
+    lines = [line for line in service.logs().splitlines() if line.strip()]
+    assert all(isinstance(json.loads(line), dict) for line in lines)
+    assert any("exporting traces" in json.loads(line)["message"] for line in lines), "the export was tried"

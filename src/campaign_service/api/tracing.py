@@ -1,8 +1,10 @@
 """A SERVER span per CampaignService RPC, continuing the caller's W3C trace (OpenTelemetry API).
 
 Composed only when tracing is on (telemetry.py): "off" adds nothing to a call. Our own
-MethodInterceptor rather than the grpc aio instrumentation, which is a grpc.aio ServerInterceptor
-(a coroutine per call to find the handler, the cost api/server.py avoids).
+MethodInterceptor rather than the grpc aio instrumentation (a grpc.aio ServerInterceptor: a
+coroutine per call to find the handler, the cost api/server.py avoids): on a no-op handler, the
+instrumentation added 341 µs of server CPU per RPC and this interceptor 216 µs, in one run of
+`bench.tracing_interceptors` on the shared 2-core VM under load (both ~3x a quiet machine's).
 """
 
 from __future__ import annotations
