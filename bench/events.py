@@ -91,9 +91,7 @@ def consumed_total(http_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("campaign_events_consumed_total{")
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("campaign_events_consumed_total{")
     )
 
 
