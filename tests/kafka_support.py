@@ -133,6 +133,7 @@ class CustomerEvents:
         event_id: uuid.UUID | None = None,
         key: str | None = None,
         correlation_id: str | None = None,
+        traceparent: str | None = None,
         wait: bool = True,
     ) -> uuid.UUID:
         """Produces one customer.created and waits until the broker has it. With wait=False it
@@ -147,6 +148,8 @@ class CustomerEvents:
             "correlation_id": None,
         }
         headers = [("correlation_id", correlation_id.encode())] if correlation_id else []
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))  # as an instrumented Core Service sends it
         value = await self._codec.encode(topics.CUSTOMER_CREATED, payload)
         self._producer.produce(topics.CUSTOMER_CREATED, value, (key or str(merchant_id)).encode(), headers=headers)
         self._producer.poll(0)

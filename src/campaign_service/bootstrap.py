@@ -14,6 +14,7 @@ import grpc
 import structlog
 from aiohttp import web
 from grpc_health.v1 import health
+from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
 from campaign_service import metrics, topics
@@ -57,10 +58,13 @@ from campaign_service.api.tls import ReloadingServerCredentials, TlsFilesError
 from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import AuthMode, ConfigError, Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.ports import BatchHandler, EventPublisher
 from campaign_service.events.relay import OutboxRelay, RelaySettings
+from campaign_service.events.tracing import TracedPublisher, traced_batches
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.reads import NoCache, TierReads
 from campaign_service.service.tiers import TierService
+from campaign_service.telemetry import start_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +139,9 @@ class Relay:
         return "all brokers down" if self.producer.broker_down else None
 
 
-def build_relay(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str) -> Relay:
+def build_relay(
+    settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str, tracer: Tracer | None = None
+) -> Relay:
     broker, registry_url = settings.kafka()
     delivery_s = settings.kafka_delivery_timeout_ms / 1000
     registry = SchemaRegistryClient(registry_url)
@@ -148,9 +154,12 @@ def build_relay(settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_d
             linger_ms=settings.kafka_linger_ms,
         )
     )
+    publisher: EventPublisher = KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s)
+    if tracer is not None:
+        publisher = TracedPublisher(publisher, tracer, system="kafka")
     relay = OutboxRelay(
         PgOutbox(pool, claim_hold_s=delivery_s + 15),
-        KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s),
+        publisher,
         RelaySettings(
             batch_size=settings.outbox_batch_size,
             poll_interval_s=settings.outbox_poll_interval_s,
@@ -176,13 +185,13 @@ class EventPipeline:
 
     relay: Relay
     subscriber: KafkaEventSubscriber
-    handler: CustomerCreatedHandler
+    handler: BatchHandler
     _stop_consumer: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
-        consume = functools.partial(self.subscriber.run, self.handler.batch, self._stop_consumer)
+        consume = functools.partial(self.subscriber.run, self.handler, self._stop_consumer)
         relay = functools.partial(self.relay.run, self._stop_relay)
         self._tasks = [
             asyncio.create_task(supervise("consumer", consume, self._stop_consumer), name="consumer"),
@@ -218,10 +227,15 @@ async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
 
 
 def build_events(
-    settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str, redis: Redis | None
+    settings: Settings,
+    pool: asyncpg.Pool[asyncpg.Record],
+    listen_dsn: str,
+    redis: Redis | None,
+    tracer: Tracer | None = None,
 ) -> EventPipeline:
-    """The relay and the consumer; `redis` (the service's client) backs the processed-events fast path."""
-    relay = build_relay(settings, pool, listen_dsn)
+    """The relay and the consumer; `redis` (the service's client) backs the processed-events fast
+    path; with a `tracer` (tracing on), publishing and consuming make spans (events/tracing.py)."""
+    relay = build_relay(settings, pool, listen_dsn, tracer)
     broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
         consumer_config(
@@ -238,7 +252,11 @@ def build_events(
         retry=Backoff(0.2, 5.0),
     )
     processed = RedisProcessedEvents(redis) if redis is not None else None
-    handler = CustomerCreatedHandler(PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency)
+    handler: BatchHandler = CustomerCreatedHandler(
+        PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency
+    ).batch
+    if tracer is not None:
+        handler = traced_batches(handler, tracer, system="kafka")
     return EventPipeline(relay, subscriber, handler)
 
 
@@ -422,6 +440,8 @@ async def build_app(settings: Settings) -> App:
     auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
     tls = tls_credentials(settings)
     closers: list[StopHook] = []
+    tracing = start_tracing(settings)
+    tracer = tracing.tracer if tracing is not None else None
     tasks: list[asyncio.Task[None]] = []
     verifier = await token_verifier(settings, auth_mode, closers, tasks)
     if settings.kafka_broker:
@@ -451,6 +471,7 @@ async def build_app(settings: Settings) -> App:
             *([RateLimitInterceptor(parts.limiter)] if parts.limiter else []),
         ],
         max_message_bytes=settings.grpc_max_message_bytes,
+        tracer=tracer,
     )
     address = f"{settings.bind_host}:{settings.grpc_port}"
     grpc_port = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
@@ -471,7 +492,7 @@ async def build_app(settings: Settings) -> App:
     checks = [Check("postgres", db_check), *parts.checks()]
     events: EventPipeline | None = None
     if settings.kafka_broker:
-        events = build_events(settings, pool, target.app_dsn, parts.client)
+        events = build_events(settings, pool, target.app_dsn, parts.client, tracer)
         await register_schemas(events.relay.codec)
         checks.append(Check("kafka", events.relay.kafka_check, critical=False))
     else:
@@ -504,6 +525,8 @@ async def build_app(settings: Settings) -> App:
         app.drain_hooks += [events.stop_consumer, events.stop_relay, events.close]
     if target.embedded is not None:
         app._closers.append(_stopper(target.embedded))
+    if tracing is not None:
+        app._closers.insert(0, tracing.close)  # closed last: spans of the drain hooks go out too
     log.info(
         "serving",
         grpc_port=grpc_port,

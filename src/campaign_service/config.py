@@ -123,6 +123,37 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Tracing (OpenTelemetry, telemetry.py): spans are made and exported over OTLP/gRPC only when
+    # one of the standard endpoint variables is set. The exception to "nothing else reads the
+    # environment": the SDK reads the other standard OTEL_* variables itself (OTEL_SERVICE_NAME,
+    # OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER[_ARG], OTEL_EXPORTER_OTLP_[TRACES_]HEADERS,
+    # _CERTIFICATE, _TIMEOUT, _COMPRESSION, OTEL_BSP_*), so their meaning is the standard one.
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT"), pattern=r"^https?://\S+$"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), pattern=r"^https?://\S+$"
+    )
+    # Only the gRPC exporter is installed; asking for another protocol is refused, not ignored.
+    otel_exporter_otlp_protocol: Literal["grpc"] = Field(
+        "grpc", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_PROTOCOL")
+    )
+    otel_exporter_otlp_traces_protocol: Literal["grpc"] = Field(
+        "grpc", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+    )
+    otel_sdk_disabled: bool = Field(False, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
+
+    @property
+    def otel_endpoint(self) -> str | None:
+        """Where spans go (the traces-specific variable wins, as the standard says); None: no tracing."""
+        if self.otel_sdk_disabled:
+            return None
+        return self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+
+    @property
+    def tracing(self) -> bool:
+        return self.otel_endpoint is not None
+
     # vip_tiers_total: how many merchants get their own series (the rest are summed as "other")
     # and how often the counts are refreshed.
     tier_counts_top_n: int = Field(50, ge=0, le=1000)

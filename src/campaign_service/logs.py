@@ -1,7 +1,8 @@
 """Structured JSON logs for Loki: one object per line, every line with the same core keys.
 
 Core keys: timestamp, level, message, correlation_id, merchant_id, tier_id, event_type (null
-when they do not apply), trace_id and span_id (W3C, when a request or event is being handled).
+when they do not apply), and trace_id and span_id (lowercase hex, W3C) of the current
+OpenTelemetry span, present only while one is (tracing on: an RPC, a consumed batch).
 Per-request values are bound with structlog contextvars by the gRPC interceptor, so every line
 logged while handling it carries them. The Kafka consumer logs one line per batch; its per-event
 lines (dead letters) carry the event's correlation_id themselves.
@@ -18,6 +19,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 
 from campaign_service import context
 
@@ -28,10 +30,10 @@ def _add_request_fields(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any
     cid = context.correlation_id.get()
     if cid and not event.get("correlation_id"):
         event["correlation_id"] = cid
-    trace = context.trace.get()
-    if trace is not None and "trace_id" not in event:
-        event["trace_id"] = trace.trace_id
-        event["span_id"] = trace.span_id
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid and "trace_id" not in event:
+        event["trace_id"] = f"{span_context.trace_id:032x}"
+        event["span_id"] = f"{span_context.span_id:016x}"
     fields = context.log_fields.get()
     if fields:
         for key, value in fields.items():

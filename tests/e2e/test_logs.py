@@ -71,8 +71,7 @@ async def test_update_logs_merchant_tier_event_type_and_the_callers_ids(
     assert (line["merchant_id"], line["tier_id"], line["event_type"]) == (merchant, "gold", "vip_tier.updated")
     assert line["level"] == "info"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", line["timestamp"])
-    assert line["trace_id"] == TRACE
-    assert line["span_id"] != "00f067aa0ba902b7"
+    assert "trace_id" not in line, "tracing is off: no span, no trace ids (tests/e2e/test_tracing.py has them)"
     handled = [line for line in mine if line["message"] == "rpc handled"]
     assert [(h["grpc_method"], h["grpc_code"], h["merchant_id"], h["tier_id"]) for h in handled] == [
         ("UpdateVIPTier", "OK", merchant, "gold")
@@ -96,7 +95,6 @@ async def test_failed_lookup_is_logged_with_a_generated_correlation_id(
     assert [(x["message"], x["grpc_code"], x["merchant_id"], x["tier_id"]) for x in lines] == [
         ("rpc handled", "NOT_FOUND", merchant, "nope")
     ]
-    assert re.fullmatch(r"[0-9a-f]{32}", lines[0]["trace_id"])
 
 
 # Runs after the tests above, so the log holds requests, errors and start-up lines.

@@ -41,6 +41,7 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "attempts",
         "last_error",
         "seq",
+        "traceparent",  # W3C trace and span ids only (a CHECK in 0010 holds it to that form)
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
 }

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 
-from campaign_service import context, metrics
+from campaign_service import metrics
 from campaign_service.api import interceptors
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.interceptors import RateLimitInterceptor
@@ -86,7 +86,7 @@ class Servicer:
 async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Faults]]:
     faults = Faults()
     # The interceptors' own steps, failing when told to: metrics' duration histogram,
-    # correlation's trace continuation, decoding's refusal of a body that does not parse.
+    # correlation's request log fields, decoding's refusal of a body that does not parse.
     histogram = metrics.GRPC_HANDLING_SECONDS
 
     class Histogram:
@@ -100,11 +100,11 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Fa
 
             return Child()
 
-    continue_trace = context.continue_trace
+    request_fields = interceptors._request_fields
 
-    def trace(traceparent: str | None) -> None:
+    def fields(method: str, request: Any) -> dict[str, str | None]:
         faults.check("correlation")
-        continue_trace(traceparent)
+        return request_fields(method, request)
 
     invalid = interceptors.invalid
 
@@ -113,7 +113,7 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Fa
         return invalid(field, description)
 
     monkeypatch.setattr(metrics, "GRPC_HANDLING_SECONDS", Histogram())
-    monkeypatch.setattr(context, "continue_trace", trace)
+    monkeypatch.setattr(interceptors, "_request_fields", fields)
     monkeypatch.setattr(interceptors, "invalid", refuse)
     srv, _ = build_grpc_server(
         cast(CampaignServicer, Servicer(faults)),

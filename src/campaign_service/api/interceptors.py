@@ -1,10 +1,10 @@
 """Cross-cutting concerns of every CampaignService RPC, each wrapping the method's behaviour.
 
-Order (outermost first, composed in api/server.py): errors -> metrics -> correlation id, trace
-and request log -> request decoding -> extra (auth, rate limit). Errors is outermost so that
-whatever any layer raises ends as a mapped status, never grpc's UNKNOWN with the exception's
-text; the layers inside it name the same code for the same exception (`code_of`).
-Health and reflection have none.
+Order (outermost first, composed in api/server.py): errors -> metrics -> the RPC's span
+(api/tracing.py, when tracing is on) -> correlation id and request log -> request decoding ->
+extra (auth, rate limit). Errors is outermost so that whatever any layer raises ends as a mapped
+status, never grpc's UNKNOWN with the exception's text; the layers inside it name the same code
+for the same exception (`code_of`). Health and reflection have none.
 """
 
 from __future__ import annotations
@@ -156,9 +156,9 @@ def _request_fields(method: str, request: Any) -> dict[str, str | None]:
 
 
 class CorrelationInterceptor(MethodInterceptor):
-    """Takes `x-correlation-id` (or makes one) and echoes it back; joins the caller's W3C trace
-    (`traceparent`); gives every log line of the RPC the correlation id, merchant and tier, and
-    writes one request log line (debug for successful lookups, info otherwise, warning for ours)."""
+    """Takes `x-correlation-id` (or makes one) and echoes it back; gives every log line of the RPC
+    the correlation id, merchant and tier, and writes one request log line (debug for successful
+    lookups, info otherwise, warning for ours)."""
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         lookup = method in LOOKUP_METHODS
@@ -173,12 +173,10 @@ class CorrelationInterceptor(MethodInterceptor):
                 access_log.log(level, "rpc handled", grpc_code=code.name, duration_ms=round(elapsed * 1000, 3))
 
         async def correlated(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            value = traceparent = None
+            value = None
             for k, v in ctx.invocation_metadata() or ():
                 if k == "x-correlation-id":
                     value = v
-                elif k == "traceparent":
-                    traceparent = v
             if not is_correlation_id(value):
                 value = context.new_correlation_id()
             context.correlation_id.set(value)
@@ -186,7 +184,6 @@ class CorrelationInterceptor(MethodInterceptor):
             # operation per call (~10 % of a cached lookup's CPU); trailers ride with the status.
             # Set first, so that even a failure of the steps below answers with it.
             ctx.set_trailing_metadata((("x-correlation-id", value),))
-            context.continue_trace(traceparent if isinstance(traceparent, str) else None)
             context.cache_result.set("none")
             # Each RPC runs in its own task, so these contextvars end with it: nothing to reset.
             context.log_fields.set(_request_fields(method, request))

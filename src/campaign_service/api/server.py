@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import Tracer
 
 from campaign_service.api.interceptors import (
     CorrelationInterceptor,
@@ -20,6 +21,7 @@ from campaign_service.api.interceptors import (
 )
 from campaign_service.api.pb import campaign_pb2
 from campaign_service.api.servicer import CampaignServicer
+from campaign_service.api.tracing import TracingInterceptor
 
 SERVICE = campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"]
 SERVICE_NAME = SERVICE.full_name
@@ -55,13 +57,15 @@ def build_grpc_server(
     *,
     extra_interceptors: Sequence[MethodInterceptor] = (),
     max_message_bytes: int = 256 * 1024,
+    tracer: Tracer | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """CampaignService's interceptors run outermost first: errors (so nothing any of them raises
-    reaches a caller unmapped), metrics, correlation id, request decoding, `extra` (auth, rate
-    limit). Health and reflection have none."""
+    reaches a caller unmapped), metrics, the RPC's span (only with a `tracer`: tracing on),
+    correlation id, request decoding, `extra` (auth, rate limit). Health and reflection have none."""
     interceptors: list[MethodInterceptor] = [
         ErrorInterceptor(),
         MetricsInterceptor(),
+        *([TracingInterceptor(tracer)] if tracer is not None else []),
         CorrelationInterceptor(),
         RequestDecodingInterceptor(),
         *extra_interceptors,

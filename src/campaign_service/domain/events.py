@@ -20,6 +20,9 @@ class OutboxMessage:
     key: str
     payload: dict[str, Any]
     headers: dict[str, str]
+    # W3C traceparent of the span this message was written in (None: tracing off); the relay's
+    # publish span is its child.
+    traceparent: str | None = None
 
 
 def _ts_millis(ts: datetime) -> int:
@@ -35,6 +38,7 @@ def tier_updated(
     updated_at: datetime,
     actor: str,
     correlation_id: str,
+    traceparent: str | None = None,
 ) -> OutboxMessage:
     return OutboxMessage(
         event_id=event_id,
@@ -51,6 +55,7 @@ def tier_updated(
             "correlation_id": correlation_id,
         },
         headers={"correlation_id": correlation_id},
+        traceparent=traceparent,
     )
 
 
@@ -63,6 +68,7 @@ def tier_assigned(
     assigned_at: datetime,
     correlation_id: str,
     cause_event_id: UUID | None,
+    traceparent: str | None = None,
 ) -> OutboxMessage:
     cause = str(cause_event_id) if cause_event_id else None
     headers = {"correlation_id": correlation_id}
@@ -83,4 +89,5 @@ def tier_assigned(
             "cause_event_id": cause,
         },
         headers=headers,
+        traceparent=traceparent,
     )

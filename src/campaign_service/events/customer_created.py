@@ -52,6 +52,7 @@ class CustomerCreated:
     merchant_id: UUID
     customer_id: UUID
     correlation_id: str
+    traceparent: str | None = None
 
 
 def _uuid(payload: Mapping[str, Any], name: str) -> UUID:
@@ -75,6 +76,7 @@ def parse(event: InboundEvent) -> CustomerCreated:
         customer_id=_uuid(payload, "customer_id"),
         # The gRPC rule: e.g. a NUL (which jsonb refuses) would make the event fail for ever.
         correlation_id=correlation if is_correlation_id(correlation) else str(uuid.uuid4()),
+        traceparent=event.traceparent,
     )
 
 
@@ -220,6 +222,7 @@ class CustomerCreatedHandler:
                         assigned_at=assigned_at,
                         correlation_id=batch[i].correlation_id,
                         cause_event_id=batch[i].event_id,
+                        traceparent=batch[i].traceparent,
                     )
                 )
         return labels

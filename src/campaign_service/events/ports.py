@@ -24,6 +24,9 @@ class InboundEvent:
     key: str | None
     payload: Mapping[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)
+    # W3C traceparent of the span processing this event (events/tracing.py, tracing on): the
+    # outbox rows written for it carry it. None when tracing is off.
+    traceparent: str | None = None
 
 
 class Rejected(Exception):

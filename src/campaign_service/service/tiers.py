@@ -162,6 +162,7 @@ def _announce(uow: TenantUnitOfWork, merchant_id: UUID, tier: VIPTier, fields: l
             updated_at=tier.updated_at,
             actor=context.actor.get(),
             correlation_id=context.current_correlation_id(),
+            traceparent=context.current_traceparent(),
         )
     )
 

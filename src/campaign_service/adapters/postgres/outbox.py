@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "outbox_events"
 _RELAY_LOCK = 0x43414D51  # advisory lock key held by the publishing relay
-_COLUMNS = "event_id, merchant_id, topic, key, payload, headers"
+_COLUMNS = "event_id, merchant_id, topic, key, payload, headers, traceparent"
 
 
 def _message(row: asyncpg.Record) -> OutboxMessage:
@@ -40,6 +40,7 @@ def _message(row: asyncpg.Record) -> OutboxMessage:
         key=row["key"],
         payload=row["payload"],
         headers=row["headers"],
+        traceparent=row["traceparent"],
     )
 
 

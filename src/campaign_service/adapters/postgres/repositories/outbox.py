@@ -17,8 +17,8 @@ class PgOutbox:
         if not messages:
             return
         await self._conn.execute(
-            "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)"
-            " SELECT e, m, t, k, p, h FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],"
-            " $6::jsonb[]) WITH ORDINALITY AS x(e, m, t, k, p, h, n) ORDER BY n",
-            *columns(messages, "event_id", "merchant_id", "topic", "key", "payload", "headers"),
+            "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers, traceparent)"
+            " SELECT e, m, t, k, p, h, tp FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],"
+            " $6::jsonb[], $7::text[]) WITH ORDINALITY AS x(e, m, t, k, p, h, tp, n) ORDER BY n",
+            *columns(messages, "event_id", "merchant_id", "topic", "key", "payload", "headers", "traceparent"),
         )
