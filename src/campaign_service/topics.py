@@ -1,6 +1,8 @@
-"""Kafka topic names, in one place."""
+"""Kafka topic names, in one place (the two this service produces are named by its domain events)."""
 
-VIP_TIER_ASSIGNED = "vip_tier.assigned"
-VIP_TIER_UPDATED = "vip_tier.updated"
+from campaign_service.domain.events import VIP_TIER_ASSIGNED, VIP_TIER_UPDATED
+
+__all__ = ["CUSTOMER_CREATED", "CUSTOMER_CREATED_DLQ", "VIP_TIER_ASSIGNED", "VIP_TIER_UPDATED"]
+
 CUSTOMER_CREATED = "customer.created"
 CUSTOMER_CREATED_DLQ = "customer.created.dlq"

@@ -7,7 +7,10 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from campaign_service import topics
+# The names of the events this service announces, also their topic names (SPEC "Events");
+# defined here so the domain needs nothing outside it, listed with the others in topics.py.
+VIP_TIER_ASSIGNED = "vip_tier.assigned"
+VIP_TIER_UPDATED = "vip_tier.updated"
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def tier_updated(
     return OutboxMessage(
         event_id=event_id,
         merchant_id=merchant_id,
-        topic=topics.VIP_TIER_UPDATED,
+        topic=VIP_TIER_UPDATED,
         key=f"{merchant_id}:{tier_id}",
         payload={
             "event_id": str(event_id),
@@ -77,7 +80,7 @@ def tier_assigned(
     return OutboxMessage(
         event_id=event_id,
         merchant_id=merchant_id,
-        topic=topics.VIP_TIER_ASSIGNED,
+        topic=VIP_TIER_ASSIGNED,
         key=f"{merchant_id}:{customer_id}",
         payload={
             "event_id": str(event_id),
