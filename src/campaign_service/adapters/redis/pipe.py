@@ -115,7 +115,7 @@ class Script:
     def __init__(self, pipe: RedisPipe, source: str) -> None:
         self._pipe = pipe
         self._source = source
-        self._sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA1
+        self._sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts by SHA1
 
     async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Reply:
         try:
