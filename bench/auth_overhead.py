@@ -12,8 +12,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import grpc
 from tests.tokens import AUDIENCE, ISSUER, SESSION_ISSUER, mint_token
 
 from campaign_service.adapters.auth.cache import CachingVerifier
@@ -58,7 +59,11 @@ async def main() -> None:
     cache = CachingVerifier(local, 10_000, 300)
     guarded = AuthInterceptor(cache).wrap("GetVIPTier", noop)
     request = pb.GetVIPTierRequest(merchant_id=str(merchant), tier_id="gold")
-    ctx = _Context((("authorization", f"Bearer {tokens[0]}"), ("user-agent", "grpc-python")))
+    # a stand-in with the methods the interceptor calls, typed as what it stands for
+    ctx = cast(
+        "grpc.aio.ServicerContext[Any, Any]",
+        _Context((("authorization", f"Bearer {tokens[0]}"), ("user-agent", "grpc-python"))),
+    )
     await guarded(request, ctx)
     start = time.perf_counter()
     for _ in range(n):

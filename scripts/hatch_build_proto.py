@@ -60,12 +60,11 @@ def generate(force: bool = False) -> None:
         text = path.read_text()
         depth = len(path.relative_to(OUT_DIR).parts) - 1
         dots = "." * (depth + 1)
-        fixed = re.sub(
-            r"^from ((?:campaign|auth)(?:\.\w+)*) import (\w+_pb2)",
-            lambda m, dots=dots: f"from {dots}{m.group(1)} import {m.group(2)}",
-            text,
-            flags=re.M,
-        )
+
+        def relative(m: re.Match[str], dots: str = dots) -> str:
+            return f"from {dots}{m.group(1)} import {m.group(2)}"
+
+        fixed = re.sub(r"^from ((?:campaign|auth)(?:\.\w+)*) import (\w+_pb2)", relative, text, flags=re.M)
         # mypy stubs reference sibling modules as `campaign.v1.x_pb2`; make them package-local.
         fixed = re.sub(
             r"^import ((?:campaign|auth)\.\w+\.\w+_pb2)$",
