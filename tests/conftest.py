@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -145,7 +145,7 @@ class ServiceProcess:
 
 
 def start_service(
-    database: Database, tmp: Path, extra_env: dict[str, str | None] | None = None, wait: bool = True
+    database: Database, tmp: Path, extra_env: Mapping[str, str | None] | None = None, wait: bool = True
 ) -> ServiceProcess:
     """Runs `python -m campaign_service serve` as its own process against `database`.
 
@@ -167,7 +167,7 @@ def start_service(
     return service
 
 
-def service_env(database: Database, tmp: Path, extra_env: dict[str, str | None] | None = None) -> dict[str, str]:
+def service_env(database: Database, tmp: Path, extra_env: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """The environment of a `python -m campaign_service ...` process on `database`: only what is
     given, plus the session test key as the token verifier (a JWKS file in `tmp`). `extra_env`
     overrides or, with None, removes variables."""

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -69,7 +69,8 @@ class TopicReader:
                 payload: dict[str, Any] | None = await self._codec.decode(m.value())
             except Undecodable:
                 payload = None
-            headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in (m.headers() or [])}
+            pairs = cast("list[tuple[str, str | bytes | None]]", m.headers() or [])  # a list when consumed
+            headers = {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in pairs}
             key = m.key()
             self.received.append(
                 Received(
@@ -147,7 +148,9 @@ class CustomerEvents:
             "created_at": int(time.time() * 1000),
             "correlation_id": None,
         }
-        headers = [("correlation_id", correlation_id.encode())] if correlation_id else []
+        headers: list[tuple[str, str | bytes | None]] = (
+            [("correlation_id", correlation_id.encode())] if correlation_id else []
+        )
         if traceparent:
             headers.append(("traceparent", traceparent.encode()))  # as an instrumented Core Service sends it
         value = await self._codec.encode(topics.CUSTOMER_CREATED, payload)
@@ -161,7 +164,9 @@ class CustomerEvents:
         remaining = await asyncio.to_thread(self._producer.flush, timeout_s)
         assert remaining == 0, "customer.created not acknowledged by the broker"
 
-    async def raw(self, value: bytes | None, *, key: str, headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def raw(
+        self, value: bytes | None, *, key: str, headers: list[tuple[str, str | bytes | None]] | None = None
+    ) -> None:
         self._producer.produce(topics.CUSTOMER_CREATED, value, key.encode(), headers=headers or [])
         await self.flush(15)
 
@@ -172,7 +177,8 @@ class CustomerEvents:
 def drop_records(broker: str, topic: str) -> None:
     """Deletes every record the topic has now: consumer groups made later (which start at the
     earliest offset) then do not wade through a chaos test's thousands of foreign events."""
-    admin = AdminClient({"bootstrap.servers": broker, "logger": _LIBRDKAFKA_LOG})
+    config: dict[str, Any] = {"bootstrap.servers": broker, "logger": _LIBRDKAFKA_LOG}  # librdkafka takes a Logger
+    admin = AdminClient(config)
     partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
     done = admin.delete_records([TopicPartition(topic, p, OFFSET_END) for p in partitions], request_timeout=30)
     for future in done.values():

@@ -80,7 +80,7 @@ def mint_token(
     return SESSION_ISSUER.mint(merchant, scopes, subject, **kwargs)
 
 
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
     """Adds `authorization: Bearer <token>` to every unary call of a channel."""
 
     def __init__(self, token: str) -> None:
