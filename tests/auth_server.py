@@ -40,7 +40,9 @@ class CannedAuthService(auth_grpc.AuthServiceServicer):
     fail_with: grpc.StatusCode | None = None
 
     async def ValidateToken(
-        self, request: auth_pb2.ValidateTokenRequest, context: grpc.aio.ServicerContext
+        self,
+        request: auth_pb2.ValidateTokenRequest,
+        context: grpc.aio.ServicerContext[auth_pb2.ValidateTokenRequest, auth_pb2.ValidateTokenResponse],
     ) -> auth_pb2.ValidateTokenResponse:
         self.calls.append(request)
         if self.delay_s:
