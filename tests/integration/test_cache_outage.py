@@ -4,26 +4,33 @@ made stale is served once Redis is back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from campaign_service import context, metrics
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.cache import RedisViewCache
 from campaign_service.adapters.redis.client import RedisBreaker, ping
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
+from tests.conftest import RedisServer
 
 
 def errors(operation: str) -> float:
-    return metrics.CACHE_ERRORS.labels(operation)._value.get()
+    return float(metrics.CACHE_ERRORS.labels(operation)._value.get())
 
 
 @pytest.mark.parametrize("outage", ["paused", "killed and restarted with its data"])
 async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
-    own_redis, service_redis, service_pipe, app_pool, new_merchant, outage: str
+    own_redis: Callable[..., RedisServer], service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any], outage: str
 ) -> None:
     server = own_redis(persist=True)
     client = service_redis("127.0.0.1", server.port, redis_timeout_ms=100)
@@ -73,7 +80,7 @@ async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
 
 
 async def test_slow_redis_costs_one_timeout_per_cool_down(
-    own_redis, service_redis, service_pipe, app_pool, new_merchant
+    own_redis: Callable[..., RedisServer], service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any]
 ) -> None:
     server = own_redis()
     client = service_redis("127.0.0.1", server.port, redis_timeout_ms=100)

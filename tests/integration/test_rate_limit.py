@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.service.ports import RateLimiter
 from tests.conftest import free_port
 
@@ -20,7 +22,7 @@ async def admitted(limiter: RateLimiter, merchant: uuid.UUID, n: int) -> int:
 
 
 async def test_hundred_pass_the_hundred_and_first_waits(
-    redis_client: aioredis.Redis, service_redis, service_pipe
+    redis_client: aioredis.Redis, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
 ) -> None:
     limiter = RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=1.0)
     merchant = uuid.uuid4()
@@ -41,7 +43,7 @@ async def test_hundred_pass_the_hundred_and_first_waits(
     assert (await limiter.acquire(merchant)).allowed
 
 
-async def test_instances_share_one_budget(service_redis, service_pipe) -> None:
+async def test_instances_share_one_budget(service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]) -> None:
     a, b = (RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=5.0) for _ in range(2))
     merchant = uuid.uuid4()
     assert await admitted(a, merchant, 60) == 60
@@ -50,7 +52,7 @@ async def test_instances_share_one_budget(service_redis, service_pipe) -> None:
     assert not (await b.acquire(merchant)).allowed
 
 
-async def test_limits_per_instance_while_redis_is_unreachable(service_redis, service_pipe) -> None:
+async def test_limits_per_instance_while_redis_is_unreachable(service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]) -> None:
     pipe = service_pipe("127.0.0.1", free_port(), redis_timeout_ms=100)
     limiter = RedisRateLimiter(pipe, RedisBreaker(60.0), limit=100, window_s=5.0)
     merchant = uuid.uuid4()
@@ -87,7 +89,7 @@ async def evalsha_calls(client: aioredis.Redis) -> int:
 
 
 async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(
-    redis_client: aioredis.Redis, service_redis, service_pipe
+    redis_client: aioredis.Redis, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
 ) -> None:
     limiter = RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=5.0)
     merchant = uuid.uuid4()

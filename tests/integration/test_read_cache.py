@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -19,6 +20,7 @@ from campaign_service.adapters.memory.cache import MemoryViewCache
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.cache import RedisViewCache
 from campaign_service.adapters.redis.client import RedisBreaker
+from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
@@ -40,14 +42,14 @@ SILVER = TierSpec(name="Silver", min_points=100, is_default=True)
 
 
 @pytest.fixture(params=["redis", "memory"])
-def view_cache(request: pytest.FixtureRequest, service_redis, service_pipe) -> ViewCache:
+def view_cache(request: pytest.FixtureRequest, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]) -> ViewCache:
     if request.param == "memory":
         return MemoryViewCache(ttl_s=3600, max_bytes=1 << 20)
     return RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
 
 
 @pytest.fixture
-def reads_on(app_pool: Any) -> Callable[[ViewCache], tuple[TierService, TierReads]]:
+def reads_on(app_pool: Any) -> Callable[..., tuple[TierService, TierReads]]:
     def make(cache: ViewCache, uow: Any = None) -> tuple[TierService, TierReads]:
         tiers = TierService(uow or PgUnitOfWork(app_pool), [cache])
         return tiers, TierReads(tiers, cache, render_tier, render_tiers)
@@ -63,7 +65,7 @@ async def fresh_list(tiers: TierService, merchant: UUID, locale: str) -> pb.List
     return pb.ListVIPTiersResponse.FromString(render_tiers(await tiers.list_tiers(merchant), locale))
 
 
-async def test_second_read_is_served_from_the_cache(view_cache, reads_on, new_merchant, owner_conn) -> None:
+async def test_second_read_is_served_from_the_cache(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], owner_conn: asyncpg.Connection[Any]) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
     await tiers.create(merchant, "gold", GOLD)
@@ -84,7 +86,7 @@ async def test_second_read_is_served_from_the_cache(view_cache, reads_on, new_me
     assert context.cache_result.get() == "hit"
 
 
-async def test_locales_are_cached_apart(view_cache, reads_on, new_merchant) -> None:
+async def test_locales_are_cached_apart(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any]) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
     await tiers.create(merchant, "gold", GOLD)
@@ -143,7 +145,7 @@ async def assert_reads_are_fresh(tiers: TierService, reads: TierReads, merchant:
 
 
 @pytest.mark.parametrize("write", list(WRITES))
-async def test_every_write_path_invalidates(view_cache, reads_on, new_merchant, write: str) -> None:
+async def test_every_write_path_invalidates(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], write: str) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
     await gold_and_silver_cached(tiers, reads, merchant)
@@ -169,7 +171,7 @@ class AnswerLostUnitOfWork:
 
 @pytest.mark.parametrize("write", list(WRITES))
 async def test_write_whose_commit_answer_was_lost_still_invalidates(
-    view_cache, reads_on, app_pool, new_merchant, write: str
+    view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any], write: str
 ) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
@@ -200,7 +202,7 @@ class GatedUnitOfWork:
 
 @pytest.mark.parametrize("view", ["tier", "list"])
 async def test_value_read_before_a_write_is_not_cached_after_it(
-    view_cache, reads_on, app_pool, new_merchant, view: str
+    view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any], view: str
 ) -> None:
     merchant = await new_merchant()
     writer, _ = reads_on(view_cache)
@@ -228,7 +230,7 @@ async def test_value_read_before_a_write_is_not_cached_after_it(
     assert context.cache_result.get() == "miss"  # the slow reader's fill was refused
 
 
-async def test_update_and_read_storm_leaves_nothing_stale(view_cache, reads_on, new_merchant) -> None:
+async def test_update_and_read_storm_leaves_nothing_stale(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any]) -> None:
     merchant = await new_merchant()
     # Two "instances": separate services and readers on the same cache.
     (writer_a, reads_a), (writer_b, reads_b) = reads_on(view_cache), reads_on(view_cache)
@@ -260,7 +262,7 @@ async def test_update_and_read_storm_leaves_nothing_stale(view_cache, reads_on, 
 
 
 async def test_redis_keys_are_the_plans(
-    reads_on, new_merchant, redis_client: aioredis.Redis, service_redis, service_pipe
+    reads_on: Callable[[ViewCache], tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
 ) -> None:
     cache = RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
     merchant = await new_merchant()
@@ -279,7 +281,7 @@ async def test_redis_keys_are_the_plans(
 
 
 async def test_redis_entries_expire_after_the_ttl(
-    reads_on, new_merchant, redis_client: aioredis.Redis, service_redis, service_pipe
+    reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
 ) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=1))

@@ -6,24 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
+import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tests.conftest import free_port
+from campaign_service.adapters.redis.pipe import RedisPipe
+from tests.conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
 
 
-async def test_concurrent_calls_each_get_their_own_answer(service_pipe) -> None:
+async def test_concurrent_calls_each_get_their_own_answer(service_pipe: Callable[..., RedisPipe]) -> None:
     pipe = service_pipe()
     answers = await asyncio.gather(*(pipe.execute("ECHO", f"call-{i}") for i in range(500)))
     assert answers == [f"call-{i}".encode() for i in range(500)]
 
 
-async def test_an_error_reply_fails_only_its_caller(service_pipe) -> None:
+async def test_an_error_reply_fails_only_its_caller(service_pipe: Callable[..., RedisPipe]) -> None:
     pipe = service_pipe()
     key = f"pipe-test:{time.monotonic_ns()}"
     results = await asyncio.gather(
@@ -37,14 +40,14 @@ async def test_an_error_reply_fails_only_its_caller(service_pipe) -> None:
     assert results[2] == b"a"
 
 
-async def test_scripts_survive_a_script_flush(service_pipe, redis_client) -> None:
+async def test_scripts_survive_a_script_flush(service_pipe: Callable[..., RedisPipe], redis_client: aioredis.Redis) -> None:
     script = service_pipe().script("return ARGV[1] .. KEYS[1]")
     assert await script(keys=["k"], args=["v"]) == b"vk"
     await redis_client.script_flush()
     assert await script(keys=["k"], args=["w"]) == b"wk"  # NOSCRIPT -> sent with its source
 
 
-async def test_a_hung_redis_fails_every_waiting_call_within_the_timeout(own_redis, service_pipe) -> None:
+async def test_a_hung_redis_fails_every_waiting_call_within_the_timeout(own_redis: Callable[..., RedisServer], service_pipe: Callable[..., RedisPipe]) -> None:
     server = own_redis()
     pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=100)
     assert await pipe.execute("PING") == b"PONG"
@@ -62,7 +65,7 @@ async def test_a_hung_redis_fails_every_waiting_call_within_the_timeout(own_redi
     assert await pipe.execute("PING") == b"PONG"
 
 
-async def test_a_restarted_redis_is_reconnected_on_the_next_call(own_redis, service_pipe) -> None:
+async def test_a_restarted_redis_is_reconnected_on_the_next_call(own_redis: Callable[..., RedisServer], service_pipe: Callable[..., RedisPipe]) -> None:
     server = own_redis()
     pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=200)
     assert await pipe.execute("PING") == b"PONG"
@@ -73,13 +76,13 @@ async def test_a_restarted_redis_is_reconnected_on_the_next_call(own_redis, serv
     assert await pipe.execute("PING") == b"PONG"
 
 
-async def test_an_unreachable_redis_fails_fast(service_pipe) -> None:
+async def test_an_unreachable_redis_fails_fast(service_pipe: Callable[..., RedisPipe]) -> None:
     pipe = service_pipe("127.0.0.1", free_port(), redis_timeout_ms=100)
     with pytest.raises(RedisConnectionError):
         await pipe.execute("PING")
 
 
-async def test_a_cancelled_caller_does_not_shift_the_answers(service_pipe) -> None:
+async def test_a_cancelled_caller_does_not_shift_the_answers(service_pipe: Callable[..., RedisPipe]) -> None:
     pipe = service_pipe()
     first = asyncio.ensure_future(pipe.execute("ECHO", "first"))
     second = asyncio.ensure_future(pipe.execute("ECHO", "second"))
@@ -89,7 +92,7 @@ async def test_a_cancelled_caller_does_not_shift_the_answers(service_pipe) -> No
     assert await pipe.execute("ECHO", "third") == b"third"
 
 
-async def test_the_pooled_client_takes_a_new_connection_after_a_redis_restart(own_redis, service_redis) -> None:
+async def test_the_pooled_client_takes_a_new_connection_after_a_redis_restart(own_redis: Callable[..., RedisServer], service_redis: Callable[..., aioredis.Redis]) -> None:
     """The invalidation path's client: a pooled connection that a restart closed is replaced on
     its next command instead of failing it (which would open the breaker for nothing)."""
     server = own_redis()

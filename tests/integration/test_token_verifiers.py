@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def _hs256_with_public_key(issuer: TokenIssuer) -> str:
     pem = issuer.key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    body = json.loads(jwt.api_jws.base64url_decode(issuer.mint(M).split(".")[1]))
+    body = json.loads(jwt.utils.base64url_decode(issuer.mint(M).split(".")[1]))
     header = json.dumps({"alg": "HS256", "kid": issuer.kid}).encode()
     signing_input = jwt.utils.base64url_encode(header) + b"." + jwt.utils.base64url_encode(json.dumps(body).encode())
     import hashlib
@@ -69,7 +70,7 @@ def _alg_none(issuer: TokenIssuer) -> str:
     return (header + b"." + issuer.mint(M).split(".")[1].encode() + b".").decode()
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, Callable[[TokenIssuer], tuple[str, str]]] = {
     "expired beyond leeway": lambda i: (i.mint(M, exp=int(time.time()) - 31), "token expired"),
     "not yet valid": lambda i: (i.mint(M, nbf=int(time.time()) + 120), "token not yet valid"),
     "wrong audience": lambda i: (i.mint(M, aud="points-service"), "invalid token"),
