@@ -65,7 +65,7 @@ class Call:
         return self.ended - self.started
 
 
-async def get_tier(stub: campaign_grpc.CampaignServiceStub, asked: TierFacts, deadline_s: float) -> Call:
+async def get_tier(stub: campaign_grpc.CampaignServiceAsyncStub, asked: TierFacts, deadline_s: float) -> Call:
     started = time.monotonic()
     try:
         got = await stub.GetVIPTier(
@@ -77,7 +77,7 @@ async def get_tier(stub: campaign_grpc.CampaignServiceStub, asked: TierFacts, de
 
 
 async def burst(
-    stub: campaign_grpc.CampaignServiceStub, expected: Sequence[TierFacts], calls: int, deadline_s: float
+    stub: campaign_grpc.CampaignServiceAsyncStub, expected: Sequence[TierFacts], calls: int, deadline_s: float
 ) -> list[Call]:
     """`calls` lookups at once (a client that does not back off)."""
     return list(await asyncio.gather(*(get_tier(stub, random.choice(expected), deadline_s) for _ in range(calls))))
@@ -139,7 +139,7 @@ class LookupLoad:
         period = self.workers / self.rate
         target = ""
         channel: grpc.aio.Channel | None = None
-        stub: campaign_grpc.CampaignServiceStub | None = None
+        stub: campaign_grpc.CampaignServiceAsyncStub | None = None
         try:
             while not self._stop.is_set():
                 if target != self.target or stub is None:

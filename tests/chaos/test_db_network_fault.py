@@ -11,6 +11,7 @@ import os
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def health_seconds(service: ServiceProcess) -> float:
     return time.monotonic() - start
 
 
-async def recovery_seconds(stub: campaign_grpc.CampaignServiceStub, expected: TierFacts, within: float) -> float:
+async def recovery_seconds(stub: campaign_grpc.CampaignServiceAsyncStub, expected: TierFacts, within: float) -> float:
     """Seconds until five lookups in a row succeed with the right answer."""
     start = time.monotonic()
     streak = 0
@@ -95,7 +96,7 @@ async def observe(service: ServiceProcess, port: int, stop: asyncio.Event) -> Ob
 
 
 async def observed_burst(
-    stub: campaign_grpc.CampaignServiceStub, expected: list[TierFacts], service: ServiceProcess, port: int
+    stub: campaign_grpc.CampaignServiceAsyncStub, expected: list[TierFacts], service: ServiceProcess, port: int
 ) -> tuple[list[Call], Observed]:
     stop = asyncio.Event()
     watcher = asyncio.create_task(observe(service, port, stop))
@@ -113,7 +114,7 @@ def describe(calls: list[Call]) -> str:
     return f"{codes}, slowest {max(c.seconds for c in calls):.2f}s"
 
 
-FAULTS = {
+FAULTS: dict[str, Callable[[FaultProxy], object]] = {
     "delay 2 s": lambda proxy: proxy.delay(2.0),
     "blackhole": lambda proxy: proxy.blackhole(),
     "reset": lambda proxy: proxy.refuse(),
