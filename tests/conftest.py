@@ -221,14 +221,14 @@ def service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-async def stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+async def stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceAsyncStub]:
     """The session service's stub with an admin token (`campaign:admin`, any merchant)."""
     async with auth_channel(service.target) as channel:
         yield campaign_grpc.CampaignServiceStub(channel)
 
 
 @pytest.fixture
-async def stub_for(service: ServiceProcess) -> AsyncIterator[Callable[..., campaign_grpc.CampaignServiceStub]]:
+async def stub_for(service: ServiceProcess) -> AsyncIterator[Callable[..., campaign_grpc.CampaignServiceAsyncStub]]:
     """`stub_for(merchant, scopes=[...], subject="x")` or `stub_for(token="...")`: a stub of the
     session service sending that token. Defaults: no merchant, admin scope, subject test-admin."""
     channels: list[grpc.aio.Channel] = []
@@ -238,7 +238,7 @@ async def stub_for(service: ServiceProcess) -> AsyncIterator[Callable[..., campa
         scopes: Any = (SCOPE_ADMIN,),
         subject: str = "test-admin",
         token: str | None = None,
-    ) -> campaign_grpc.CampaignServiceStub:
+    ) -> campaign_grpc.CampaignServiceAsyncStub:
         channel = auth_channel(service.target, token or mint_token(merchant, scopes, subject))
         channels.append(channel)
         return campaign_grpc.CampaignServiceStub(channel)
@@ -249,7 +249,7 @@ async def stub_for(service: ServiceProcess) -> AsyncIterator[Callable[..., campa
 
 
 @pytest.fixture
-async def anonymous_stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+async def anonymous_stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceAsyncStub]:
     """A stub of the session service that sends no token."""
     async with grpc.aio.insecure_channel(service.target) as channel:
         yield campaign_grpc.CampaignServiceStub(channel)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -89,7 +89,7 @@ async def test_failed_lookup_is_logged_with_a_generated_correlation_id(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        echoed = dict(await call.trailing_metadata())["x-correlation-id"]
+        echoed = cast(str, dict(await call.trailing_metadata())["x-correlation-id"])  # not a -bin key: text
     assert uuid.UUID(echoed)
     lines = await lines_of(service, echoed, 1)
     assert [(x["message"], x["grpc_code"], x["merchant_id"], x["tier_id"]) for x in lines] == [

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +21,7 @@ from grpc_status import rpc_status
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
-from tests.conftest import ServiceProcess, redis_address, redis_env, start_service
+from tests.conftest import Database, RedisServer, ServiceProcess, redis_address, redis_env, start_service
 from tests.service_http import http_get, metric
 from tests.tokens import auth_channel
 
@@ -30,13 +31,13 @@ def hits(service: ServiceProcess) -> float:
 
 
 @asynccontextmanager
-async def client(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceStub]:
+async def client(service: ServiceProcess) -> AsyncIterator[campaign_grpc.CampaignServiceAsyncStub]:
     async with auth_channel(service.target) as channel:  # an admin token
         yield campaign_grpc.CampaignServiceStub(channel)
 
 
 @pytest.fixture
-def services(database, tmp_path) -> Any:
+def services(database: Database, tmp_path: Path) -> Any:
     started: list[ServiceProcess] = []
 
     def start(env: dict[str, str]) -> ServiceProcess:
@@ -50,7 +51,7 @@ def services(database, tmp_path) -> Any:
         svc.stop()
 
 
-async def create_gold(stub: campaign_grpc.CampaignServiceStub, merchant: uuid.UUID) -> None:
+async def create_gold(stub: campaign_grpc.CampaignServiceAsyncStub, merchant: uuid.UUID) -> None:
     await stub.CreateVIPTier(
         pb.CreateVIPTierRequest(
             merchant_id=str(merchant), tier=pb.VIPTier(tier_id="gold", name="Gold", translations={"ar": "ذهبي"})
@@ -69,7 +70,7 @@ def rename(merchant: uuid.UUID, name: str) -> pb.UpdateVIPTierRequest:
 
 
 async def test_update_through_one_instance_is_read_through_the_other(
-    services: Callable[..., ServiceProcess], new_merchant, redis_client: aioredis.Redis
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_client: aioredis.Redis
 ) -> None:
     env = redis_env(*redis_address())
     a, b = services(env), services(env)
@@ -98,7 +99,7 @@ async def test_update_through_one_instance_is_read_through_the_other(
 
 
 async def test_rate_limit_is_shared_and_says_when_to_retry(
-    services: Callable[..., ServiceProcess], new_merchant
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any]
 ) -> None:
     # A 5 s window so that the burst surely falls into one window on a busy machine.
     env = redis_env(*redis_address(), CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000")
@@ -141,7 +142,7 @@ def ready(service: ServiceProcess) -> tuple[int, dict[str, Any]]:
 
 
 async def test_redis_killed_mid_test_then_restarted(
-    services: Callable[..., ServiceProcess], own_redis, new_merchant
+    services: Callable[..., ServiceProcess], own_redis: Callable[..., RedisServer], new_merchant: Callable[[], Any]
 ) -> None:
     server = own_redis(persist=True)  # comes back with its old keys, like a Redis with persistence
     svc = services(
@@ -198,7 +199,7 @@ async def test_redis_killed_mid_test_then_restarted(
 
 
 async def test_invalidations_a_killed_instance_never_delivered_are_not_served_after_its_restart(
-    services: Callable[..., ServiceProcess], own_redis, new_merchant
+    services: Callable[..., ServiceProcess], own_redis: Callable[..., RedisServer], new_merchant: Callable[[], Any]
 ) -> None:
     """The fault matrix's stale lookups: a Redis hiccup opens the breaker, an acknowledged rename's
     invalidation waits in the instance's memory (the instance bypasses its cache meanwhile), the
@@ -232,7 +233,7 @@ async def test_invalidations_a_killed_instance_never_delivered_are_not_served_af
     assert hits(second) == 1  # the successor does use the cache
 
 
-async def test_in_process_cache_without_redis(services: Callable[..., ServiceProcess], new_merchant) -> None:
+async def test_in_process_cache_without_redis(services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any]) -> None:
     svc = services({"CAMPAIGN_CACHE": "memory"})
     merchant = await new_merchant()
     async with client(svc) as stub:

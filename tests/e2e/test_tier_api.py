@@ -11,6 +11,7 @@ from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 
 
@@ -34,7 +35,9 @@ def gold(**overrides: Any) -> pb.VIPTier:
     return pb.VIPTier(**fields)
 
 
-async def create(stub: Any, merchant: uuid.UUID, tier: pb.VIPTier | None = None) -> pb.VIPTier:
+async def create(
+    stub: campaign_grpc.CampaignServiceAsyncStub, merchant: uuid.UUID, tier: pb.VIPTier | None = None
+) -> pb.VIPTier:
     return await stub.CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=tier or gold()))
 
 
@@ -298,7 +301,8 @@ async def test_evaluate_tier(stub: Any, new_merchant: Any) -> None:
         await create(stub, merchant, gold(tier_id=tier_id, name=tier_id.title(), min_points=points, translations={}))
 
     async def evaluate(points: int) -> str:
-        return (await stub.EvaluateTier(pb.EvaluateTierRequest(merchant_id=str(merchant), points=points))).tier_id
+        tier: pb.VIPTier = await stub.EvaluateTier(pb.EvaluateTierRequest(merchant_id=str(merchant), points=points))
+        return tier.tier_id
 
     assert [await evaluate(p) for p in (100, 999, 1000, 4999, 5000, 2**62)] == [
         "silver",
