@@ -23,6 +23,7 @@ from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.api.server import SERVICE, build_grpc_server
 from campaign_service.api.servicer import CampaignServicer
+from campaign_service.domain import errors as domain_errors
 from campaign_service.domain.access import Principal
 from campaign_service.domain.errors import NotFound
 from campaign_service.service.ports import RateDecision
@@ -106,7 +107,7 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, Fa
         faults.check("correlation")
         return request_fields(method, request)
 
-    invalid = interceptors.invalid
+    invalid = domain_errors.invalid  # what interceptors calls: it imports it from domain.errors
 
     def refuse(field: str, description: str) -> Any:
         faults.check("decoding")
@@ -152,7 +153,7 @@ async def test_an_exception_anywhere_in_the_chain_is_a_mapped_status(
     handled_before = _handled("GetVIPTier", EXPECTED[where][0])
     caplog.set_level(logging.WARNING)
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes | pb.GetVIPTierRequest, pb.VIPTier] = channel.unary_unary(
             "/campaign.v1.CampaignService/GetVIPTier",
             request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
             response_deserializer=pb.VIPTier.FromString,
