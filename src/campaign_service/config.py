@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(200, ge=1, le=10_000)
     # Merchant transactions of a batch at once; each holds a database connection while it runs.
     consumer_concurrency: int = Field(8, ge=1, le=100)
+    # points.recorded messages per batch; a batch is one transaction over all its merchants.
+    points_batch_size: int = Field(1000, ge=1, le=10_000)
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)

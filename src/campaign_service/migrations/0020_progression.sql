@@ -89,7 +89,7 @@ ALTER TABLE customer_tiers ADD CONSTRAINT customer_tiers_source_check
 -- merchant set in key order.
 CREATE INDEX idx_customer_tiers_deadline ON customer_tiers (deadline, merchant_id, customer_id)
     WHERE deadline IS NOT NULL;
-CREATE INDEX idx_customer_tiers_due ON customer_tiers (merchant_id, deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX idx_customer_tiers_due ON customer_tiers (merchant_id, customer_id, deadline) WHERE deadline IS NOT NULL;
 
 ALTER TABLE customer_tier_history
     ADD COLUMN from_tier_id text,
