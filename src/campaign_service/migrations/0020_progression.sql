@@ -169,7 +169,6 @@ CREATE POLICY tenant_isolation ON merchants FOR SELECT TO campaign_app
     USING (id = ANY ((SELECT campaign_current_merchants())::uuid[]));
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON tier_programs, qualifying_points_daily TO campaign_app;
-GRANT DELETE ON customer_tier_history TO campaign_app;  -- erasure (customer.deleted) only
 
 -- ---------------------------------------------------------------------------------------------
 -- Which merchants have customers due at `now`: the scheduler's only cross-merchant read. Like
