@@ -222,7 +222,6 @@ class PointsRecordedHandler:
             for i, e in todo.items():
                 if e.merchant_id not in setups:
                     outcomes[i] = Rejected("unknown_merchant", f"merchant {e.merchant_id} is not provisioned")
-            tally["unknown_merchant"] = sum(isinstance(outcomes[i], Rejected) for i in todo)
             candidates = [(e, i) for e, i in first.items() if todo[i].merchant_id in setups]
             fresh = await tx.mark_processed([(e, todo[i].merchant_id) for e, i in candidates], SOURCE)
             tally["duplicate"] += len(candidates) - len(fresh)
@@ -239,7 +238,6 @@ class PointsRecordedHandler:
                 if ladder:
                     by_customer.setdefault((e.merchant_id, e.customer_id), []).append(e)
             await tx.add_points({k: v for k, v in buckets.items() if v})
-            tally["recorded"] += len(entries)
             states = await tx.lock_customers({key: (setups[key[0]][0].window_start(now), None) for key in by_customer})
             writes: list[StateWrite] = []
             messages: list[OutboxMessage] = []
@@ -259,6 +257,7 @@ class PointsRecordedHandler:
                     messages.append(change[1])
             await tx.write_states(writes)
             await tx.add_outbox(messages)
-        tally["moved"] += len(writes)
+        tally["moved"] += len(writes)  # one event per move caused it
+        tally["recorded"] += len(entries) - len(writes)
         count_moves(writes)
         return tally

@@ -4,16 +4,28 @@
 
 -- ---------------------------------------------------------------------------------------------
 -- Scope of a transaction: one merchant (app.merchant_id, the API) or a SET of merchants
--- (app.merchant_ids = '{uuid,...}', a consumer batch or a scheduler chunk). Policies compare
--- against the set; the set of a single-merchant transaction is {that merchant}. Every policy
--- below reads it through a scalar subquery, so the text is cast once per statement (an InitPlan),
--- not once per row. Nothing else changes: no role bypasses RLS, and a transaction scoped to {A}
--- sees exactly what a transaction with app.merchant_id = A saw before.
+-- (app.merchant_ids = a JSON object whose keys are the merchant UUIDs, for a consumer batch or
+-- a scheduler chunk). Every tenant policy admits a row when its merchant is the one merchant or
+-- a key of the set. No role bypasses RLS, and a transaction with app.merchant_id = A sees exactly
+-- what it saw before.
+--
+-- Why this shape (measured on a 1,000-merchant database, a 900-row INSERT of one batch over 266
+-- merchants, on this 2-core machine under load): `merchant_id = ANY(set::uuid[])` re-cast the
+-- array for every row and every index probe re-sorted it (~160 ms for the INSERT, ~0.5 s for
+-- 1,000 key lookups); a substring test of the UUID in the set's text was linear in the set
+-- (~50 us per row with 600 merchants). A jsonb object read once per statement (the scalar
+-- subquery becomes an InitPlan, evaluated once even in WITH CHECK) answers `?` by binary search:
+-- ~32 ms for the same INSERT, most of it the foreign-key checks. Malformed JSON is an error, and
+-- anything else that is not a key matches nothing: never a wildcard.
+CREATE OR REPLACE FUNCTION campaign_scope() RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT nullif(current_setting('app.merchant_ids', true), '')::jsonb $$;
+
+-- The set as an array (for a statement's own index condition, e.g. the scheduler's claim).
 CREATE OR REPLACE FUNCTION campaign_current_merchants() RETURNS uuid[]
     LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$ SELECT coalesce(nullif(current_setting('app.merchant_ids', true), '')::uuid[],
-                          ARRAY[nullif(current_setting('app.merchant_id', true), '')::uuid]) $$;
-GRANT EXECUTE ON FUNCTION campaign_current_merchants() TO campaign_app;
+    AS $$ SELECT ARRAY(SELECT k::uuid FROM jsonb_object_keys(campaign_scope()) AS k) $$;
+GRANT EXECUTE ON FUNCTION campaign_scope(), campaign_current_merchants() TO campaign_app;
 
 -- ---------------------------------------------------------------------------------------------
 -- The programme: how customers qualify and when they are re-assessed. No row = the defaults
@@ -159,14 +171,14 @@ BEGIN
                              'processed_events', 'outbox_events', 'tier_programs', 'qualifying_points_daily'] LOOP
         EXECUTE format(
             'CREATE POLICY tenant_isolation ON %I TO campaign_app '
-            'USING (merchant_id = ANY ((SELECT campaign_current_merchants())::uuid[])) '
-            'WITH CHECK (merchant_id = ANY ((SELECT campaign_current_merchants())::uuid[]))', t);
+            'USING (merchant_id = campaign_current_merchant() OR (SELECT campaign_scope()) ? merchant_id::text) '
+            'WITH CHECK (merchant_id = campaign_current_merchant() OR (SELECT campaign_scope()) ? merchant_id::text)', t);
     END LOOP;
 END $$;
 
 DROP POLICY tenant_isolation ON merchants;
 CREATE POLICY tenant_isolation ON merchants FOR SELECT TO campaign_app
-    USING (id = ANY ((SELECT campaign_current_merchants())::uuid[]));
+    USING (id = campaign_current_merchant() OR (SELECT campaign_scope()) ? id::text);
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON tier_programs, qualifying_points_daily TO campaign_app;
 

@@ -1,13 +1,15 @@
 """Tier progression on PostgreSQL: transactions scoped to a SET of merchants (a consumer batch, a
 scheduler chunk) and the set-based statements the engine needs.
 
-`app.merchant_ids` holds the scope; every tenant policy compares `merchant_id` with it (see
-migration 0020), so RLS confines each statement to the batch's merchants and no role bypasses it.
+`app.merchant_ids` holds the scope (a JSON object keyed by merchant id); every tenant policy
+admits only those merchants (see migration 0020), so RLS confines each statement to the batch's
+merchants and no role bypasses it.
 Each method is one statement for all the customers it is given, whatever their number.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
@@ -123,15 +125,16 @@ class PgProgressionTransaction:
         if not customers:
             return {}
         keys = sorted(customers)
+        # A nested loop of key lookups (LATERAL): a join let the planner hash every row of the
+        # scope's merchants. Rows are locked in the order of `keys` (sorted: one lock order).
         rows = await self._conn.fetch(
-            "WITH x AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)),"
-            " locked AS (SELECT ct.* FROM customer_tiers ct JOIN x ON ct.merchant_id = x.m AND ct.customer_id = x.c"
-            "   ORDER BY ct.merchant_id, ct.customer_id FOR UPDATE OF ct)"
-            f" SELECT x.m, x.c, {_STATE_COLUMNS},"
+            f"SELECT x.m, x.c, {_STATE_COLUMNS},"
             " (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
             "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
             "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS points"
-            " FROM x LEFT JOIN locked ct ON ct.merchant_id = x.m AND ct.customer_id = x.c",
+            " FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)"
+            " LEFT JOIN LATERAL (SELECT * FROM customer_tiers t WHERE t.merchant_id = x.m AND t.customer_id = x.c"
+            "   FOR UPDATE) ct ON true",
             [k[0] for k in keys],
             [k[1] for k in keys],
             [customers[k][0] for k in keys],
@@ -223,10 +226,13 @@ class PgProgression:
 
     @asynccontextmanager
     async def __call__(self, merchants: Sequence[UUID]) -> AsyncIterator[PgProgressionTransaction]:
-        scope = "{" + ",".join(str(m) for m in sorted(set(merchants))) + "}"
+        scope = json.dumps(dict.fromkeys(map(str, sorted(set(merchants))), True))  # see migration 0020
         try:
             async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn, conn.transaction():
-                await conn.execute("SELECT set_config('app.merchant_ids', $1, true)", scope)
+                # jit off: a batch's statements are short, and compiling them cost more than running them.
+                await conn.execute(
+                    "SELECT set_config('app.merchant_ids', $1, true), set_config('jit', 'off', true)", scope
+                )
                 yield PgProgressionTransaction(conn)
         except _UNAVAILABLE as exc:
             raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
