@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import random
 import tempfile
 import time
@@ -48,6 +49,30 @@ def consumed(http_port: int, event_type: str) -> float:
         text = resp.read().decode()
     prefix = f'campaign_events_consumed_total{{event_type="{event_type}"'
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def cluster_cpu_seconds() -> float | None:
+    """CPU time of every PostgreSQL process of the cluster the tests run (children of its
+    postmaster, finished ones included via cutime/cstime), when scripts/services started it here."""
+    services_dir = os.environ.get("CAMPAIGN_TEST_SERVICES_DIR")
+    if not services_dir:
+        return None
+    pid_file = Path(services_dir, "postgres", "pgdata", "postmaster.pid")
+    if not pid_file.exists():
+        return None
+    postmaster = int(pid_file.read_text().split()[0])
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(proc.name), int(fields[1])
+        if pid == postmaster or ppid == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _copy_rows(rows: list[tuple[Any, ...]]) -> io.BytesIO:
@@ -89,12 +114,13 @@ async def seed(superuser_dsn: str, db_name: str, merchants: list[uuid.UUID], cus
 
 
 async def encoded(
-    codec: AvroWireCodec, pairs: list[tuple[Any, Any]], n: int, rng: random.Random
+    codec: AvroWireCodec, pairs: list[tuple[Any, Any]], n: int, rng: random.Random, *, in_order: bool = False
 ) -> list[tuple[str, str, bytes]]:
+    """n earns of random customers among `pairs` (or of pairs[0..n) in order: one each)."""
     out = []
     now_ms = int(time.time() * 1000)
-    for _ in range(n):
-        m, c = pairs[rng.randrange(len(pairs))]
+    for i in range(n):
+        m, c = pairs[i] if in_order else pairs[rng.randrange(len(pairs))]
         event_id, q = str(uuid.uuid4()), rng.randint(1, 400)
         payload = {
             "event_id": event_id,
@@ -161,6 +187,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(produce, producer, backlog, None)
             service = bench.start_service()
             http_port = service.port
+            db_cpu_start = cluster_cpu_seconds()
             samples: list[tuple[float, float, float]] = []
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -172,22 +199,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             started, _, cpu_start = next(s for s in samples if s[1] > 0)
             done_at, total, cpu_end = samples[-1]
+            db_cpu_end = cluster_cpu_seconds()
             result["throughput"] = {
                 "backlog": args.backlog,
                 "consumed": total,
                 "consumer_events_per_s": total / max(done_at - started, 1e-9),
                 "service_cpu_share_while_draining": (cpu_end - cpu_start) / max(done_at - started, 1e-9),
                 "peak_rss_mib": service.peak_rss_mib(),
+                # CPU per event of the service and of PostgreSQL (whole drain, start-up included):
+                # what the rate would be with two idle cores, on a machine shared with others.
+                "service_cpu_ms_per_event": (cpu_end - cpu_start) * 1000 / max(total, 1),
+                "postgres_cpu_ms_per_event": (
+                    (db_cpu_end - db_cpu_start) * 1000 / max(total, 1)
+                    if db_cpu_start is not None and db_cpu_end is not None
+                    else None
+                ),
+                "load_average": os.getloadavg(),
             }
 
             # Latency: new customers of known merchants (each gets a first tier, so each is announced).
             def fresh(n: int) -> list[tuple[Any, Any]]:
                 return [(merchants[rng.randrange(len(merchants))], uuid.uuid4()) for _ in range(n)]
 
-            warm = await encoded(codec, fresh(args.warmup), args.warmup, rng)
+            warm = await encoded(codec, fresh(args.warmup), args.warmup, rng, in_order=True)
             await asyncio.to_thread(produce, producer, warm, args.rate)
             watcher.wait_for([e[0] for e in warm], 120)
-            events = await encoded(codec, fresh(args.events), args.events, rng)
+            events = await encoded(codec, fresh(args.events), args.events, rng, in_order=True)
             sent = await asyncio.to_thread(produce, producer, events, args.rate)
             complete = watcher.wait_for(list(sent), 120)
             lat = [(watcher.arrived[i] - t) * 1000 for i, t in sent.items() if i in watcher.arrived]
@@ -240,6 +277,8 @@ def main() -> None:
         f"seed {result['merchants']} merchants, {result['customers']} customers in {result['seed_s']} s\n"
         f"throughput  backlog {thr['backlog']}: consumer {thr['consumer_events_per_s']:.0f} events/s, service CPU"
         f" {thr['service_cpu_share_while_draining']:.0%} of a core, peak RSS {thr['peak_rss_mib']:.0f} MiB\n"
+        f"  CPU per event: service {thr['service_cpu_ms_per_event']:.3f} ms, PostgreSQL {thr['postgres_cpu_ms_per_event'] or 0:.3f} ms"
+        f" (machine load average {thr['load_average'][0]:.1f})\n"
         f"latency  points.recorded -> vip_tier.assigned at {lat['rate_per_s']:.0f}/s, {lat['received']}/{lat['events']}:"
         f" p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  max {lat['max_ms']:.1f} ms"
     )

@@ -277,7 +277,9 @@ def build_events(
         batch_size=settings.points_batch_size,
         retry=Backoff(0.2, 5.0),
     )
-    points_handler: BatchHandler = PointsRecordedHandler(PgProgression(pool), processed).batch
+    # No Redis fast path: the database dedupes each batch in one INSERT anyway; the fast path
+    # would add two Redis round trips of up to a batch of keys each.
+    points_handler: BatchHandler = PointsRecordedHandler(PgProgression(pool)).batch
     if tracer is not None:
         points_handler = traced_batches(points_handler, tracer, system="kafka")
     return EventPipeline(relay, subscriber, handler, (points, points_handler))

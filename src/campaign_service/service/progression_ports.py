@@ -51,12 +51,27 @@ class ProgressionTransaction(Protocol):
     async def write_states(self, writes: Sequence[StateWrite]) -> None: ...
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
 
+    async def window_sums(
+        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
+    ) -> dict[CustomerKey, int]: ...
+
+    async def extend_periods(self, kept: Sequence[tuple[CustomerKey, TierState]]) -> None:
+        """Re-assessed customers who keep their tier: new period, deadline and points, no history."""
+        ...
+
     async def claim_due(
-        self, at: datetime, limit: int, after: CustomerKey | None
+        self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
     ) -> list[tuple[CustomerKey, TierState]]:
-        """Locks up to `limit` due customers of the scope after `after` (key order), skipping locked ones."""
+        """Locks up to `limit` customers of `merchants` due at `at`, in key order after `after`,
+        skipping rows another transaction holds."""
         ...
 
 
 class Progression(Protocol):
     def __call__(self, merchants: Sequence[UUID]) -> AbstractAsyncContextManager[ProgressionTransaction]: ...
+
+
+class DueMerchants(Protocol):
+    async def due_merchants(self, at: datetime, limit: int) -> list[tuple[UUID, int]]:
+        """Merchants with customers due at `at`, with their counts (ids only)."""
+        ...

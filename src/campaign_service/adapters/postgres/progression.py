@@ -193,21 +193,58 @@ class PgProgressionTransaction:
             [m.headers for m in messages],
         )
 
+    async def window_sums(
+        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
+    ) -> dict[CustomerKey, int]:
+        """Each customer's points over the local days [first, end) (None: unbounded)."""
+        if not customers:
+            return {}
+        keys = list(customers)
+        rows = await self._conn.fetch(
+            "SELECT x.m, x.c, (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
+            "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
+            "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS points"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [customers[k][0] for k in keys],
+            [customers[k][1] for k in keys],
+        )
+        return {(r["m"], r["c"]): int(r["points"]) for r in rows}
+
+    async def extend_periods(self, kept: Sequence[tuple[CustomerKey, TierState]]) -> None:
+        """Customers re-assessed without a move: their new period, deadline and points (no history)."""
+        if not kept:
+            return
+        await self._conn.execute(
+            "UPDATE customer_tiers ct SET period_end = x.pe, deadline = x.d, qualifying_points = x.q,"
+            " program_version = x.v"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[])"
+            " AS x(m, c, pe, d, q, v) WHERE ct.merchant_id = x.m AND ct.customer_id = x.c",
+            [k[0] for k, _ in kept],
+            [k[1] for k, _ in kept],
+            [s.period_end for _, s in kept],
+            [s.deadline for _, s in kept],
+            [s.qualifying_points for _, s in kept],
+            [s.program_version for _, s in kept],
+        )
+
     async def claim_due(
-        self, at: datetime, limit: int, after: CustomerKey | None
+        self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
     ) -> list[tuple[CustomerKey, TierState]]:
         """Locks up to `limit` customers of the scope whose deadline is <= `at`, in key order after
         `after`, skipping rows another transaction holds (another replica, or a points batch)."""
         after_m, after_c = after if after is not None else (None, None)
         rows = await self._conn.fetch(
             f"SELECT ct.merchant_id, ct.customer_id, {_STATE_COLUMNS} FROM customer_tiers ct"
-            " WHERE ct.merchant_id = ANY (campaign_current_merchants()) AND ct.deadline <= $1"
+            " WHERE ct.merchant_id = ANY ($5::uuid[]) AND ct.deadline <= $1"
             " AND ($3::uuid IS NULL OR (ct.merchant_id, ct.customer_id) > ($3::uuid, $4::uuid))"
             " ORDER BY ct.merchant_id, ct.customer_id LIMIT $2 FOR UPDATE OF ct SKIP LOCKED",
             at,
             limit,
             after_m,
             after_c,
+            list(merchants),
         )
         out = []
         for r in rows:
@@ -223,6 +260,15 @@ class PgProgression:
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
         self._pool = pool
         self._acquire_timeout_s = acquire_timeout_s
+
+    async def due_merchants(self, at: datetime, limit: int) -> list[tuple[UUID, int]]:
+        """Merchants with customers due at `at` and how many, earliest deadline first: the only
+        cross-merchant read, ids and counts only (SECURITY DEFINER function, migration 0020)."""
+        try:
+            rows = await self._pool.fetch("SELECT merchant_id, due FROM campaign_due_merchants($1, $2)", at, limit)
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
+        return [(r["merchant_id"], int(r["due"])) for r in rows]
 
     @asynccontextmanager
     async def __call__(self, merchants: Sequence[UUID]) -> AsyncIterator[PgProgressionTransaction]:
