@@ -50,10 +50,12 @@ def test_rolling_months_clamp_to_the_end_of_the_month() -> None:
 def test_upgrade_skips_tiers_and_earning_never_downgrades() -> None:
     p = Programme()
     first = on_entry(p, LADDER, None, 200, T0)
-    assert first.move is not None and (first.move.tier_id, first.move.reason) == ("basic", "default")
+    assert first.move is not None
+    assert (first.move.tier_id, first.move.reason) == ("basic", "default")
     assert first.state is not None
     up = on_entry(p, LADDER, first.state, 7000, T0)
-    assert up.move is not None and (up.move.previous_tier_id, up.move.tier_id, up.move.bonus_points) == (
+    assert up.move is not None
+    assert (up.move.previous_tier_id, up.move.tier_id, up.move.bonus_points) == (
         "basic",
         "gold",
         500,
@@ -67,7 +69,8 @@ def test_once_ever_bonus_is_paid_on_the_first_entry_only() -> None:
         p = Programme(entry_bonus=policy)  # type: ignore[arg-type]
         state = TierState("silver", T0, held_tiers=frozenset({"basic", "silver", "gold"}))
         move = on_entry(p, LADDER, state, 6000, T0).move
-        assert move is not None and move.bonus_points == second_bonus
+        assert move is not None
+        assert move.bonus_points == second_bonus
 
 
 def test_a_manual_floor_holds_until_it_expires() -> None:
@@ -75,10 +78,12 @@ def test_a_manual_floor_holds_until_it_expires() -> None:
     end = datetime(2027, 1, 1, tzinfo=UTC)
     state = TierState("gold", T0, period_end=end, deadline=end, floor_tier_id="silver", floor_until=end + timedelta(1))
     held = at_deadline(p, LADDER, state, 0, end)
-    assert held.move is not None and held.move.tier_id == "silver"
+    assert held.move is not None
+    assert held.move.tier_id == "silver"
     after = at_deadline(p, LADDER, TierState("gold", T0, period_end=end, deadline=end, floor_tier_id="silver",
                                              floor_until=end), 0, end)  # fmt: skip
-    assert after.move is not None and after.move.tier_id == "basic"
+    assert after.move is not None
+    assert after.move.tier_id == "basic"
 
 
 def test_redeem_and_expire_never_lower_progress() -> None:
@@ -178,7 +183,8 @@ class Reference:
 
     def advance(self, now: datetime) -> None:
         while (deadline := self.deadline()) is not None and deadline <= now:
-            assert self.period_end is not None and self.tier is not None
+            assert self.period_end is not None
+            assert self.tier is not None
             first = ref_add_months(self.period_end, -self.months())
             reached = ref_reached(sum(q for d, q in self.entries if first <= d < self.period_end))
             if reached > self.tier or self.p.downgrade_policy == "to_qualified":
