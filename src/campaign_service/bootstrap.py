@@ -62,6 +62,7 @@ from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.points_recorded import PointsRecordedHandler
 from campaign_service.events.ports import BatchHandler, EventPublisher
 from campaign_service.events.relay import OutboxRelay, RelaySettings
+from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.events.tracing import TracedPublisher, traced_batches
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.reads import NoCache, TierReads
@@ -461,6 +462,22 @@ def tls_credentials(settings: Settings) -> ReloadingServerCredentials | None:
         raise ConfigError(f"CAMPAIGN_TLS_CERT_FILE: cannot use the TLS files ({exc})") from None
 
 
+def start_scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> list[asyncio.Task[None]]:
+    """The deadline scheduler (tier downgrades) as a supervised task, unless switched off; cancelled
+    at stop (a chunk in flight rolls back and is claimed again by the next pass)."""
+    if not settings.scheduler_interval_s:
+        return []
+    progression = PgProgression(pool)
+    scheduler = DeadlineScheduler(
+        progression,
+        progression,
+        SchedulerSettings(chunk_size=settings.scheduler_chunk_size, interval_s=settings.scheduler_interval_s),
+    )
+    stop = asyncio.Event()
+    run = functools.partial(scheduler.run, stop)
+    return [asyncio.create_task(supervise("scheduler", run, stop), name="deadline-scheduler")]
+
+
 async def build_app(settings: Settings) -> App:
     auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
     tls = tls_credentials(settings)
@@ -541,6 +558,7 @@ async def build_app(settings: Settings) -> App:
             name="tier-counts",
         )
     )
+    app._tasks.extend(start_scheduler(settings, pool))
     if isinstance(parts.cache, RedisViewCache):
         interval_s = settings.redis_retry_after_ms / 1000
         app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))
