@@ -143,7 +143,7 @@ class DeadlineScheduler:
                     messages.append(change[1])
                 elif evaluation.state is not None:
                     kept.append((key, evaluation.state))
-            await tx.write_states(writes)
+            await tx.update_states(writes)
             await tx.extend_periods(kept)
             await tx.add_outbox(messages)
         count_moves(writes)
