@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from campaign_service.adapters.postgres.progression import PgProgression
-from campaign_service.domain.errors import Unavailable
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
+from campaign_service.service.errors import Unavailable
 from tests.integration.test_points_recorded import Clock, announced, entry, handler, history, tier_of
 
 JAN_2027 = datetime(2027, 1, 2, tzinfo=UTC)

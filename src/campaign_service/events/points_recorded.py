@@ -35,12 +35,12 @@ from uuid import UUID
 import structlog
 
 from campaign_service import metrics, topics
-from campaign_service.domain.errors import Unavailable
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.ids import is_correlation_id
 from campaign_service.domain.progression import ENTRY_TYPES, counted_points, on_entry
 from campaign_service.events.key_order import one_by_one
 from campaign_service.events.ports import InboundEvent, Outcome, ProcessedEvents, Rejected
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.progression import count_moves, millis, moved
 from campaign_service.service.progression_ports import CustomerKey, Progression, StateWrite
 

@@ -30,9 +30,9 @@ from uuid import UUID
 import structlog
 
 from campaign_service import metrics
-from campaign_service.domain.errors import Unavailable
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import TierState, at_deadline
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.progression import count_moves, millis, moved
 from campaign_service.service.progression_ports import CustomerKey, DueMerchants, Progression, StateWrite
 

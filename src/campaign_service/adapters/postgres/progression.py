@@ -19,8 +19,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from campaign_service.adapters.postgres.errors import _UNAVAILABLE, _lost_connection
-from campaign_service.domain.errors import Unavailable
+from campaign_service.adapters.postgres.errors import translated
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Ladder, Level, Programme, TierState
 from campaign_service.service.progression_ports import CustomerKey, StateWrite
@@ -292,25 +291,19 @@ class PgProgression:
     async def due_merchants(self, at: datetime, limit: int) -> list[tuple[UUID, int]]:
         """Merchants with customers due at `at` and how many, earliest deadline first: the only
         cross-merchant read, ids and counts only (SECURITY DEFINER function, migration 0020)."""
-        try:
+        async with translated():
             rows = await self._pool.fetch("SELECT merchant_id, due FROM campaign_due_merchants($1, $2)", at, limit)
-        except _UNAVAILABLE as exc:
-            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
         return [(r["merchant_id"], int(r["due"])) for r in rows]
 
     @asynccontextmanager
     async def __call__(self, merchants: Sequence[UUID]) -> AsyncIterator[PgProgressionTransaction]:
         scope = json.dumps(dict.fromkeys(map(str, sorted(set(merchants))), True))  # see migration 0020
-        try:
-            async with self._pool.acquire(timeout=self._acquire_timeout_s) as conn, conn.transaction():
-                # jit off: a batch's statements are short, and compiling them cost more than running them.
-                await conn.execute(
-                    "SELECT set_config('app.merchant_ids', $1, true), set_config('jit', 'off', true)", scope
-                )
-                yield PgProgressionTransaction(conn)
-        except _UNAVAILABLE as exc:
-            raise Unavailable(f"database unavailable ({type(exc).__name__})") from exc
-        except asyncpg.InterfaceError as exc:
-            if _lost_connection(exc):
-                raise Unavailable("database unavailable (connection lost)") from exc
-            raise
+        async with (
+            translated(),  # acquiring (pool exhausted, server down)
+            self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
+            translated(conn),  # the transaction, while we hold the connection to ask about it
+            conn.transaction(),
+        ):
+            # jit off: a batch's statements are short, and compiling them cost more than running them.
+            await conn.execute("SELECT set_config('app.merchant_ids', $1, true), set_config('jit', 'off', true)", scope)
+            yield PgProgressionTransaction(conn)
