@@ -122,6 +122,7 @@ class Bench:
     def __init__(self, env: dict[str, str], db: Database, log_level: str, tmp: Path) -> None:
         self.env, self.db, self.log_level, self.tmp = env, db, log_level, tmp
         self.group = f"bench-campaign-{uuid.uuid4().hex[:8]}"
+        self.extra_env: dict[str, str] = {}  # more settings for the service (bench.points)
 
     def start_service(self) -> Process:
         http_port = free_port()
@@ -141,6 +142,7 @@ class Bench:
             "REDIS_HOST": redis_host,
             "CAMPAIGN_REDIS_PORT": redis_port,
             **auth_env(self.tmp),
+            **self.extra_env,
         }
         log = self.tmp / f"service-{http_port}.log"
         return start([sys.executable, "-m", "campaign_service", "serve"], port=http_port, core=None, env=env, log=log)

@@ -40,6 +40,7 @@ from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
+from campaign_service.adapters.postgres.progression import PgProgression
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.adapters.redis.cache import RedisViewCache
@@ -58,8 +59,10 @@ from campaign_service.api.tls import ReloadingServerCredentials, TlsFilesError
 from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import AuthMode, ConfigError, Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.points_recorded import PointsRecordedHandler
 from campaign_service.events.ports import BatchHandler, EventPublisher
 from campaign_service.events.relay import OutboxRelay, RelaySettings
+from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.events.tracing import TracedPublisher, traced_batches
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.reads import NoCache, TierReads
@@ -186,6 +189,7 @@ class EventPipeline:
     relay: Relay
     subscriber: KafkaEventSubscriber
     handler: BatchHandler
+    points: tuple[KafkaEventSubscriber, BatchHandler] | None = None
     _stop_consumer: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -197,17 +201,20 @@ class EventPipeline:
             asyncio.create_task(supervise("consumer", consume, self._stop_consumer), name="consumer"),
             asyncio.create_task(supervise("relay", relay, self._stop_relay), name="relay"),
         ]
+        if self.points is not None:
+            points = functools.partial(self.points[0].run, self.points[1], self._stop_consumer)
+            self._tasks.insert(1, asyncio.create_task(supervise("points", points, self._stop_consumer), name="points"))
 
     # Drain hooks, in this order, each well inside the App's per-hook bound.
     async def stop_consumer(self) -> None:
         """Finishes the batch in hand and commits its offsets, then leaves the group."""
         self._stop_consumer.set()
-        await _bounded(self._tasks[:1], 3.0)
+        await _bounded(self._tasks[:-1], 3.0)
 
     async def stop_relay(self) -> None:
         """Stops the relay loop, then one last pass for the rows the consumer just wrote."""
         self._stop_relay.set()
-        await _bounded(self._tasks[1:], 1.5)
+        await _bounded(self._tasks[-1:], 1.5)
         await self.relay.relay.drain(timeout_s=1.5)
 
     async def close(self) -> None:
@@ -257,7 +264,26 @@ def build_events(
     ).batch
     if tracer is not None:
         handler = traced_batches(handler, tracer, system="kafka")
-    return EventPipeline(relay, subscriber, handler)
+    points = KafkaEventSubscriber(
+        consumer_config(
+            broker,
+            group_id=f"{settings.kafka_consumer_group}.points",
+            client_id=settings.kafka_client_id,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+        ),
+        topics.POINTS_RECORDED,
+        relay.codec,
+        relay.producer,
+        topics.POINTS_RECORDED_DLQ,
+        batch_size=settings.points_batch_size,
+        retry=Backoff(0.2, 5.0),
+    )
+    # No Redis fast path: the database dedupes each batch in one INSERT anyway; the fast path
+    # would add two Redis round trips of up to a batch of keys each.
+    points_handler: BatchHandler = PointsRecordedHandler(PgProgression(pool)).batch
+    if tracer is not None:
+        points_handler = traced_batches(points_handler, tracer, system="kafka")
+    return EventPipeline(relay, subscriber, handler, (points, points_handler))
 
 
 @dataclass
@@ -436,6 +462,22 @@ def tls_credentials(settings: Settings) -> ReloadingServerCredentials | None:
         raise ConfigError(f"CAMPAIGN_TLS_CERT_FILE: cannot use the TLS files ({exc})") from None
 
 
+def start_scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> list[asyncio.Task[None]]:
+    """The deadline scheduler (tier downgrades) as a supervised task, unless switched off; cancelled
+    at stop (a chunk in flight rolls back and is claimed again by the next pass)."""
+    if not settings.scheduler_interval_s:
+        return []
+    progression = PgProgression(pool)
+    scheduler = DeadlineScheduler(
+        progression,
+        progression,
+        SchedulerSettings(chunk_size=settings.scheduler_chunk_size, interval_s=settings.scheduler_interval_s),
+    )
+    stop = asyncio.Event()
+    run = functools.partial(scheduler.run, stop)
+    return [asyncio.create_task(supervise("scheduler", run, stop), name="deadline-scheduler")]
+
+
 async def build_app(settings: Settings) -> App:
     auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
     tls = tls_credentials(settings)
@@ -516,6 +558,7 @@ async def build_app(settings: Settings) -> App:
             name="tier-counts",
         )
     )
+    app._tasks.extend(start_scheduler(settings, pool))
     if isinstance(parts.cache, RedisViewCache):
         interval_s = settings.redis_retry_after_ms / 1000
         app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))

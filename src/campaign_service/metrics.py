@@ -176,3 +176,16 @@ RATE_LIMITED = Counter(
     "Requests refused with RESOURCE_EXHAUSTED, by method and limiter (redis, local).",
     ["method", "limiter"],
 )
+
+# Tier progression (issue 13).
+TIER_MOVES = Counter(
+    "campaign_tier_moves",
+    "Customers moved between tiers, by direction (initial, up, down, manual) and reason.",
+    ["direction", "reason"],
+)
+SCHEDULER_CHUNK_SECONDS = Histogram(
+    "campaign_scheduler_chunk_seconds",
+    "Time to claim and re-assess one chunk of due customers.",
+    buckets=LATENCY_BUCKETS,
+)
+SCHEDULER_REASSESSED = Counter("campaign_scheduler_reassessed", "Due customers re-assessed by the deadline scheduler.")

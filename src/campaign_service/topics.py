@@ -6,3 +6,5 @@ __all__ = ["CUSTOMER_CREATED", "CUSTOMER_CREATED_DLQ", "VIP_TIER_ASSIGNED", "VIP
 
 CUSTOMER_CREATED = "customer.created"
 CUSTOMER_CREATED_DLQ = "customer.created.dlq"
+POINTS_RECORDED = "points.recorded"
+POINTS_RECORDED_DLQ = "points.recorded.dlq"

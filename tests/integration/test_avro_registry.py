@@ -112,3 +112,52 @@ async def test_body_that_does_not_match_its_schema_is_undecodable(registry: Sche
     )
     with pytest.raises(Undecodable, match="does not match"):
         await codec.decode(good[:5] + b"\x02")
+
+
+NEW_ASSIGNED_FIELDS = ("previous_tier_id", "direction", "reason", "bonus_points", "program_version")
+
+
+async def test_the_registry_accepts_the_evolved_vip_tier_assigned_under_backward_compatibility(
+    registry: SchemaRegistryClient,
+) -> None:
+    """Issue 13 added fields to vip_tier.assigned; with defaults, a consumer on the new schema reads
+    what the old one wrote. The real registry decides, on a subject set to BACKWARD, and refuses the
+    same change without defaults (so the check is not vacuous)."""
+    current = json.loads(schema_text(topics.VIP_TIER_ASSIGNED))
+    previous = {**current, "fields": [f for f in current["fields"] if f["name"] not in NEW_ASSIGNED_FIELDS]}
+    assert len(previous["fields"]) == len(current["fields"]) - len(NEW_ASSIGNED_FIELDS)
+    name = f"compat-{uuid.uuid4().hex[:8]}-value"
+    status, _ = await registry._call("PUT", f"/config/{name}", {"compatibility": "BACKWARD"})
+    assert status == 200
+    await registry.register(name, json.dumps(previous))
+    without_defaults = {
+        **current,
+        "fields": [{k: v for k, v in f.items() if k != "default"} if f["name"] in NEW_ASSIGNED_FIELDS else f
+                   for f in current["fields"]],
+    }  # fmt: skip
+    with pytest.raises(RegistryRejected):
+        await registry.register(name, json.dumps(without_defaults))
+    await registry.register(name, json.dumps(current))
+    status, versions = await registry._call("GET", f"/subjects/{name}/versions")
+    assert status == 200
+    assert len(versions) == 2
+
+
+async def test_points_recorded_round_trips_through_the_registry(registry: SchemaRegistryClient) -> None:
+    codec = AvroWireCodec(registry)
+    payload = {
+        "event_id": str(uuid.uuid4()),
+        "merchant_id": str(uuid.uuid4()),
+        "customer_id": str(uuid.uuid4()),
+        "entry_id": str(uuid.uuid4()),
+        "type": "reverse",
+        "points": -40,
+        "qualifying_points": -40,
+        "reverses_entry_id": str(uuid.uuid4()),
+        "occurred_at": datetime(2026, 5, 1, tzinfo=UTC),
+        "correlation_id": None,
+    }
+    decoded = await codec.decode(await codec.encode(topics.POINTS_RECORDED, payload))
+    assert decoded["type"] == "reverse"
+    assert decoded["occurred_at"] == payload["occurred_at"]
+    assert str(decoded["reverses_entry_id"]) == payload["reverses_entry_id"]

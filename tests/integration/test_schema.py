@@ -22,6 +22,8 @@ TENANT_TABLES = [
     "customer_tier_history",
     "processed_events",
     "outbox_events",
+    "tier_programs",
+    "qualifying_points_daily",
 ]
 
 

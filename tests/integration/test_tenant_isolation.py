@@ -4,6 +4,7 @@ table, and sees nothing at all with no merchant set."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,14 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
         uuid.uuid4(),
         m,
     ),
+    "tier_programs": lambda c, m: c.execute(
+        "INSERT INTO tier_programs (merchant_id, window_kind) VALUES ($1, 'calendar_year')", m
+    ),
+    "qualifying_points_daily": lambda c, m: c.execute(
+        "INSERT INTO qualifying_points_daily (merchant_id, customer_id, day, points) VALUES ($1, $2, '2026-01-01', 5)",
+        m,
+        uuid.uuid4(),
+    ),
 }
 
 
@@ -64,6 +73,8 @@ async def populate(app_pool: Any, merchant: uuid.UUID) -> None:
         await INSERT_FOR["customer_tiers"](conn, merchant)  # its history row comes from the trigger
         await INSERT_FOR["processed_events"](conn, merchant)
         await INSERT_FOR["outbox_events"](conn, merchant)
+        await INSERT_FOR["tier_programs"](conn, merchant)
+        await INSERT_FOR["qualifying_points_daily"](conn, merchant)
 
 
 async def snapshot(superuser_conn: Any, merchant: uuid.UUID) -> dict[str, list[str]]:
@@ -183,3 +194,70 @@ async def test_other_policies_settings_do_not_open_tenant_rows_to_the_service_ro
         assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 0
         await as_merchant(conn, a)
         assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 1
+
+
+async def as_merchants(conn: asyncpg.Connection[Any], merchants: list[uuid.UUID]) -> None:
+    """The scope of a consumer batch or scheduler chunk: a set of merchants (migration 0020)."""
+    await conn.execute(
+        "SELECT set_config('app.merchant_ids', $1, true)", json.dumps(dict.fromkeys(map(str, merchants), True))
+    )
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+async def test_a_transaction_scoped_to_a_set_of_merchants_sees_and_writes_only_that_set(
+    app_pool: Any, superuser_conn: Any, two_merchants: Any, new_merchant: Any, table: str
+) -> None:
+    a, b, before = two_merchants
+    c = await new_merchant()  # in the set, without rows: the set {A, C} must not reach B either
+    async with app_pool.acquire() as conn:
+        for scope in ([a], [a, c]):
+            async with conn.transaction():
+                await as_merchants(conn, scope)
+                assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1  # A's row only
+                assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE merchant_id = $1", b) == 0
+                for statement in (
+                    f"UPDATE {table} SET merchant_id = merchant_id WHERE merchant_id = $1",
+                    f"DELETE FROM {table} WHERE merchant_id = $1",
+                ):
+                    try:
+                        async with conn.transaction():
+                            assert (await conn.execute(statement, b)).endswith(" 0"), statement
+                    except asyncpg.InsufficientPrivilegeError:
+                        pass  # the role may not do this at all (append-only tables)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():
+                    await as_merchants(conn, scope)
+                    await INSERT_FOR[table](conn, b)
+        async with conn.transaction():  # the set {A, B} sees both: the scope really is the set
+            await as_merchants(conn, [a, b])
+            assert await conn.fetchval(f"SELECT count(DISTINCT merchant_id) FROM {table}") == 2
+        # the set does not outlive its transaction
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+    assert await snapshot(superuser_conn, b) == before
+
+
+async def test_a_malformed_merchant_set_is_an_error_or_nothing_never_a_wildcard(
+    app_pool: Any, two_merchants: Any
+) -> None:
+    async with app_pool.acquire() as conn:
+        for value in ("*", "{*}", "' OR true --"):
+            with pytest.raises((asyncpg.InvalidTextRepresentationError, asyncpg.DataError)):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('app.merchant_ids', $1, true)", value)
+                    await conn.fetchval("SELECT count(*) FROM vip_tiers")
+        for value in ('{"*": true}', '{"00000000-0000-0000-0000-00000000000g": true}', '"%"', "true", "{}", "[]"):
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.merchant_ids', $1, true)", value)
+                assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 0, value
+
+
+async def test_the_due_merchants_setting_does_not_open_customer_rows_to_the_service_role(
+    app_pool: Any, two_merchants: Any
+) -> None:
+    """`campaign.due_merchants` opens customer_tiers to the owner's function only (0020), and that
+    function returns merchant ids and counts, nothing of the customers."""
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('campaign.due_merchants', 'on', true)")
+        assert await conn.fetchval("SELECT count(*) FROM customer_tiers") == 0
+        cols = await conn.fetch("SELECT * FROM campaign_due_merchants(now(), 10)")
+        assert all(set(r.keys()) == {"merchant_id", "due"} for r in cols)

@@ -72,6 +72,11 @@ def tier_assigned(
     correlation_id: str,
     cause_event_id: UUID | None,
     traceparent: str | None = None,
+    previous_tier_id: str | None = None,
+    direction: str = "initial",
+    reason: str = "default",
+    bonus_points: int = 0,
+    program_version: int = 0,
 ) -> OutboxMessage:
     cause = str(cause_event_id) if cause_event_id else None
     headers = {"correlation_id": correlation_id}
@@ -90,6 +95,11 @@ def tier_assigned(
             "assigned_at": _ts_millis(assigned_at),
             "correlation_id": correlation_id,
             "cause_event_id": cause,
+            "previous_tier_id": previous_tier_id,
+            "direction": direction,
+            "reason": reason,
+            "bonus_points": bonus_points,
+            "program_version": program_version,
         },
         headers=headers,
         traceparent=traceparent,

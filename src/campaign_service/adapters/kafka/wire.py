@@ -25,6 +25,7 @@ SCHEMA_FILES: Mapping[str, str] = {
     topics.VIP_TIER_ASSIGNED: "vip_tier_assigned.avsc",
     topics.VIP_TIER_UPDATED: "vip_tier_updated.avsc",
     topics.CUSTOMER_CREATED: "customer_created.avsc",
+    topics.POINTS_RECORDED: "points_recorded.avsc",
 }
 
 

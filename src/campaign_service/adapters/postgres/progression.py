@@ -1,0 +1,309 @@
+"""Tier progression on PostgreSQL: transactions scoped to a SET of merchants (a consumer batch, a
+scheduler chunk) and the set-based statements the engine needs.
+
+`app.merchant_ids` holds the scope (a JSON object keyed by merchant id); every tenant policy
+admits only those merchants (see migration 0020), so RLS confines each statement to the batch's
+merchants and no role bypasses it.
+Each method is one statement for all the customers it is given, whatever their number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import date, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from campaign_service.adapters.postgres.errors import translated
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.progression import Ladder, Level, Programme, TierState
+from campaign_service.service.progression_ports import CustomerKey, StateWrite
+
+_PROGRAMME_COLUMNS = (
+    "window_kind, time_zone, window_months, downgrade_policy, grace_days, reversal_downgrades_now,"
+    " entry_bonus, downgrade_warning_days, version"
+)
+
+
+def programme_from_row(row: Mapping[str, Any] | None) -> Programme:
+    if row is None or row["version"] is None:
+        return Programme()
+    return Programme(
+        window=row["window_kind"],
+        time_zone=row["time_zone"],
+        window_months=row["window_months"],
+        downgrade_policy=row["downgrade_policy"],
+        grace_days=row["grace_days"],
+        reversal_downgrades_now=row["reversal_downgrades_now"],
+        entry_bonus=row["entry_bonus"],
+        downgrade_warning_days=row["downgrade_warning_days"],
+        version=row["version"],
+    )
+
+
+def _state(row: Mapping[str, Any]) -> TierState | None:
+    if row["tier_id"] is None:
+        return None
+    return TierState(
+        tier_id=row["tier_id"],
+        since=row["assigned_at"],
+        qualifying_points=row["qualifying_points"],
+        period_end=row["period_end"],
+        deadline=row["deadline"],
+        floor_tier_id=row["floor_tier_id"],
+        floor_until=row["floor_until"],
+        held_tiers=frozenset(row["held_tiers"]),
+        program_version=row["program_version"],
+    )
+
+
+_STATE_COLUMNS = (
+    "ct.tier_id, ct.assigned_at, ct.qualifying_points, ct.period_end, ct.deadline, ct.floor_tier_id,"
+    " ct.floor_until, ct.held_tiers, ct.program_version"
+)
+
+
+class PgProgressionTransaction:
+    def __init__(self, conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> None:
+        self._conn = conn
+
+    async def setups(self, merchants: Sequence[UUID]) -> dict[UUID, tuple[Programme, Ladder]]:
+        """Programme and tiers of each provisioned merchant among `merchants` (others are absent)."""
+        rows = await self._conn.fetch(
+            f"SELECT m.id, {', '.join('p.' + c.strip() for c in _PROGRAMME_COLUMNS.split(','))},"
+            " (SELECT coalesce(json_agg(json_build_array(t.tier_id, t.min_points,"
+            "   coalesce((t.benefits->>'bonus_points')::bigint, 0), t.is_default)), '[]')"
+            "  FROM vip_tiers t WHERE t.merchant_id = m.id) AS tiers"
+            " FROM merchants m LEFT JOIN tier_programs p ON p.merchant_id = m.id WHERE m.id = ANY($1::uuid[])",
+            list(merchants),
+        )
+        return {
+            r["id"]: (programme_from_row(r), Ladder(Level(t, int(mp), int(b), bool(d)) for t, mp, b, d in r["tiers"]))
+            for r in rows
+        }
+
+    async def mark_processed(self, events: Sequence[tuple[UUID, UUID]], event_type: str) -> set[UUID]:
+        """Records (event_id, merchant_id) pairs as processed; the ids recorded now (the rest are duplicates)."""
+        if not events:
+            return set()
+        rows = await self._conn.fetch(
+            "INSERT INTO processed_events (event_id, merchant_id, event_type)"
+            " SELECT e, m, $3 FROM unnest($1::uuid[], $2::uuid[]) AS x(e, m)"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            [e for e, _ in events],
+            [m for _, m in events],
+            event_type,
+        )
+        return {r["event_id"] for r in rows}
+
+    async def add_points(self, buckets: Mapping[tuple[UUID, UUID, date], int]) -> None:
+        """Adds points to (merchant, customer, local day) buckets; rows in key order (lock order)."""
+        if not buckets:
+            return
+        keys = sorted(buckets)
+        await self._conn.execute(
+            "INSERT INTO qualifying_points_daily AS q (merchant_id, customer_id, day, points)"
+            " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::bigint[])"
+            " ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET points = q.points + EXCLUDED.points",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [buckets[k] for k in keys],
+        )
+
+    async def lock_customers(
+        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
+    ) -> dict[CustomerKey, tuple[TierState | None, int]]:
+        """Locks the customers' tier rows (key order) and sums their points over [first, end) days
+        (None: unbounded); the state (None: no tier yet) and the sum of each."""
+        if not customers:
+            return {}
+        keys = sorted(customers)
+        # A nested loop of key lookups (LATERAL): a join let the planner hash every row of the
+        # scope's merchants. Rows are locked in the order of `keys` (sorted: one lock order).
+        rows = await self._conn.fetch(
+            f"SELECT x.m, x.c, {_STATE_COLUMNS},"
+            " (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
+            "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
+            "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS points"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)"
+            " LEFT JOIN LATERAL (SELECT * FROM customer_tiers t WHERE t.merchant_id = x.m AND t.customer_id = x.c"
+            "   FOR UPDATE) ct ON true",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [customers[k][0] for k in keys],
+            [customers[k][1] for k in keys],
+        )
+        return {(r["m"], r["c"]): (_state(r), int(r["points"])) for r in rows}
+
+    async def write_states(self, writes: Sequence[StateWrite]) -> None:
+        """Inserts or updates the customers' tier rows in one statement; the history triggers
+        record the moves (rows whose tier did not change add no history)."""
+        if not writes:
+            return
+        ws = sorted(writes, key=lambda w: (w.merchant_id, w.customer_id))
+        await self._conn.execute(
+            "INSERT INTO customer_tiers AS ct (merchant_id, customer_id, tier_id, assigned_at, source, cause_event_id,"
+            " qualifying_points, period_end, deadline, held_tiers, program_version, change_direction, change_reason,"
+            " changed_by)"
+            " SELECT m, c, t, a, s, e, q, pe, d, string_to_array(h, ','), v, dir, r, actor"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::uuid[],"
+            " $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], $12::text[],"
+            " $13::text[], $14::text[]) AS x(m, c, t, a, s, e, q, pe, d, h, v, dir, r, actor)"
+            " ON CONFLICT (merchant_id, customer_id) DO UPDATE SET tier_id = EXCLUDED.tier_id,"
+            " assigned_at = EXCLUDED.assigned_at, source = EXCLUDED.source, cause_event_id = EXCLUDED.cause_event_id,"
+            " qualifying_points = EXCLUDED.qualifying_points, period_end = EXCLUDED.period_end,"
+            " deadline = EXCLUDED.deadline, held_tiers = EXCLUDED.held_tiers,"
+            " program_version = EXCLUDED.program_version, change_direction = EXCLUDED.change_direction,"
+            " change_reason = EXCLUDED.change_reason, changed_by = EXCLUDED.changed_by",
+            *_state_columns(ws),
+        )
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        if not messages:
+            return
+        await self._conn.execute(
+            "INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)"
+            " SELECT e, m, t, k, p, h FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[],"
+            " $6::jsonb[]) WITH ORDINALITY AS x(e, m, t, k, p, h, n) ORDER BY n",
+            [m.event_id for m in messages],
+            [m.merchant_id for m in messages],
+            [m.topic for m in messages],
+            [m.key for m in messages],
+            [m.payload for m in messages],
+            [m.headers for m in messages],
+        )
+
+    async def window_sums(
+        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
+    ) -> dict[CustomerKey, int]:
+        """Each customer's points over the local days [first, end) (None: unbounded)."""
+        if not customers:
+            return {}
+        keys = list(customers)
+        rows = await self._conn.fetch(
+            "SELECT x.m, x.c, (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
+            "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
+            "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS points"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [customers[k][0] for k in keys],
+            [customers[k][1] for k in keys],
+        )
+        return {(r["m"], r["c"]): int(r["points"]) for r in rows}
+
+    async def extend_periods(self, kept: Sequence[tuple[CustomerKey, TierState]]) -> None:
+        """Customers re-assessed without a move: their new period, deadline and points (no history)."""
+        if not kept:
+            return
+        await self._conn.execute(
+            "UPDATE customer_tiers ct SET period_end = x.pe, deadline = x.d, qualifying_points = x.q,"
+            " program_version = x.v"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[])"
+            " AS x(m, c, pe, d, q, v) WHERE ct.merchant_id = x.m AND ct.customer_id = x.c",
+            [k[0] for k, _ in kept],
+            [k[1] for k, _ in kept],
+            [s.period_end for _, s in kept],
+            [s.deadline for _, s in kept],
+            [s.qualifying_points for _, s in kept],
+            [s.program_version for _, s in kept],
+        )
+
+    async def claim_due(
+        self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
+    ) -> list[tuple[CustomerKey, TierState]]:
+        """Locks up to `limit` customers of `merchants` whose deadline is <= `at`, in key order after
+        `after`, skipping rows another transaction holds (another replica, or a points batch).
+
+        The merchants are given as their key range (RLS hides any other merchant in it): an
+        index range scan in key order that stops after `limit` rows. `merchant_id = ANY(...)`
+        made the planner sort every due row of the group for each chunk."""
+        first, last = min(merchants), max(merchants)
+        after_m, after_c = after if after is not None else (first, UUID(int=0))
+        rows = await self._conn.fetch(
+            f"SELECT ct.merchant_id, ct.customer_id, {_STATE_COLUMNS} FROM customer_tiers ct"
+            " WHERE ct.merchant_id BETWEEN $3 AND $5 AND ct.deadline <= $1"
+            " AND (ct.merchant_id, ct.customer_id) > ($3, $4)"
+            " ORDER BY ct.merchant_id, ct.customer_id LIMIT $2 FOR UPDATE OF ct SKIP LOCKED",
+            at,
+            limit,
+            after_m,
+            after_c,
+            last,
+        )
+        out = []
+        for r in rows:
+            state = _state(r)
+            assert state is not None
+            out.append(((r["merchant_id"], r["customer_id"]), state))
+        return out
+
+    async def update_states(self, writes: Sequence[StateWrite]) -> None:
+        """Like write_states for customers known to have a row (the scheduler's moves): a plain
+        UPDATE, cheaper than INSERT ... ON CONFLICT on a partitioned table."""
+        if not writes:
+            return
+        ws = sorted(writes, key=lambda w: (w.merchant_id, w.customer_id))
+        await self._conn.execute(
+            "UPDATE customer_tiers ct SET tier_id = x.t, assigned_at = x.a, source = x.s, cause_event_id = x.e,"
+            " qualifying_points = x.q, period_end = x.pe, deadline = x.d, held_tiers = string_to_array(x.h, ','),"
+            " program_version = x.v, change_direction = x.dir, change_reason = x.r, changed_by = x.actor"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::uuid[],"
+            " $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], $12::text[],"
+            " $13::text[], $14::text[]) AS x(m, c, t, a, s, e, q, pe, d, h, v, dir, r, actor)"
+            " WHERE ct.merchant_id = x.m AND ct.customer_id = x.c",
+            *_state_columns(ws),
+        )
+
+
+def _state_columns(ws: Sequence[StateWrite]) -> list[list[Any]]:
+    return [
+        [w.merchant_id for w in ws],
+        [w.customer_id for w in ws],
+        [w.state.tier_id for w in ws],
+        [w.state.since for w in ws],
+        [w.source for w in ws],
+        [w.cause_event_id for w in ws],
+        [w.state.qualifying_points for w in ws],
+        [w.state.period_end for w in ws],
+        [w.state.deadline for w in ws],
+        [",".join(sorted(w.state.held_tiers)) for w in ws],
+        [w.state.program_version for w in ws],
+        [w.direction for w in ws],
+        [w.reason for w in ws],
+        [w.actor for w in ws],
+    ]
+
+
+class PgProgression:
+    """Opens transactions scoped to a set of merchants."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
+        self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
+
+    async def due_merchants(self, at: datetime, limit: int) -> list[tuple[UUID, int]]:
+        """Merchants with customers due at `at` and how many, earliest deadline first: the only
+        cross-merchant read, ids and counts only (SECURITY DEFINER function, migration 0020)."""
+        async with translated():
+            rows = await self._pool.fetch("SELECT merchant_id, due FROM campaign_due_merchants($1, $2)", at, limit)
+        return [(r["merchant_id"], int(r["due"])) for r in rows]
+
+    @asynccontextmanager
+    async def __call__(self, merchants: Sequence[UUID]) -> AsyncIterator[PgProgressionTransaction]:
+        scope = json.dumps(dict.fromkeys(map(str, sorted(set(merchants))), True))  # see migration 0020
+        async with (
+            translated(),  # acquiring (pool exhausted, server down)
+            self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
+            translated(conn),  # the transaction, while we hold the connection to ask about it
+            conn.transaction(),
+        ):
+            # jit off: a batch's statements are short, and compiling them cost more than running them.
+            await conn.execute("SELECT set_config('app.merchant_ids', $1, true), set_config('jit', 'off', true)", scope)
+            yield PgProgressionTransaction(conn)

@@ -1,0 +1,150 @@
+"""The deadline scheduler: re-assesses customers whose deadline (end of period + grace) has passed.
+
+Who may read across merchants: only `campaign_due_merchants` (a SECURITY DEFINER function that
+returns merchant ids and counts, nothing of the customers). Everything else runs as the service
+role in transactions scoped to a group of those merchants, so RLS still confines every statement:
+no role reads another merchant's customers, and no new login role is needed.
+
+A pass takes the due merchants, then per group of merchants claims chunks of due customers in key
+order (`FOR UPDATE SKIP LOCKED`, keyset after the last claimed key) and, in the chunk's one
+transaction: sums each customer's points of the period that ended, applies the programme's
+downgrade policy (domain.progression.at_deadline), writes the moves (history from the table's
+triggers) and their `vip_tier.assigned` events, and moves the others' deadline to the next period.
+Replicas skip each other's locked rows, and a committed chunk is no longer due, so two replicas
+never move a customer twice; a replica killed mid-chunk loses its transaction and the customers
+stay due for the next pass. A points batch holding a customer's row makes the scheduler skip that
+customer until the next pass (its points may change the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from uuid import UUID
+
+import structlog
+
+from campaign_service import metrics
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.progression import TierState, at_deadline
+from campaign_service.service.errors import Unavailable
+from campaign_service.service.progression import count_moves, millis, moved
+from campaign_service.service.progression_ports import CustomerKey, DueMerchants, Progression, StateWrite
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "scheduler"
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    chunk_size: int = 5000  # customers per transaction
+    merchants_per_group: int = 1000  # merchants per transaction scope
+    max_merchants: int = 100_000  # due merchants taken per pass
+    interval_s: float = 60.0
+
+
+@dataclass
+class PassResult:
+    reassessed: int = 0
+    moved: int = 0
+    chunks: int = 0
+
+
+class DeadlineScheduler:
+    def __init__(
+        self,
+        progression: Progression,
+        due: DueMerchants,
+        settings: SchedulerSettings | None = None,
+        *,
+        clock: Callable[[], datetime] = system_clock,
+    ) -> None:
+        self._progression = progression
+        self._due = due
+        self._settings = settings or SchedulerSettings()
+        self._clock = clock
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Passes until `stop` is set, one every interval (at once again after a full pass)."""
+        while not stop.is_set():
+            try:
+                result = await self.run_once()
+            except Unavailable as exc:
+                log.warning("scheduler pass failed; retrying next interval", error=str(exc))
+                result = PassResult()
+            if result.reassessed == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._settings.interval_s)
+
+    async def run_once(self, now: datetime | None = None) -> PassResult:
+        """One pass over everything due at `now` (the clock when None)."""
+        at = now or self._clock()
+        result = PassResult()
+        due = await self._due.due_merchants(at, self._settings.max_merchants)
+        merchants = sorted(m for m, _ in due)
+        step = self._settings.merchants_per_group
+        for start in range(0, len(merchants), step):
+            group = merchants[start : start + step]
+            after: CustomerKey | None = None
+            while True:
+                started = time.perf_counter()
+                claimed, moves, after = await self._chunk(group, at, after)
+                metrics.SCHEDULER_CHUNK_SECONDS.observe(time.perf_counter() - started)
+                if claimed:
+                    result.chunks += 1
+                    result.reassessed += claimed
+                    result.moved += moves
+                    metrics.SCHEDULER_REASSESSED.inc(claimed)
+                if after is None:
+                    break
+        if result.reassessed:
+            log.info("deadline pass", reassessed=result.reassessed, moved=result.moved, chunks=result.chunks)
+        return result
+
+    async def _chunk(
+        self, merchants: Sequence[UUID], at: datetime, after: CustomerKey | None
+    ) -> tuple[int, int, CustomerKey | None]:
+        """One transaction: claim, re-assess, write. (claimed, moved, key to continue after or None)."""
+        limit = self._settings.chunk_size
+        async with self._progression(merchants) as tx:
+            claimed = await tx.claim_due(merchants, at, limit, after)
+            if not claimed:
+                return 0, 0, None
+            setups = await tx.setups(sorted({key[0] for key, _ in claimed}))
+            windows: dict[CustomerKey, tuple[date | None, date | None]] = {}
+            for key, state in claimed:
+                programme = setups[key[0]][0]
+                if state.period_end is not None and programme.has_deadlines:
+                    windows[key] = programme.assessment_window(state.period_end)
+            sums = await tx.window_sums(windows)
+            writes: list[StateWrite] = []
+            messages: list[OutboxMessage] = []
+            kept: list[tuple[CustomerKey, TierState]] = []
+            stamp = millis(at)
+            for key, state in claimed:
+                programme, ladder = setups[key[0]]
+                evaluation = at_deadline(programme, ladder, state, sums.get(key, 0), stamp)
+                change = moved(
+                    key[0], key[1], evaluation, programme,
+                    source=SOURCE, cause_event_id=None, correlation_id=str(uuid.uuid4()),
+                )  # fmt: skip
+                if change is not None:
+                    writes.append(change[0])
+                    messages.append(change[1])
+                elif evaluation.state is not None:
+                    kept.append((key, evaluation.state))
+            await tx.update_states(writes)
+            await tx.extend_periods(kept)
+            await tx.add_outbox(messages)
+        count_moves(writes)
+        return len(claimed), len(writes), claimed[-1][0] if len(claimed) == limit else None

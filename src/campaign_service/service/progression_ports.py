@@ -1,0 +1,84 @@
+"""What tier progression needs from storage: transactions scoped to a set of merchants."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+from uuid import UUID
+
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.progression import Ladder, Programme, TierState
+
+CustomerKey = tuple[UUID, UUID]  # (merchant_id, customer_id)
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """A customer's new tier state and why it changed (copied into the history row of a move)."""
+
+    merchant_id: UUID
+    customer_id: UUID
+    state: TierState
+    source: str
+    cause_event_id: UUID | None
+    direction: str
+    reason: str
+    actor: str = ""
+
+
+class ProgressionTransaction(Protocol):
+    """One transaction scoped to a set of merchants (RLS applies to every statement)."""
+
+    async def setups(self, merchants: Sequence[UUID]) -> dict[UUID, tuple[Programme, Ladder]]:
+        """Programme and tiers of each provisioned merchant among `merchants` (others are absent)."""
+        ...
+
+    async def mark_processed(self, events: Sequence[tuple[UUID, UUID]], event_type: str) -> set[UUID]:
+        """Records (event_id, merchant_id) pairs; the event ids recorded now (the rest are duplicates)."""
+        ...
+
+    async def add_points(self, buckets: Mapping[tuple[UUID, UUID, date], int]) -> None: ...
+
+    async def lock_customers(
+        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
+    ) -> dict[CustomerKey, tuple[TierState | None, int]]:
+        """Locks the customers' states; each state (None: no tier) and its points over [first, end)."""
+        ...
+
+    async def write_states(self, writes: Sequence[StateWrite]) -> None:
+        """Inserts or updates the customers' rows (history rows for the moves come with them)."""
+        ...
+
+    async def update_states(self, writes: Sequence[StateWrite]) -> None:
+        """As write_states, for customers known to have a row."""
+        ...
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    async def window_sums(
+        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
+    ) -> dict[CustomerKey, int]: ...
+
+    async def extend_periods(self, kept: Sequence[tuple[CustomerKey, TierState]]) -> None:
+        """Re-assessed customers who keep their tier: new period, deadline and points, no history."""
+        ...
+
+    async def claim_due(
+        self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
+    ) -> list[tuple[CustomerKey, TierState]]:
+        """Locks up to `limit` customers of `merchants` due at `at`, in key order after `after`,
+        skipping rows another transaction holds."""
+        ...
+
+
+class Progression(Protocol):
+    def __call__(self, merchants: Sequence[UUID]) -> AbstractAsyncContextManager[ProgressionTransaction]: ...
+
+
+class DueMerchants(Protocol):
+    async def due_merchants(self, at: datetime, limit: int) -> list[tuple[UUID, int]]:
+        """Merchants with customers due at `at`, with their counts (ids only)."""
+        ...

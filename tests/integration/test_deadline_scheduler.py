@@ -1,0 +1,173 @@
+"""The deadline scheduler on the real database, with a controllable clock: the policy applied at
+the deadline (and not before, grace included), exactly one history row and one event per move,
+two replicas never moving a customer twice, a chunk that dies before commit losing nothing, and
+a customer held by a points batch skipped until it is free."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from campaign_service.adapters.postgres.progression import PgProgression
+from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
+from campaign_service.service.errors import Unavailable
+from tests.integration.test_points_recorded import Clock, announced, entry, handler, history, tier_of
+
+JAN_2027 = datetime(2027, 1, 2, tzinfo=UTC)
+JAN_2028 = datetime(2028, 1, 2, tzinfo=UTC)
+
+
+def scheduler(app_pool: Any, **settings: Any) -> DeadlineScheduler:
+    progression = PgProgression(app_pool)
+    return DeadlineScheduler(progression, progression, SchedulerSettings(**settings))
+
+
+async def gold_customer(app_pool: Any, merchant: uuid.UUID) -> uuid.UUID:
+    customer = uuid.uuid4()
+    assert await handler(app_pool).batch([entry(merchant, customer, 5200)]) == [None]  # gold, in 2026
+    return customer
+
+
+@pytest.mark.parametrize(
+    ("policy", "grace", "expected", "reason"),
+    [
+        ("to_qualified", 0, "basic", "period_end"),
+        ("one_down", 0, "silver", "period_end"),
+        ("to_qualified", 30, "basic", "grace_expired"),
+    ],
+)
+async def test_calendar_year_deadline_applies_the_policy_once_with_history_and_one_event(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any, policy: str, grace: int, expected: str, reason: str
+) -> None:
+    merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy=policy, grace_days=grace)
+    customer = await gold_customer(app_pool, merchant)
+    s = scheduler(app_pool)
+    # Earned in 2026: kept through 2027 (re-assessed on 2026's points at the 2027 deadline).
+    await s.run_once(JAN_2027 + timedelta(days=grace))
+    assert await tier_of(superuser_conn, merchant, customer) == "gold"
+    assert len(await announced(superuser_conn, merchant, customer)) == 1
+    if grace:  # not before the grace has passed
+        await s.run_once(datetime(2028, 1, 15, tzinfo=UTC))
+        assert await tier_of(superuser_conn, merchant, customer) == "gold"
+    # Nothing earned in 2027: at the 2028 deadline the policy applies.
+    await s.run_once(JAN_2028 + timedelta(days=grace))
+    assert await tier_of(superuser_conn, merchant, customer) == expected
+    assert (await history(superuser_conn, merchant, customer))[-1][:4] == ("gold", expected, "down", reason)
+    events = await announced(superuser_conn, merchant, customer)
+    assert [(e["previous_tier_id"], e["tier_id"], e["direction"], e["reason"]) for e in events[1:]] == [
+        ("gold", expected, "down", reason)
+    ]
+    await s.run_once(JAN_2028 + timedelta(days=grace + 1))  # again: nothing more
+    assert len(await announced(superuser_conn, merchant, customer)) == 2
+
+
+async def test_points_of_the_period_keep_the_tier_and_never_and_lifetime_are_never_due(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any
+) -> None:
+    keeper_merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified")
+    never_merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy="never")
+    lifetime_merchant = await ladder_merchant()
+    keeper = await gold_customer(app_pool, keeper_merchant)
+    others = [(m, await gold_customer(app_pool, m)) for m in (never_merchant, lifetime_merchant)]
+    h = handler(app_pool, Clock(datetime(2027, 6, 1, tzinfo=UTC)))
+    await h.batch([entry(keeper_merchant, keeper, 5000, at=datetime(2027, 5, 1, tzinfo=UTC))])
+    s = scheduler(app_pool)
+    await s.run_once(JAN_2027)
+    await s.run_once(JAN_2028)
+    assert await tier_of(superuser_conn, keeper_merchant, keeper) == "gold"
+    for merchant, customer in others:
+        assert (
+            await superuser_conn.fetchval(
+                "SELECT deadline FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2", merchant, customer
+            )
+            is None
+        )
+        assert await tier_of(superuser_conn, merchant, customer) == "gold"
+
+
+async def test_two_replicas_never_move_a_customer_twice(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any
+) -> None:
+    merchants = [await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified") for _ in range(3)]
+    customers = [(m, uuid.uuid4()) for m in merchants for _ in range(40)]
+    await handler(app_pool).batch([entry(m, c, 5200) for m, c in customers])
+    a, b = scheduler(app_pool, chunk_size=7), scheduler(app_pool, chunk_size=7)
+    await asyncio.gather(a.run_once(JAN_2027), b.run_once(JAN_2027))
+    results = await asyncio.gather(a.run_once(JAN_2028), b.run_once(JAN_2028))
+    assert sum(r.moved for r in results) == len(customers)
+    for m, c in customers:
+        assert [h[:3] for h in await history(superuser_conn, m, c)] == [
+            (None, "gold", "initial"),
+            ("gold", "basic", "down"),
+        ]
+        assert len(await announced(superuser_conn, m, c)) == 2
+
+
+class DiesBeforeCommit:
+    """A progression whose transactions fail after writing (a replica killed mid-chunk: its
+    transaction never commits)."""
+
+    def __init__(self, inner: PgProgression) -> None:
+        self._inner = inner
+
+    def __call__(self, merchants: Any) -> Any:
+        inner = self._inner(merchants)
+
+        class Dying:
+            async def __aenter__(self) -> Any:
+                self.tx = await inner.__aenter__()
+                self.real = self.tx.add_outbox
+
+                async def add_outbox(messages: Any) -> None:
+                    await self.real(messages)
+                    raise ConnectionResetError("killed")
+
+                self.tx.add_outbox = add_outbox
+                return self.tx
+
+            async def __aexit__(self, *exc: Any) -> Any:
+                return await inner.__aexit__(*exc)
+
+        return Dying()
+
+
+async def test_a_chunk_that_dies_before_commit_loses_and_duplicates_nothing(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any
+) -> None:
+    merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified")
+    customers = [uuid.uuid4() for _ in range(10)]
+    await handler(app_pool).batch([entry(merchant, c, 5200) for c in customers])
+    await scheduler(app_pool).run_once(JAN_2027)
+    progression = PgProgression(app_pool)
+    with pytest.raises(Unavailable):  # the lost connection, as the unit of work reports it
+        await DeadlineScheduler(DiesBeforeCommit(progression), progression).run_once(JAN_2028)
+    assert {await tier_of(superuser_conn, merchant, c) for c in customers} == {"gold"}
+    result = await scheduler(app_pool).run_once(JAN_2028)
+    assert result.moved == 10
+    for c in customers:
+        assert len(await announced(superuser_conn, merchant, c)) == 2
+
+
+async def test_a_customer_held_by_a_points_batch_is_skipped_then_moved_next_pass(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any
+) -> None:
+    merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified")
+    held, free = uuid.uuid4(), uuid.uuid4()
+    await handler(app_pool).batch([entry(merchant, held, 5200), entry(merchant, free, 5200)])
+    s = scheduler(app_pool)
+    await s.run_once(JAN_2027)
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        await conn.execute(
+            "SELECT 1 FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2 FOR UPDATE", merchant, held
+        )
+        result = await s.run_once(JAN_2028)
+        assert result.moved == 1
+    assert await tier_of(superuser_conn, merchant, held) == "gold"
+    assert await tier_of(superuser_conn, merchant, free) == "basic"
+    await s.run_once(JAN_2028)
+    assert await tier_of(superuser_conn, merchant, held) == "basic"
