@@ -4,17 +4,23 @@ customer.created in, vip_tier.assigned / vip_tier.updated out, dead letters, ded
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from google.protobuf import field_mask_pb2
 
 from campaign_service import topics
+from campaign_service.adapters.kafka.wire import schema_text, subject
+from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
-from tests.kafka_support import Received
+from tests.conftest import events_env, required_env, start_service
+from tests.kafka_support import CustomerEvents, Received, core_service_codec
 from tests.tokens import auth_channel
 
 pytestmark = pytest.mark.kafka
@@ -199,3 +205,79 @@ async def test_metrics_count_assignments_dead_letters_and_the_outbox(
     assert "campaign_outbox_backlog" in values
     assert "campaign_outbox_oldest_age_seconds" in values
     assert any(k.startswith("campaign_kafka_consumer_lag{") for k in values)
+
+
+async def subject_versions(name: str) -> list[tuple[int, Any]]:
+    """(version, schema as JSON) of each version of a registry subject; [] if there is none."""
+    registry = registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    try:
+        try:
+            versions = await registry.get_versions(name)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return []
+            raise
+        return [(v, json.loads((await registry.get_version(name, v)).schema.schema_str or "null")) for v in versions]
+    finally:
+        await registry.aclose()
+
+
+async def test_the_service_reads_the_core_schema_and_never_writes_its_subject(
+    database: Any, tmp_path: Path, merchant_with_default: Any, read_topic: Any
+) -> None:
+    """customer.created-value is the Core Service's: a start of ours registers nothing there, and
+    events written with the Core's newer schema (a field we do not have) still decode."""
+    owned = subject(topics.CUSTOMER_CREATED)
+    ours = json.loads(schema_text(topics.CUSTOMER_CREATED))
+    theirs = {
+        **ours,
+        "fields": [
+            *ours["fields"],
+            {"name": f"referrer_{uuid.uuid4().hex[:8]}", "type": "string", "default": ""},  # a new version each run
+        ],
+    }
+    core = core_service_codec(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"), json.dumps(theirs))
+    await core.register_all()  # the Core Service publishes its schema
+    before = await subject_versions(owned)
+
+    service = start_service(database, tmp_path, extra_env=events_env())
+    try:
+        merchant = await merchant_with_default()
+        assigned = read_topic(topics.VIP_TIER_ASSIGNED)
+        events = CustomerEvents(required_env("KAFKA_BROKER"), core)
+        try:
+            event_id = await events.created(merchant)
+        finally:
+            events.close()
+        await assigned.wait_for(caused_by(event_id))
+    finally:
+        service.stop()
+        await core.close()
+
+    after = await subject_versions(owned)
+    assert after == before, "the service changed a subject it does not own"
+    assert ours not in [schema for _, schema in after], "our reader copy was registered under the Core's subject"
+
+
+async def test_a_well_formed_event_with_a_non_uuid_id_is_an_invalid_payload_with_its_headers_kept(
+    event_service: Any, customer_events: Any, core_codec: Any, read_topic: Any
+) -> None:
+    dlq = read_topic(topics.CUSTOMER_CREATED_DLQ)
+    key = f"bad-id-{uuid.uuid4()}"
+    value = await core_codec.encode(
+        topics.CUSTOMER_CREATED,
+        {"event_id": str(uuid.uuid4()), "customer_id": "customer-42", "merchant_id": str(uuid.uuid4())},
+    )
+    headers: list[tuple[str, bytes | None]] = [
+        ("trace", b"\xff\xfe\x00\x80"),
+        ("empty", None),
+        ("dup", b"1"),
+        ("dup", b"2"),
+    ]
+    await customer_events.raw(value, key=key, headers=headers)
+
+    [dead] = [r for r in await dlq.wait_for(with_key(key)) if r.key == key]
+    assert dead.headers["dlq_reason"] == "invalid_payload"
+    assert "customer_id" in dead.headers["dlq_detail"]
+    assert dead.value == value
+    assert dead.raw_headers[: len(headers)] == headers, "original headers byte for byte, null and repeats kept"
