@@ -237,10 +237,12 @@ def build_events(
     pool: asyncpg.Pool[asyncpg.Record],
     listen_dsn: str,
     redis: Redis | None,
+    breaker: RedisBreaker | None,
     tracer: Tracer | None = None,
 ) -> EventPipeline:
-    """The relay and the consumer; `redis` (the service's client) backs the processed-events fast
-    path; with a `tracer` (tracing on), publishing and consuming make spans (events/tracing.py)."""
+    """The relay and the consumer; `redis` (the service's client, with its breaker) backs the
+    processed-events fast path; with a `tracer` (tracing on), publishing and consuming make spans
+    (events/tracing.py)."""
     relay = build_relay(settings, pool, listen_dsn, tracer)
     broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
@@ -257,7 +259,7 @@ def build_events(
         batch_size=settings.consumer_batch_size,
         retry=Backoff(0.2, 5.0),
     )
-    processed = RedisProcessedEvents(redis) if redis is not None else None
+    processed = RedisProcessedEvents(redis, breaker) if redis is not None and breaker is not None else None
     handler: BatchHandler = CustomerCreatedHandler(
         PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency
     ).batch
@@ -533,7 +535,7 @@ async def build_app(settings: Settings) -> App:
     checks = [Check("postgres", db_check), *parts.checks()]
     events: EventPipeline | None = None
     if settings.kafka_broker:
-        events = build_events(settings, pool, target.app_dsn, parts.client, tracer)
+        events = build_events(settings, pool, target.app_dsn, parts.client, parts.breaker, tracer)
         await register_schemas(events.relay.codec)
         checks.append(Check("kafka", events.relay.kafka_check, critical=False))
     else:
