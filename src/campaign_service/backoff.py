@@ -62,6 +62,7 @@ async def supervise(
     """Runs `run()` until it returns or `stop` is set, restarting it after a crash: waits double from
     `initial_s` up to `max_s` (plus up to half `initial_s` of jitter, never beyond `max_s`), each restart
     logged with its traceback and counted in campaign_retries_total{loop=name}."""
+
     async def attempt() -> None:
         if not stop.is_set():  # also after a wait that `stop` cut short: tenacity would call again
             await run()

@@ -166,6 +166,7 @@ def build_relay(
             poll_interval_s=settings.outbox_poll_interval_s,
             retention_s=settings.outbox_retention_hours * 3600,
             purge_interval_s=settings.outbox_purge_interval_s,
+            processed_retention_s=settings.processed_retention_hours * 3600,
             backoff_max_s=settings.relay_backoff_max_s,
         ),
     )
