@@ -4,7 +4,11 @@ customer.created in, vip_tier.assigned / vip_tier.updated out, dead letters, ded
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -222,6 +226,48 @@ async def subject_versions(name: str) -> list[tuple[int, Any]]:
         await registry.aclose()
 
 
+class RecordingRegistryProxy:
+    """An HTTP proxy in front of the real registry (own thread) that records each request's method
+    and path: what the service asked of the registry, whatever the registry already held."""
+
+    def __init__(self, upstream: str) -> None:
+        self.requests: list[tuple[str, str]] = []
+        parsed = urllib.parse.urlsplit(upstream)
+        origin, prefix = f"{parsed.scheme}://{parsed.netloc}", parsed.path.rstrip("/")
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                proxy.requests.append((self.command, self.path))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                request = urllib.request.Request(origin + self.path, body, headers, method=self.command)
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as resp:
+                        status, data, kind = resp.status, resp.read(), resp.headers.get("Content-Type")
+                except urllib.error.HTTPError as exc:
+                    status, data, kind = exc.code, exc.read(), exc.headers.get("Content-Type")
+                self.send_response(status)
+                self.send_header("Content-Type", kind or "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{prefix}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 async def test_the_service_reads_the_core_schema_and_never_writes_its_subject(
     database: Any, tmp_path: Path, merchant_with_default: Any, read_topic: Any
 ) -> None:
@@ -240,7 +286,8 @@ async def test_the_service_reads_the_core_schema_and_never_writes_its_subject(
     await core.register_all()  # the Core Service publishes its schema
     before = await subject_versions(owned)
 
-    service = start_service(database, tmp_path, extra_env=events_env())
+    proxy = RecordingRegistryProxy(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    service = start_service(database, tmp_path, extra_env=events_env(CAMPAIGN_SCHEMA_REGISTRY_URL=proxy.url))
     try:
         merchant = await merchant_with_default()
         assigned = read_topic(topics.VIP_TIER_ASSIGNED)
@@ -252,11 +299,15 @@ async def test_the_service_reads_the_core_schema_and_never_writes_its_subject(
         await assigned.wait_for(caused_by(event_id))
     finally:
         service.stop()
+        proxy.close()
         await core.close()
 
     after = await subject_versions(owned)
     assert after == before, "the service changed a subject it does not own"
-    assert ours not in [schema for _, schema in after], "our reader copy was registered under the Core's subject"
+    writes = [(method, path) for method, path in proxy.requests if method != "GET"]
+    assert all(owned not in path for _, path in writes), f"the service wrote to {owned}: {writes}"
+    assert any(subject(topics.VIP_TIER_ASSIGNED) in path for _, path in writes), "it registers what it produces"
+    assert any(method == "GET" and "/schemas/ids/" in path for method, path in proxy.requests), "writer schema by id"
 
 
 async def test_a_well_formed_event_with_a_non_uuid_id_is_an_invalid_payload_with_its_headers_kept(
