@@ -36,6 +36,12 @@ async def own_topics() -> tuple[str, str]:
     admin = AdminClient({"bootstrap.servers": required_env("KAFKA_BROKER")})
     for future in admin.create_topics([NewTopic(name, 1, 1), NewTopic(f"{name}.dlq", 1, 1)]).values():
         await asyncio.to_thread(future.result, 30)
+    # Created is not yet led: a reader asking for watermarks at once got NOT_LEADER_FOR_PARTITION.
+    for _ in range(100):
+        found = (await asyncio.to_thread(admin.list_topics, timeout=10)).topics
+        if all(t in found and all(p.leader >= 0 for p in found[t].partitions.values()) for t in (name, f"{name}.dlq")):
+            break
+        await asyncio.sleep(0.1)
     return name, f"{name}.dlq"
 
 
