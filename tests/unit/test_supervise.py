@@ -12,7 +12,7 @@ from campaign_service.backoff import supervise
 
 
 def restarts(loop: str) -> float:
-    return metrics.RETRIES.labels(loop)._value.get()
+    return float(metrics.RETRIES.labels(loop)._value.get())
 
 
 async def test_a_crashing_loop_is_restarted_with_growing_bounded_waits_and_counted() -> None:
