@@ -35,10 +35,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, services, start
 from campaign_service import topics
-from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
-from campaign_service.adapters.schema_registry import SchemaRegistryClient
+from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
 
@@ -181,8 +181,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for m in merchants:
             await tiers.create(m, "basic", TierSpec(name="Basic", min_points=0, is_default=True))
         await pool.close()
-        registry = SchemaRegistryClient(env["CAMPAIGN_SCHEMA_REGISTRY_URL"])
-        codec = AvroWireCodec(registry)
+        # Playing the Core Service, the owner of customer.created and its subject.
+        core_schema = schema_text(topics.CUSTOMER_CREATED)
+        codec = AvroWireCodec(
+            registry_client(env["CAMPAIGN_SCHEMA_REGISTRY_URL"]), produces={topics.CUSTOMER_CREATED: core_schema}
+        )
         broker = env["KAFKA_BROKER"]
         producer = Producer({"bootstrap.servers": broker, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
         bench = Bench(env, db, args.log_level, Path(tempfile.mkdtemp(prefix="bench-events.")))
@@ -240,7 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             service.stop()
             watcher.close()
             producer.flush(5)
-            await registry.close()
+            await codec.close()
     return result
 
 

@@ -38,8 +38,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
 from bench.harness import ROOT, fresh_database, services
 from campaign_service import topics
-from campaign_service.adapters.kafka.wire import AvroWireCodec
-from campaign_service.adapters.schema_registry import SchemaRegistryClient
+from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
+from campaign_service.adapters.schema_registry import registry_client
 
 
 def consumed(http_port: int, event_type: str) -> float:
@@ -166,8 +166,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         pairs = await seed(db.superuser_dsn, db.name, merchants, args.customers)
         seeded_s = time.monotonic() - t0
-        registry = SchemaRegistryClient(env["CAMPAIGN_SCHEMA_REGISTRY_URL"])
-        codec = AvroWireCodec(registry)
+        # Playing the Points service, the owner of points.recorded and its subject.
+        codec = AvroWireCodec(
+            registry_client(env["CAMPAIGN_SCHEMA_REGISTRY_URL"]),
+            produces={topics.POINTS_RECORDED: schema_text(topics.POINTS_RECORDED)},
+        )
         producer = Producer(
             {"bootstrap.servers": env["KAFKA_BROKER"], "linger.ms": 5, "acks": "all", "enable.idempotence": True}
         )
@@ -242,7 +245,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 service.stop()
             watcher.close()
             producer.flush(5)
-            await registry.close()
+            await codec.close()
     return result
 
 

@@ -38,13 +38,13 @@ from campaign_service.adapters.postgres.provision import ProvisionedDatabase, cr
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.client import create_client, create_pipe
 from campaign_service.adapters.redis.pipe import RedisPipe
-from campaign_service.adapters.schema_registry import SchemaRegistryClient
+from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.config import Settings
 from campaign_service.domain.access import SCOPE_ADMIN
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
-from tests.kafka_support import CustomerEvents, TopicReader
+from tests.kafka_support import CustomerEvents, TopicReader, core_service_codec
 from tests.tokens import ISSUER, SESSION_ISSUER, auth_channel, mint_token
 
 
@@ -397,9 +397,18 @@ def events_env(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 async def avro_codec() -> AsyncIterator[AvroWireCodec]:
-    registry = SchemaRegistryClient(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
-    yield AvroWireCodec(registry)
-    await registry.close()
+    """The service's codec: encodes what it produces, reads anything."""
+    codec = AvroWireCodec(registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL")))
+    yield codec
+    await codec.close()
+
+
+@pytest.fixture(scope="session")
+async def core_codec() -> AsyncIterator[AvroWireCodec]:
+    """The Core Service's codec: customer.created with the Core's schema (CORE_CUSTOMER_CREATED)."""
+    codec = core_service_codec(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    yield codec
+    await codec.close()
 
 
 @pytest.fixture(scope="session")
@@ -426,8 +435,8 @@ async def read_topic(avro_codec: AvroWireCodec) -> AsyncIterator[Callable[[str],
 
 
 @pytest.fixture
-async def customer_events(avro_codec: AvroWireCodec) -> AsyncIterator[CustomerEvents]:
-    producer = CustomerEvents(required_env("KAFKA_BROKER"), avro_codec)
+async def customer_events(core_codec: AvroWireCodec) -> AsyncIterator[CustomerEvents]:
+    producer = CustomerEvents(required_env("KAFKA_BROKER"), core_codec)
     yield producer
     producer.close()
 

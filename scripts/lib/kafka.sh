@@ -186,15 +186,11 @@ _kafka_broker_port() {  # from listeners=PLAINTEXT://127.0.0.1:<p>,CONTROLLER://
 
 _kafka_pid_alive() { proc_alive "$1"; }
 
+# The broker of a state directory is the java whose command line names its config.
+_KAFKA_MARKER='%s/server.properties'
 _kafka_pid() {  # prints pid if the broker of this state dir is alive
-  local state="$1" pid
-  [[ -f "$state/kafka.pid" ]] || return 1
-  pid="$(cat "$state/kafka.pid" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  _kafka_pid_alive "$pid" || return 1
-  # guard against pid reuse: must be our java with our config
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F -q -- "$state/server.properties" || return 1
-  printf '%s' "$pid"
+  # shellcheck disable=SC2059  # the marker is a format
+  proc_pid "$1/kafka.pid" "$(printf "$_KAFKA_MARKER" "$1")"
 }
 
 kafka_is_running() { _kafka_pid "$(cd "${1:?usage: kafka_is_running <state_dir>}" 2>/dev/null && pwd)" >/dev/null; }
@@ -449,22 +445,5 @@ kafka_start_again() {
   _kafka_write_env "$state"
 }
 
-_kafka_stop() {  # <state> <signal> <timeout_s>
-  local pid
-  pid="$(_kafka_pid "$1")" || { rm -f "$1/kafka.pid"; return 0; }
-  proc_stop "$1/kafka.pid" "$pid" "$2" "$3" "kafka.sh"
-}
-
-kafka_down() {
-  local state="${1:?usage: kafka_down <state_dir>}"
-  [[ -d "$state" ]] || return 0
-  state="$(cd "$state" && pwd)"
-  _kafka_stop "$state" TERM "${KAFKA_STOP_TIMEOUT:-30}"
-}
-
-kafka_kill() {
-  local state="${1:?usage: kafka_kill <state_dir>}"
-  [[ -d "$state" ]] || return 0
-  state="$(cd "$state" && pwd)"
-  _kafka_stop "$state" KILL 10
-}
+kafka_down() { proc_down "${1:?usage: kafka_down <state_dir>}" kafka.pid "$_KAFKA_MARKER" TERM "${KAFKA_STOP_TIMEOUT:-30}" kafka.sh; }
+kafka_kill() { proc_down "${1:?usage: kafka_kill <state_dir>}" kafka.pid "$_KAFKA_MARKER" KILL 10 kafka.sh; }

@@ -123,14 +123,11 @@ PY
 
 _registry_pid_alive() { proc_alive "$1"; }
 
+# The registry of a state directory is the java started with its state as a system property.
+_REGISTRY_MARKER='-Dcampaign.registry.state=%s'
 _registry_pid() {
-  local state="$1" pid
-  [[ -f "$state/registry.pid" ]] || return 1
-  pid="$(cat "$state/registry.pid" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  _registry_pid_alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F -q -- "-Dcampaign.registry.state=$state" || return 1
-  printf '%s' "$pid"
+  # shellcheck disable=SC2059  # the marker is a format
+  proc_pid "$1/registry.pid" "$(printf -- "$_REGISTRY_MARKER" "$1")"
 }
 
 registry_is_running() { _registry_pid "$(cd "${1:?usage: registry_is_running <state_dir>}" 2>/dev/null && pwd)" >/dev/null; }
@@ -207,22 +204,7 @@ registry_up() {
   _registry_log "Apicurio Registry up on http://127.0.0.1:$hp (pid $pid, $(( $(_registry_now) - t0 ))s)"
 }
 
-_registry_stop() {  # <state> <signal> <timeout_s>
-  local pid
-  pid="$(_registry_pid "$1")" || { rm -f "$1/registry.pid"; return 0; }
-  proc_stop "$1/registry.pid" "$pid" "$2" "$3" "registry.sh"
-}
-
 registry_down() {
-  local state="${1:?usage: registry_down <state_dir>}"
-  [[ -d "$state" ]] || return 0
-  state="$(cd "$state" && pwd)"
-  _registry_stop "$state" TERM "${REGISTRY_STOP_TIMEOUT:-20}"
+  proc_down "${1:?usage: registry_down <state_dir>}" registry.pid "$_REGISTRY_MARKER" TERM "${REGISTRY_STOP_TIMEOUT:-20}" registry.sh
 }
-
-registry_kill() {
-  local state="${1:?usage: registry_kill <state_dir>}"
-  [[ -d "$state" ]] || return 0
-  state="$(cd "$state" && pwd)"
-  _registry_stop "$state" KILL 10
-}
+registry_kill() { proc_down "${1:?usage: registry_kill <state_dir>}" registry.pid "$_REGISTRY_MARKER" KILL 10 registry.sh; }

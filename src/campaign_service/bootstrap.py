@@ -48,7 +48,7 @@ from campaign_service.adapters.redis.client import RedisBreaker, create_client, 
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
-from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, SchemaRegistryClient
+from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, registry_client
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check, build_http_app
 from campaign_service.api.interceptors import RateLimitInterceptor
@@ -125,7 +125,6 @@ class Relay:
     listener: PgOutboxListener
     producer: KafkaProducer
     codec: AvroWireCodec
-    registry: SchemaRegistryClient
 
     async def run(self, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -134,7 +133,7 @@ class Relay:
 
     async def close(self, flush_s: float = 10.0) -> None:
         await self.producer.close(flush_s)  # flush: nothing enqueued is dropped on a clean stop
-        await self.registry.close()
+        await self.codec.close()
 
     async def kafka_check(self) -> str | None:
         if self.relay.last_error:
@@ -147,8 +146,7 @@ def build_relay(
 ) -> Relay:
     broker, registry_url = settings.kafka()
     delivery_s = settings.kafka_delivery_timeout_ms / 1000
-    registry = SchemaRegistryClient(registry_url)
-    codec = AvroWireCodec(registry)
+    codec = AvroWireCodec(registry_client(registry_url))
     producer = KafkaProducer(
         producer_config(
             broker,
@@ -168,14 +166,16 @@ def build_relay(
             poll_interval_s=settings.outbox_poll_interval_s,
             retention_s=settings.outbox_retention_hours * 3600,
             purge_interval_s=settings.outbox_purge_interval_s,
+            processed_retention_s=settings.processed_retention_hours * 3600,
             backoff_max_s=settings.relay_backoff_max_s,
         ),
     )
-    return Relay(relay, PgOutboxListener(listen_dsn), producer, codec, registry)
+    return Relay(relay, PgOutboxListener(listen_dsn), producer, codec)
 
 
 async def register_schemas(codec: AvroWireCodec) -> None:
-    """Registers the Avro schemas now so a registry problem shows at start-up (publishing retries anyway)."""
+    """Registers the schemas of what we produce now so a registry problem shows at start-up
+    (publishing retries anyway). The Core Service's customer.created subject is not ours to write."""
     try:
         await asyncio.wait_for(codec.register_all(), 10)
     except (RegistryUnavailable, RegistryRejected, TimeoutError) as exc:
@@ -238,10 +238,12 @@ def build_events(
     pool: asyncpg.Pool[asyncpg.Record],
     listen_dsn: str,
     redis: Redis | None,
+    breaker: RedisBreaker | None,
     tracer: Tracer | None = None,
 ) -> EventPipeline:
-    """The relay and the consumer; `redis` (the service's client) backs the processed-events fast
-    path; with a `tracer` (tracing on), publishing and consuming make spans (events/tracing.py)."""
+    """The relay and the consumer; `redis` (the service's client, with its breaker) backs the
+    processed-events fast path; with a `tracer` (tracing on), publishing and consuming make spans
+    (events/tracing.py)."""
     relay = build_relay(settings, pool, listen_dsn, tracer)
     broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
@@ -252,13 +254,13 @@ def build_events(
             session_timeout_ms=settings.kafka_session_timeout_ms,
         ),
         topics.CUSTOMER_CREATED,
-        relay.codec,
+        relay.codec.reader(topics.CUSTOMER_CREATED),
         relay.producer,
         topics.CUSTOMER_CREATED_DLQ,
         batch_size=settings.consumer_batch_size,
         retry=Backoff(0.2, 5.0),
     )
-    processed = RedisProcessedEvents(redis) if redis is not None else None
+    processed = RedisProcessedEvents(redis, breaker) if redis is not None and breaker is not None else None
     handler: BatchHandler = CustomerCreatedHandler(
         PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency
     ).batch
@@ -272,7 +274,7 @@ def build_events(
             session_timeout_ms=settings.kafka_session_timeout_ms,
         ),
         topics.POINTS_RECORDED,
-        relay.codec,
+        relay.codec.reader(topics.POINTS_RECORDED),
         relay.producer,
         topics.POINTS_RECORDED_DLQ,
         batch_size=settings.points_batch_size,
@@ -534,7 +536,7 @@ async def build_app(settings: Settings) -> App:
     checks = [Check("postgres", db_check), *parts.checks()]
     events: EventPipeline | None = None
     if settings.kafka_broker:
-        events = build_events(settings, pool, target.app_dsn, parts.client, tracer)
+        events = build_events(settings, pool, target.app_dsn, parts.client, parts.breaker, tracer)
         await register_schemas(events.relay.codec)
         checks.append(Check("kafka", events.relay.kafka_check, critical=False))
     else:

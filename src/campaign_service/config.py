@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)
     outbox_purge_interval_s: float = Field(600.0, gt=0, le=86_400)
+    # The dedupe record of consumed events: must outlive the consumed topics' retention (Kafka's
+    # default is 7 days), or a redelivered event older than it would be applied again.
+    processed_retention_hours: float = Field(30 * 24.0, ge=1, le=24 * 3650)
     relay_backoff_max_s: float = Field(10.0, ge=0.1, le=300)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

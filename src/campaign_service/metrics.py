@@ -86,6 +86,9 @@ OUTBOX_PUBLISH_FAILURES = Counter(
     "campaign_outbox_publish_failures", "Outbox events whose publication failed (retried later).", ["topic"]
 )
 OUTBOX_PURGED = Counter("campaign_outbox_purged", "Published outbox rows deleted after the retention period.")
+PROCESSED_PURGED = Counter(
+    "campaign_processed_events_purged", "processed_events rows (dedupe record) deleted after the retention period."
+)
 PRODUCER_REBUILDS = Counter("campaign_kafka_producer_rebuilds", "Kafka producers rebuilt after a fatal error.")
 CONSUMER_LAG = Gauge(
     "campaign_kafka_consumer_lag",

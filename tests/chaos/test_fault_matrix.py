@@ -360,7 +360,9 @@ async def durable_commits(db: Database) -> None:
         await su.close()
 
 
-async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: AvroWireCodec, tmp_path: Path) -> None:
+async def test_kill_and_restart_each_dependency_twice_under_load(
+    avro_codec: AvroWireCodec, core_codec: AvroWireCodec, tmp_path: Path
+) -> None:
     db = await make_database()
     await durable_commits(db)
     expected = await merchants_with_tiers(db, MERCHANTS)
@@ -375,7 +377,7 @@ async def test_kill_and_restart_each_dependency_twice_under_load(avro_codec: Avr
     broker = required_env("KAFKA_BROKER")
     assigned = TopicReader(broker, topics.VIP_TIER_ASSIGNED, avro_codec)
     dlq = TopicReader(broker, topics.CUSTOMER_CREATED_DLQ, avro_codec)
-    producer = CustomerEvents(broker, avro_codec)
+    producer = CustomerEvents(broker, core_codec)
     stream = Stream(producer, merchants, assigned)
     load = LookupLoad(service.target, expected, rate=LOOKUP_RATE, deadline_s=LOOKUP_DEADLINE_S)
     names = TierNames(expected)

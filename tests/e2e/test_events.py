@@ -4,17 +4,27 @@ customer.created in, vip_tier.assigned / vip_tier.updated out, dead letters, ded
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 from google.protobuf import field_mask_pb2
 
 from campaign_service import topics
+from campaign_service.adapters.kafka.wire import schema_text, subject
+from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
-from tests.kafka_support import Received
+from tests.conftest import events_env, required_env, start_service
+from tests.kafka_support import CustomerEvents, Received, core_service_codec
 from tests.tokens import auth_channel
 
 pytestmark = pytest.mark.kafka
@@ -199,3 +209,126 @@ async def test_metrics_count_assignments_dead_letters_and_the_outbox(
     assert "campaign_outbox_backlog" in values
     assert "campaign_outbox_oldest_age_seconds" in values
     assert any(k.startswith("campaign_kafka_consumer_lag{") for k in values)
+
+
+async def subject_versions(name: str) -> list[tuple[int, Any]]:
+    """(version, schema as JSON) of each version of a registry subject; [] if there is none."""
+    registry = registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    try:
+        try:
+            versions = await registry.get_versions(name)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return []
+            raise
+        return [(v, json.loads((await registry.get_version(name, v)).schema.schema_str or "null")) for v in versions]
+    finally:
+        await registry.aclose()
+
+
+class RecordingRegistryProxy:
+    """An HTTP proxy in front of the real registry (own thread) that records each request's method
+    and path: what the service asked of the registry, whatever the registry already held."""
+
+    def __init__(self, upstream: str) -> None:
+        self.requests: list[tuple[str, str]] = []
+        parsed = urllib.parse.urlsplit(upstream)
+        origin, prefix = f"{parsed.scheme}://{parsed.netloc}", parsed.path.rstrip("/")
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+                proxy.requests.append((self.command, self.path))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+                request = urllib.request.Request(origin + self.path, body, headers, method=self.command)
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as resp:
+                        status, data, kind = resp.status, resp.read(), resp.headers.get("Content-Type")
+                except urllib.error.HTTPError as exc:
+                    status, data, kind = exc.code, exc.read(), exc.headers.get("Content-Type")
+                self.send_response(status)
+                self.send_header("Content-Type", kind or "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = forward
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}{prefix}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+async def test_the_service_reads_the_core_schema_and_never_writes_its_subject(
+    database: Any, tmp_path: Path, merchant_with_default: Any, read_topic: Any
+) -> None:
+    """customer.created-value is the Core Service's: a start of ours registers nothing there, and
+    events written with the Core's newer schema (a field we do not have) still decode."""
+    owned = subject(topics.CUSTOMER_CREATED)
+    ours = json.loads(schema_text(topics.CUSTOMER_CREATED))
+    theirs = {
+        **ours,
+        "fields": [
+            *ours["fields"],
+            {"name": f"referrer_{uuid.uuid4().hex[:8]}", "type": "string", "default": ""},  # a new version each run
+        ],
+    }
+    core = core_service_codec(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"), json.dumps(theirs))
+    await core.register_all()  # the Core Service publishes its schema
+    before = await subject_versions(owned)
+
+    proxy = RecordingRegistryProxy(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL"))
+    service = start_service(database, tmp_path, extra_env=events_env(CAMPAIGN_SCHEMA_REGISTRY_URL=proxy.url))
+    try:
+        merchant = await merchant_with_default()
+        assigned = read_topic(topics.VIP_TIER_ASSIGNED)
+        events = CustomerEvents(required_env("KAFKA_BROKER"), core)
+        try:
+            event_id = await events.created(merchant)
+        finally:
+            events.close()
+        await assigned.wait_for(caused_by(event_id))
+    finally:
+        service.stop()
+        proxy.close()
+        await core.close()
+
+    after = await subject_versions(owned)
+    assert after == before, "the service changed a subject it does not own"
+    writes = [(method, path) for method, path in proxy.requests if method != "GET"]
+    assert all(owned not in path for _, path in writes), f"the service wrote to {owned}: {writes}"
+    assert any(subject(topics.VIP_TIER_ASSIGNED) in path for _, path in writes), "it registers what it produces"
+    assert any(method == "GET" and "/schemas/ids/" in path for method, path in proxy.requests), "writer schema by id"
+
+
+async def test_a_well_formed_event_with_a_non_uuid_id_is_an_invalid_payload_with_its_headers_kept(
+    event_service: Any, customer_events: Any, core_codec: Any, read_topic: Any
+) -> None:
+    dlq = read_topic(topics.CUSTOMER_CREATED_DLQ)
+    key = f"bad-id-{uuid.uuid4()}"
+    value = await core_codec.encode(
+        topics.CUSTOMER_CREATED,
+        {"event_id": str(uuid.uuid4()), "customer_id": "customer-42", "merchant_id": str(uuid.uuid4())},
+    )
+    headers: list[tuple[str, bytes | None]] = [
+        ("trace", b"\xff\xfe\x00\x80"),
+        ("empty", None),
+        ("dup", b"1"),
+        ("dup", b"2"),
+    ]
+    await customer_events.raw(value, key=key, headers=headers)
+
+    [dead] = [r for r in await dlq.wait_for(with_key(key)) if r.key == key]
+    assert dead.headers["dlq_reason"] == "invalid_payload"
+    assert "customer_id" in dead.headers["dlq_detail"]
+    assert dead.value == value
+    assert dead.raw_headers[: len(headers)] == headers, "original headers byte for byte, null and repeats kept"

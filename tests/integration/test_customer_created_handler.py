@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from redis.backoff import NoBackoff
 
 from campaign_service import keys, topics
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.ports import InboundEvent, Rejected
@@ -111,7 +113,7 @@ async def test_redis_fast_path_remembers_for_24h_and_short_circuits(
     app_pool: Any, merchant_with_default: Any, superuser_conn: Any, redis_client: aioredis.Redis
 ) -> None:
     merchant, customer, event_id = await merchant_with_default(), uuid.uuid4(), uuid.uuid4()
-    handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(redis_client))
+    handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(redis_client, RedisBreaker(1.0)))
     await handler(created(merchant, customer, event_id))
     key = keys.processed(merchant, event_id)
     assert key == f"processed:{merchant}:{event_id}"
@@ -129,10 +131,35 @@ async def test_redis_down_falls_back_to_the_database(
         host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
     merchant, customer, event_id = await merchant_with_default(), uuid.uuid4(), uuid.uuid4()
-    handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(dead))
+    handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(dead, RedisBreaker(1.0)))
     try:
         for _ in range(2):
             await handler(created(merchant, customer, event_id))
     finally:
         await dead.aclose()
     assert await counts(superuser_conn, merchant, event_id) == (1, 1, 1)
+
+
+async def test_a_paused_redis_costs_one_timeout_per_cool_down_not_two_per_batch(
+    app_pool: Any, merchant_with_default: Any, superuser_conn: Any, own_redis: Any, service_redis: Any
+) -> None:
+    """SIGSTOPped Redis: connections are accepted and nothing is answered, so every command waits
+    for the whole timeout. The first batch pays it once; later batches skip the fast path while the
+    breaker (shared with the cache and the rate limit) is open."""
+    server = own_redis()
+    client = service_redis("127.0.0.1", server.port, redis_timeout_ms=300)
+    breaker = RedisBreaker(retry_after_s=60)
+    handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(client, breaker))
+    merchant = await merchant_with_default()
+    await handler.batch([created(merchant, uuid.uuid4(), uuid.uuid4())])  # connections made while it answers
+    server.pause()
+    costs = []
+    for _ in range(4):
+        events = [created(merchant, uuid.uuid4(), uuid.uuid4()) for _ in range(3)]
+        started = time.perf_counter()
+        assert await handler.batch(events) == [None] * 3
+        costs.append(time.perf_counter() - started)
+    server.resume()
+    assert 0.3 <= costs[0] < 0.3 + 0.5, f"the first batch waits for one timeout: {costs}"
+    assert max(costs[1:]) < 0.2, f"later batches do not wait for Redis: {costs}"
+    assert not breaker.allows()

@@ -36,6 +36,12 @@ async def own_topics() -> tuple[str, str]:
     admin = AdminClient({"bootstrap.servers": required_env("KAFKA_BROKER")})
     for future in admin.create_topics([NewTopic(name, 1, 1), NewTopic(f"{name}.dlq", 1, 1)]).values():
         await asyncio.to_thread(future.result, 30)
+    # Created is not yet led: a reader asking for watermarks at once got NOT_LEADER_FOR_PARTITION.
+    for _ in range(100):
+        found = (await asyncio.to_thread(admin.list_topics, timeout=10)).topics
+        if all(t in found and all(p.leader >= 0 for p in found[t].partitions.values()) for t in (name, f"{name}.dlq")):
+            break
+        await asyncio.sleep(0.1)
     return name, f"{name}.dlq"
 
 
@@ -82,12 +88,12 @@ def committed(group: str, topic: str) -> int:
 
 
 async def test_failed_handling_is_retried_in_order_and_offsets_follow_the_handled(
-    own_topics: tuple[str, str], avro_codec: AvroWireCodec, dlq_producer: KafkaProducer
+    own_topics: tuple[str, str], avro_codec: AvroWireCodec, core_codec: AvroWireCodec, dlq_producer: KafkaProducer
 ) -> None:
     source, dlq = own_topics
-    ids = [uuid.uuid4() for _ in range(3)]
+    ids = [str(uuid.uuid4()) for _ in range(3)]
     values = [
-        await avro_codec.encode(
+        await core_codec.encode(
             topics.CUSTOMER_CREATED,
             {"event_id": str(i), "customer_id": str(uuid.uuid4()), "merchant_id": str(uuid.uuid4())},
         )
@@ -96,8 +102,10 @@ async def test_failed_handling_is_retried_in_order_and_offsets_follow_the_handle
     await produce(source, values)
     group = f"test-{uuid.uuid4().hex[:8]}"
     config = consumer_config(required_env("KAFKA_BROKER"), group_id=group, client_id="test")
-    subscriber = KafkaEventSubscriber(config, source, avro_codec, dlq_producer, dlq, retry=Backoff(0.05, 0.2))
-    calls: list[uuid.UUID] = []
+    subscriber = KafkaEventSubscriber(
+        config, source, avro_codec.reader(topics.CUSTOMER_CREATED), dlq_producer, dlq, retry=Backoff(0.05, 0.2)
+    )
+    calls: list[str] = []
 
     async def flaky(event: InboundEvent) -> None:
         calls.append(event.payload["event_id"])
@@ -110,12 +118,12 @@ async def test_failed_handling_is_retried_in_order_and_offsets_follow_the_handle
 
 
 async def test_a_failing_key_holds_back_only_itself_and_the_commit(
-    own_topics: tuple[str, str], avro_codec: AvroWireCodec, dlq_producer: KafkaProducer
+    own_topics: tuple[str, str], avro_codec: AvroWireCodec, core_codec: AvroWireCodec, dlq_producer: KafkaProducer
 ) -> None:
     source, dlq = own_topics
-    ids = [uuid.uuid4() for _ in range(4)]  # keys a, b, a, b
+    ids = [str(uuid.uuid4()) for _ in range(4)]  # keys a, b, a, b
     values = [
-        await avro_codec.encode(
+        await core_codec.encode(
             topics.CUSTOMER_CREATED,
             {"event_id": str(i), "customer_id": str(uuid.uuid4()), "merchant_id": str(uuid.uuid4())},
         )
@@ -124,8 +132,10 @@ async def test_a_failing_key_holds_back_only_itself_and_the_commit(
     await produce(source, values, [b"a", b"b", b"a", b"b"])
     group = f"test-{uuid.uuid4().hex[:8]}"
     config = consumer_config(required_env("KAFKA_BROKER"), group_id=group, client_id="test")
-    subscriber = KafkaEventSubscriber(config, source, avro_codec, dlq_producer, dlq, retry=Backoff(0.3, 0.3))
-    succeeded: list[uuid.UUID] = []
+    subscriber = KafkaEventSubscriber(
+        config, source, avro_codec.reader(topics.CUSTOMER_CREATED), dlq_producer, dlq, retry=Backoff(0.3, 0.3)
+    )
+    succeeded: list[str] = []
     first_a_attempts = 0
 
     async def fail_a_once(event: InboundEvent) -> None:
@@ -144,10 +154,10 @@ async def test_a_failing_key_holds_back_only_itself_and_the_commit(
 
 
 async def test_rejected_event_is_dead_lettered_with_its_reason_and_passed(
-    own_topics: tuple[str, str], avro_codec: AvroWireCodec, dlq_producer: KafkaProducer
+    own_topics: tuple[str, str], avro_codec: AvroWireCodec, core_codec: AvroWireCodec, dlq_producer: KafkaProducer
 ) -> None:
     source, dlq = own_topics
-    good = await avro_codec.encode(
+    good = await core_codec.encode(
         topics.CUSTOMER_CREATED,
         {"event_id": str(uuid.uuid4()), "customer_id": str(uuid.uuid4()), "merchant_id": str(uuid.uuid4())},
     )
@@ -155,7 +165,7 @@ async def test_rejected_event_is_dead_lettered_with_its_reason_and_passed(
     await produce(source, [good, b"junk", good])
     group = f"test-{uuid.uuid4().hex[:8]}"
     config = consumer_config(required_env("KAFKA_BROKER"), group_id=group, client_id="test")
-    subscriber = KafkaEventSubscriber(config, source, avro_codec, dlq_producer, dlq)
+    subscriber = KafkaEventSubscriber(config, source, avro_codec.reader(topics.CUSTOMER_CREATED), dlq_producer, dlq)
     seen: list[str] = []
 
     async def refuse_first(event: InboundEvent) -> None:
@@ -177,6 +187,7 @@ async def test_rejected_event_is_dead_lettered_with_its_reason_and_passed(
 async def test_the_subscriber_hands_batches_to_the_handler_and_dead_letters_only_the_bad_one(
     own_topics: tuple[str, str],
     avro_codec: AvroWireCodec,
+    core_codec: AvroWireCodec,
     dlq_producer: KafkaProducer,
     app_pool: Any,
     merchant_with_default: Any,
@@ -190,7 +201,7 @@ async def test_the_subscriber_hands_batches_to_the_handler_and_dead_letters_only
         {"event_id": str(ids[1]), "customer_id": str(uuid.uuid4()), "merchant_id": str(uuid.uuid4())},  # unknown
         {"event_id": str(ids[2]), "customer_id": str(uuid.uuid4()), "merchant_id": str(b)},
     ]
-    values = [await avro_codec.encode(topics.CUSTOMER_CREATED, p) for p in payloads]
+    values = [await core_codec.encode(topics.CUSTOMER_CREATED, p) for p in payloads]
     producer = Producer({"bootstrap.servers": required_env("KAFKA_BROKER")})
     for value in [*values, values[0]]:  # and the first one again
         producer.produce(source, value, b"one-key")
@@ -198,7 +209,9 @@ async def test_the_subscriber_hands_batches_to_the_handler_and_dead_letters_only
 
     group = f"test-{uuid.uuid4().hex[:8]}"
     config = consumer_config(required_env("KAFKA_BROKER"), group_id=group, client_id="test")
-    subscriber = KafkaEventSubscriber(config, source, avro_codec, dlq_producer, dlq, batch_size=100)
+    subscriber = KafkaEventSubscriber(
+        config, source, avro_codec.reader(topics.CUSTOMER_CREATED), dlq_producer, dlq, batch_size=100
+    )
     reader = TopicReader(required_env("KAFKA_BROKER"), dlq, avro_codec)
     stop = asyncio.Event()
     task = asyncio.create_task(subscriber.run(CustomerCreatedHandler(PgUnitOfWork(app_pool)).batch, stop))

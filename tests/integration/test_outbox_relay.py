@@ -4,6 +4,7 @@ so no other relay competes for its rows)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from confluent_kafka import KafkaError
 
@@ -107,6 +109,44 @@ async def test_purge_removes_only_published_rows_past_retention(own_db: OwnDatab
     )
     assert await PgOutbox(own_db.pool).purge(older_than_s=3 * 24 * 3600) == 1
     assert [r["event_id"] for r in await own_db.outbox(merchant)] == [recent, pending]
+
+
+async def test_processed_events_past_retention_are_purged_oldest_first_in_batches(own_db: OwnDatabase) -> None:
+    merchant = await merchant_with_changes(own_db)
+    ages_days = [40, 39, 38, 35, 31, 29, 1]  # retention 30 days: five go, two stay
+    rows = [(uuid.uuid4(), merchant, age) for age in ages_days]
+    await own_db.su.executemany(
+        "INSERT INTO processed_events (event_id, merchant_id, event_type, created_at)"
+        " VALUES ($1, $2, 'customer.created', now() - make_interval(days => $3))",
+        rows,
+    )
+    outbox = PgOutbox(own_db.pool)
+
+    async def left() -> set[uuid.UUID]:
+        found = await own_db.su.fetch("SELECT event_id FROM processed_events WHERE merchant_id = $1", merchant)
+        return {r["event_id"] for r in found}
+
+    # Bounded: two batches of two at most per purge, the oldest first.
+    assert await outbox.purge_processed(older_than_s=30 * 24 * 3600, batch=2, max_batches=2) == 4
+    assert await left() == {event_id for event_id, _, _ in rows[4:]}
+    assert await outbox.purge_processed(older_than_s=30 * 24 * 3600, batch=2, max_batches=2) == 1
+    assert await left() == {event_id for event_id, _, _ in rows[5:]}
+
+
+async def test_the_service_role_alone_cannot_delete_processed_events(own_db: OwnDatabase) -> None:
+    merchant = await merchant_with_changes(own_db)
+    event_id = uuid.uuid4()
+    await own_db.su.execute(
+        "INSERT INTO processed_events (event_id, merchant_id, event_type, created_at)"
+        " VALUES ($1, $2, 'customer.created', now() - interval '400 days')",
+        event_id,
+        merchant,
+    )
+    async with own_db.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):  # no grant, or no policy lets a row go
+            await conn.execute("DELETE FROM processed_events")
+    assert await own_db.su.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", event_id) == 1
 
 
 async def test_notify_wakes_the_relay_without_waiting_for_the_poll(

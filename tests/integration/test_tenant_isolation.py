@@ -173,15 +173,32 @@ async def test_the_merchant_setting_does_not_outlive_its_transaction(app_pool: A
         assert await conn.fetchval("SELECT count(*) FROM vip_tiers") == 0
 
 
-@pytest.mark.parametrize("table", [t for t in TENANT_TABLES if t != "outbox_events"] + ["merchants"])
+@pytest.mark.parametrize(
+    "table", [t for t in TENANT_TABLES if t not in ("outbox_events", "processed_events")] + ["merchants"]
+)
 async def test_the_relay_role_reaches_only_the_outbox(app_pool: Any, two_merchants: Any, table: str) -> None:
     """The service role may SET ROLE campaign_relay (the outbox relay): that must not open the
-    other tables."""
+    other tables (but processed_events, which it purges after the retention: see the next test)."""
     async with app_pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL ROLE campaign_relay")
         assert await conn.fetchval("SELECT count(*) FROM outbox_events") >= 2
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetchval(f"SELECT count(*) FROM {table}")
+
+
+async def test_the_relay_role_may_only_read_and_delete_processed_events(app_pool: Any, two_merchants: Any) -> None:
+    """0011: the retention purge reads and deletes the dedupe record; nothing else."""
+    a, _, _ = two_merchants
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL ROLE campaign_relay")
+        await conn.fetchval("SELECT count(*) FROM processed_events")
+        for statement in (
+            "INSERT INTO processed_events (event_id, merchant_id, event_type) VALUES (gen_random_uuid(), $1, 'x')",
+            "UPDATE processed_events SET event_type = 'x' WHERE merchant_id = $1",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                async with conn.transaction():  # a savepoint, rolled back
+                    await conn.execute(statement, a)
 
 
 async def test_other_policies_settings_do_not_open_tenant_rows_to_the_service_role(

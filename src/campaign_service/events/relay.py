@@ -3,7 +3,8 @@
 At-least-once: a relay that dies after publishing and before marking leaves the rows
 unpublished, so they go out again; consumers deduplicate on `event_id`. It sleeps until a
 NOTIFY wakes it (or a slow safety poll), backs off (bounded) while publishing fails, and purges
-published rows after the retention period.
+published rows after the retention period, and processed_events rows (the consumers' dedupe
+record) after theirs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class RelaySettings:
     poll_interval_s: float = 5.0
     retention_s: float = 3 * 24 * 3600.0
     purge_interval_s: float = 600.0
+    # Longer than the consumed topics' retention: an event Kafka can still deliver is remembered.
+    processed_retention_s: float = 30 * 24 * 3600.0
     stats_interval_s: float = 5.0
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
@@ -148,3 +151,11 @@ class OutboxRelay:
         metrics.OUTBOX_PURGED.inc(purged)
         if purged:
             log.info("outbox purged", rows=purged, retention_s=self._settings.retention_s)
+        try:
+            purged = await self._store.purge_processed(self._settings.processed_retention_s)
+        except Exception as exc:  # retried at the next purge interval
+            log.warning("processed events purge failed", error=type(exc).__name__)
+            return
+        metrics.PROCESSED_PURGED.inc(purged)
+        if purged:
+            log.info("processed events purged", rows=purged, retention_s=self._settings.processed_retention_s)

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from campaign_service import metrics
 from campaign_service.adapters.kafka.producer import DeliveryFailed, KafkaProducer
-from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
+from campaign_service.adapters.kafka.wire import AvroReader, Undecodable
 from campaign_service.backoff import Backoff, sleep_unless
 from campaign_service.events.ports import BatchHandler, Deferred, InboundEvent, Outcome, Rejected
 
@@ -76,7 +76,7 @@ class KafkaEventSubscriber:
         self,
         config: dict[str, Any],
         topic: str,
-        codec: AvroWireCodec,
+        codec: AvroReader,
         dead_letters: KafkaProducer,
         dead_letter_topic: str,
         *,
@@ -220,16 +220,15 @@ class KafkaEventSubscriber:
         sent: list[tuple[int, Message, Rejected, asyncio.Future[None]]] = []
         undelivered: dict[int, Exception] = {}
         for i, m, rejected in dead:
-            headers: list[tuple[str, str | bytes | None]] = [
-                *_header_items(m),
-                (DLQ_REASON, rejected.reason),
-                (DLQ_DETAIL, rejected.detail[:500]),
-                (DLQ_SOURCE, f"{_text(m.topic())}/{m.partition()}/{m.offset()}"),
+            # The original headers as they came, byte for byte (a null value stays null), then ours.
+            headers: list[tuple[str, bytes | None]] = [
+                *((k, v.encode() if isinstance(v, str) else v) for k, v in _header_items(m)),
+                (DLQ_REASON, rejected.reason.encode()),
+                (DLQ_DETAIL, rejected.detail[:500].encode()),
+                (DLQ_SOURCE, f"{_text(m.topic())}/{m.partition()}/{m.offset()}".encode()),
             ]
             try:
-                delivered = await self._dlq.send(
-                    self._dlq_topic, m.value(), key=m.key(), headers=[(k, _text(v).encode()) for k, v in headers]
-                )
+                delivered = await self._dlq.send(self._dlq_topic, m.value(), key=m.key(), headers=headers)
             except DeliveryFailed as exc:
                 undelivered[i] = exc
                 continue

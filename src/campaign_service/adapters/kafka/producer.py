@@ -86,7 +86,12 @@ class KafkaProducer:
         old.flush(0)
 
     async def send(
-        self, topic: str, value: bytes | None, *, key: bytes | None = None, headers: Sequence[tuple[str, bytes]] = ()
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Sequence[tuple[str, bytes | None]] = (),
     ) -> asyncio.Future[None]:
         """Enqueues one message; the future completes when the broker has it (acks=all) or fails."""
         self._rebuild_if_fatal()

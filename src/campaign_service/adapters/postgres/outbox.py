@@ -1,7 +1,9 @@
-"""The outbox table seen by the relay: claim, mark, purge, inspect, and LISTEN for new rows.
+"""The outbox table seen by the relay: claim, mark, purge, inspect, and LISTEN for new rows; and
+the retention of processed_events, which the relay purges on the same interval.
 
-Every statement runs as `campaign_relay` (SET LOCAL ROLE), the role whose policy sees all
-merchants' outbox rows and nothing else; the service role is a member of it.
+Every statement runs as `campaign_relay` (SET LOCAL ROLE), the role whose policies see all
+merchants' outbox rows and (to purge them) processed_events rows, and nothing else; the service
+role is a member of it.
 """
 
 from __future__ import annotations
@@ -137,6 +139,33 @@ class PgOutbox:
             total += int(deleted)
             if deleted < batch:
                 break
+        return total
+
+    async def purge_processed(self, older_than_s: float, batch: int = 5000, max_batches: int = 100) -> int:
+        """Deletes processed_events rows (the consumers' dedupe record) older than the retention, the
+        oldest first, in bounded batches: keyset on created_at, one short transaction each."""
+        total = 0
+        after: datetime | None = None
+        for _ in range(max_batches):
+            async with self._as_relay() as conn:
+                row = await conn.fetchrow(
+                    "WITH doomed AS ("
+                    " SELECT event_id FROM processed_events"
+                    " WHERE created_at < clock_timestamp() - make_interval(secs => $1)"
+                    " AND ($3::timestamptz IS NULL OR created_at >= $3)"
+                    " ORDER BY created_at LIMIT $2),"
+                    " gone AS (DELETE FROM processed_events p USING doomed d"
+                    " WHERE p.event_id = d.event_id RETURNING p.created_at)"
+                    " SELECT count(*) AS n, max(created_at) AS last FROM gone",
+                    older_than_s,
+                    batch,
+                    after,
+                )
+            assert row is not None
+            total += int(row["n"])
+            if row["n"] < batch:
+                break
+            after = row["last"]
         return total
 
     async def rows(self, *, pending_only: bool, limit: int) -> list[OutboxRow]:
