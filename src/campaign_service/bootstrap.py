@@ -37,6 +37,7 @@ from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.memory.cache import MemoryViewCache
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.postgres import migrations
+from campaign_service.adapters.postgres.cache_epoch import PgCacheEpoch
 from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_embedded
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
@@ -354,10 +355,12 @@ class RedisParts:
     breaker: RedisBreaker | None = None
 
     async def start(self) -> None:
-        """Purges the shared cache before serving: a previous instance may have died with
-        invalidations it never delivered (see adapters/redis/cache.py)."""
-        if isinstance(self.cache, RedisViewCache) and not await self.cache.deliver():
-            log.warning("cache not purged at start (Redis unreachable); bypassed until it is")
+        """Confirms the shared cache before serving (bypassed until it is; adapters/redis/cache.py)."""
+        if isinstance(self.cache, RedisViewCache):
+            try:
+                await self.cache.confirm()
+            except Exception as exc:  # the background task keeps trying
+                log.warning("redis cache not confirmed at start; bypassed until it is", error=type(exc).__name__)
 
     def closers(self) -> list[Callable[[], Awaitable[None]]]:
         return [part.aclose for part in (self.client, self.pipe) if part is not None]
@@ -370,21 +373,28 @@ class RedisParts:
 
         async def redis_check() -> str | None:
             problem = await ping(client, breaker)
-            if problem is None and isinstance(cache, RedisViewCache) and cache.pending:
-                return f"{cache.pending} cache invalidations pending; cache bypassed"
+            if problem is None and isinstance(cache, RedisViewCache) and not cache.trusted:
+                return "cache not confirmed against PostgreSQL yet; bypassed"
             return problem
 
         return [Check("redis", redis_check, critical=False)]
 
 
-def redis_parts(settings: Settings) -> RedisParts:
+def redis_parts(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> RedisParts:
     client = create_client(settings) if settings.redis_host else None
     pipe = create_pipe(settings) if settings.redis_host else None
     breaker = RedisBreaker(settings.redis_retry_after_ms / 1000) if client is not None else None
     cache: ViewCache
     backend = settings.cache_backend
     if backend == "redis" and client is not None and pipe is not None and breaker is not None:
-        cache = RedisViewCache(client, pipe, breaker, settings.cache_ttl_s)
+        cache = RedisViewCache(
+            pipe,
+            breaker,
+            PgCacheEpoch(pool),
+            settings.cache_ttl_s,
+            lease_s=settings.cache_epoch_lease_ms / 1000,
+            block_ttl_s=2 * (settings.db_statement_timeout_ms // 1000 + 2),  # twice a COMMIT's bound
+        )
     elif backend == "memory":
         cache = MemoryViewCache(settings.cache_ttl_s, settings.cache_memory_max_bytes)
     else:
@@ -503,7 +513,7 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
-    parts = redis_parts(settings)
+    parts = redis_parts(settings, pool)
     await parts.start()
     tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
     reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
@@ -562,8 +572,7 @@ async def build_app(settings: Settings) -> App:
     )
     app._tasks.extend(start_scheduler(settings, pool))
     if isinstance(parts.cache, RedisViewCache):
-        interval_s = settings.redis_retry_after_ms / 1000
-        app._tasks.append(asyncio.create_task(parts.cache.redeliver_forever(interval_s), name="cache-redelivery"))
+        app._tasks.append(asyncio.create_task(parts.cache.keep_confirmed(), name="cache-confirmation"))
     app._closers.extend(parts.closers())
     if events is not None:
         events.start()

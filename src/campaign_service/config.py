@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # disagree after a write).
     cache: Literal["auto", "redis", "memory", "off"] = "auto"
     cache_ttl_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # How long an instance trusts the Redis cache after confirming the cache epoch with
+    # PostgreSQL (refreshed every third of it in the background). A write that cannot reach Redis
+    # waits this long before it is acknowledged (see adapters/redis/cache.py).
+    cache_epoch_lease_ms: int = Field(1000, ge=100, le=30_000)
     cache_memory_max_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024, le=4 * 1024**3)
 
     # Requests per merchant per window over all CampaignService RPCs; 0 turns the limit off.

@@ -12,6 +12,9 @@ from campaign_service.service.ports import ViewKey
 # A tier may be called `tiers`; its key then equals the list key, which is harmless because the
 # fields differ (TIER_FIELD vs LIST_FIELD) and a change to any tier invalidates the list anyway.
 CACHE_PATTERN = "cache:*"
+# "<epoch> <run_id>:<master_replid>": the cache epoch last confirmed on this Redis (see
+# adapters/redis/cache.py); no merchant's key can take this name (theirs start with a UUID).
+CACHE_EPOCH = "cache:epoch"
 GENERATION = "gen"
 TIER_FIELD = "tier:"
 LIST_FIELD = "list:"

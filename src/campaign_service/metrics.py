@@ -166,7 +166,17 @@ CACHE_ERRORS = Counter(
 )
 CACHE_PENDING_INVALIDATIONS = Gauge(
     "vip_tier_cache_pending_invalidations",
-    "Cache keys whose invalidation failed and waits for Redis; the cache is bypassed meanwhile.",
+    "Cache keys whose fill block a write could not lift after its commit; retried, else it expires.",
+)
+CACHE_EPOCH_ADVANCES = Counter(
+    "vip_tier_cache_epoch_advances",
+    "Advances of the durable cache epoch, by reason: write (Redis unreachable for a write) or"
+    " redis_replaced (a restarted or failed-over Redis, or a lost epoch record).",
+    ["reason"],
+)
+CACHE_TRUSTED = Gauge(
+    "vip_tier_cache_trusted",
+    "1 while this instance trusts the Redis cache (confirmed against PostgreSQL, lease running).",
 )
 CACHE_INVALIDATION_RETRIES = Counter(
     "vip_tier_cache_invalidation_retries",

@@ -4,6 +4,7 @@ one keeps answering while its Redis is killed and restarted, with nothing stale 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -244,3 +245,122 @@ async def test_in_process_cache_without_redis(services: Callable[..., ServicePro
         await stub.UpdateVIPTier(rename(merchant, "Platinum"))
         assert (await stub.GetVIPTier(get_gold(merchant))).name == "Platinum"
     assert ready(svc)[1]["checks"] == {"postgres": "ok"}
+
+
+async def fill_through(
+    stubs: list[campaign_grpc.CampaignServiceStub], services: list[ServiceProcess], merchant: uuid.UUID, name: str
+) -> None:
+    """Reads through each instance until each has answered `name` from the cache."""
+    for stub, svc in zip(stubs, services, strict=True):
+        deadline = time.monotonic() + 15
+        before = hits(svc)
+        while hits(svc) == before:
+            assert time.monotonic() < deadline, "the cache is not used again"
+            assert (await stub.GetVIPTier(get_gold(merchant), timeout=2)).name == name
+            await asyncio.sleep(0.05)
+
+
+async def read_from_the_first_millisecond(
+    stub: campaign_grpc.CampaignServiceStub, merchant: uuid.UUID, seconds: float
+) -> list[str]:
+    """Names answered by back-to-back lookups for `seconds` (failed lookups are not answers)."""
+    names, failed = [], set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            names.append((await stub.GetVIPTier(get_gold(merchant), timeout=2)).name)
+        except grpc.aio.AioRpcError as exc:
+            failed.add(exc.code())
+    assert failed <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+    return names
+
+
+async def test_no_stale_answer_when_redis_returns_with_its_data(
+    services: Callable[..., ServiceProcess], own_redis, new_merchant
+) -> None:
+    """Issue 12.1: A and B on one Redis with an append-only file. Redis is SIGKILLed, the tier is
+    renamed through A (acknowledged), Redis restarts with the cached answers of before the rename,
+    and B is read from the first millisecond: it must never answer the old name."""
+    server = own_redis(persist=True)
+    env = redis_env(
+        "127.0.0.1",
+        server.port,
+        CAMPAIGN_REDIS_TIMEOUT_MS="100",
+        CAMPAIGN_REDIS_RETRY_AFTER_MS="200",
+        CAMPAIGN_RATE_LIMIT_REQUESTS="0",
+    )
+    a, b = services(env), services(env)
+    merchant = await new_merchant()
+    stale: dict[int, list[str]] = {}
+    answered = 0
+    async with client(a) as stub_a, client(b) as stub_b:
+        await create_gold(stub_a, merchant)
+        name = "Gold"
+        redis = aioredis.Redis(host="127.0.0.1", port=server.port)
+        for outage in range(5):
+            await fill_through([stub_a, stub_b], [a, b], merchant, name)
+            assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # what the restart brings back
+            await redis.aclose()
+            server.kill()
+            name = f"Gold {outage}"
+            await stub_a.UpdateVIPTier(rename(merchant, name), timeout=5)  # acknowledged
+            server.start()
+            names = await read_from_the_first_millisecond(stub_b, merchant, 2.0)
+            answered += len(names)
+            stale[outage] = [n for n in names if n != name]
+            redis = aioredis.Redis(host="127.0.0.1", port=server.port)
+        await redis.aclose()
+    print(f"\nlookups through B after the restarts: {answered}, stale: {sum(map(len, stale.values()))}")
+    per_outage = {k: len(v) for k, v in stale.items()}
+    assert not any(per_outage.values()), f"stale answers per outage: {per_outage}"
+    assert answered > 50
+
+
+async def test_no_stale_answer_after_the_writer_dies_while_redis_is_down(
+    services: Callable[..., ServiceProcess], own_redis, new_merchant, superuser_conn
+) -> None:
+    """Redis stops answering (SIGSTOP: it comes back with all its keys and the same identity, so
+    only the write can tell B), the tier is renamed through A, A is SIGKILLed right after the
+    commit (before it could deliver anything to Redis), Redis resumes, and B, idle through it
+    all, is read from the first millisecond."""
+    server = own_redis(persist=True)
+    env = redis_env(
+        "127.0.0.1",
+        server.port,
+        CAMPAIGN_REDIS_TIMEOUT_MS="100",
+        CAMPAIGN_REDIS_RETRY_AFTER_MS="200",
+        CAMPAIGN_RATE_LIMIT_REQUESTS="0",
+        # A block sent while Redis is stopped lands when it resumes; it expires after 2 x (1 + 2) s.
+        CAMPAIGN_DB_STATEMENT_TIMEOUT_MS="1000",
+    )
+    b = services(env)
+    merchant = await new_merchant()
+    stale: list[str] = []
+    async with client(b) as stub_b:
+        await create_gold(stub_b, merchant)
+        name = "Gold"
+        for death in range(2):
+            a = services(env)
+            async with client(a) as stub_a:
+                await fill_through([stub_a, stub_b], [a, b], merchant, name)
+                server.pause()
+                name = f"Gold {death}"
+                renaming = asyncio.ensure_future(stub_a.UpdateVIPTier(rename(merchant, name), timeout=10))
+                deadline = time.monotonic() + 10
+                while (
+                    await superuser_conn.fetchval(
+                        "SELECT name FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 'gold'", merchant
+                    )
+                    != name
+                ):
+                    assert time.monotonic() < deadline, "the rename did not commit"
+                    await asyncio.sleep(0.002)
+                a.proc.kill()  # SIGKILL right after the commit
+                a.proc.wait(10)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await renaming  # (fails: the writer died before acknowledging)
+            server.resume()
+            names = await read_from_the_first_millisecond(stub_b, merchant, 2.0)
+            assert names
+            stale += [n for n in names if n != name]
+    assert not stale, f"{len(stale)} stale answers: {sorted(set(stale))}"

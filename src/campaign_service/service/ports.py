@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -90,6 +90,15 @@ class Outbox(Protocol):
         ...
 
 
+class CacheEpoch(Protocol):
+    """The read cache's durable epoch (adapters/redis/cache.py)."""
+
+    async def advance(self) -> None:
+        """Advances it in this transaction: every answer cached under an older epoch stops being
+        trusted once the transaction commits."""
+        ...
+
+
 class Repositories(Protocol):
     """What one database transaction scoped to one merchant holds (RLS applies to every
     statement). A new kind of record gets its repository here and on TenantUnitOfWork."""
@@ -102,12 +111,23 @@ class Repositories(Protocol):
     def inbox(self) -> InboxRepository: ...
     @property
     def outbox(self) -> Outbox: ...
+    @property
+    def cache_epoch(self) -> CacheEpoch: ...
+
+
+AfterCommit = Callable[[], Awaitable[None]]
+EpochBump = Callable[[], Awaitable[None]]
 
 
 class TierChangeListener(Protocol):
-    """Told after a commit that a merchant's tiers changed (cache invalidation hooks here)."""
+    """Told of a tier change inside its transaction, as the use case's last step before the
+    commit (cache invalidation hooks here). `bump_cache_epoch` advances the durable cache epoch in
+    that same transaction. The returned step runs after the commit, also when the commit's outcome
+    is unknown or it failed; it never raises."""
 
-    async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None: ...
+    async def tiers_changing(
+        self, merchant_id: UUID, tier_ids: Sequence[str], bump_cache_epoch: EpochBump
+    ) -> AfterCommit: ...
 
 
 @dataclass(frozen=True)

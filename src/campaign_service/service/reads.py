@@ -13,7 +13,7 @@ from uuid import UUID
 from campaign_service import context, metrics
 from campaign_service.domain.locales import display_key
 from campaign_service.domain.tiers import VIPTier, check_tier_id
-from campaign_service.service.ports import CachedView, ViewCache, ViewKey
+from campaign_service.service.ports import AfterCommit, CachedView, EpochBump, ViewCache, ViewKey
 from campaign_service.service.tiers import TierService
 
 RenderTier = Callable[[VIPTier, str], bytes]
@@ -80,5 +80,11 @@ class NoCache:
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
         return False
 
-    async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
-        return None
+    async def tiers_changing(
+        self, merchant_id: UUID, tier_ids: Sequence[str], bump_cache_epoch: EpochBump
+    ) -> AfterCommit:
+        return _nothing
+
+
+async def _nothing() -> None:
+    return None

@@ -30,7 +30,7 @@ from campaign_service.domain.tiers import (
     check_tier_id,
 )
 from campaign_service.service.errors import Unavailable
-from campaign_service.service.ports import CustomerAssignment, TierChangeListener
+from campaign_service.service.ports import AfterCommit, CustomerAssignment, TierChangeListener
 from campaign_service.service.unit_of_work import TenantUnitOfWork, UnitOfWork
 
 log = structlog.get_logger(__name__)
@@ -127,29 +127,31 @@ class TierService:
 
     @asynccontextmanager
     async def _writing(self, merchant_id: UUID) -> AsyncIterator[TenantUnitOfWork]:
-        """A write transaction. Listeners hear of the tiers it changed after the commit, and also
-        when the commit may or may not have landed (the database connection failed, or the request
-        was cancelled, with the commit in flight): a needless invalidation costs a cache miss, a
-        missing one would leave the old answer cached until its TTL."""
-        uow: TenantUnitOfWork | None = None
+        """A write transaction. Listeners hear of the tiers it changed inside it, after the use
+        case's last step and before the commit (the cache blocks fills of those keys, or advances
+        the durable cache epoch in this transaction when Redis cannot be reached), and again after
+        the commit, also when the commit may or may not have landed (the database connection
+        failed, or the request was cancelled, with the commit in flight): a needless invalidation
+        costs a cache miss, a missing one would leave the old answer cached."""
+        after: list[AfterCommit] = []
+        changed: list[str] = []
         try:
             async with self._uow(merchant_id) as uow:
                 yield uow
-        except (Unavailable, asyncio.CancelledError):
-            changed = uow.changed_tier_ids if uow is not None and uow.completed else []
-            if changed:
-                log.warning("outcome of a tier change unknown; invalidated as if committed", tier_ids=changed)
-                await self._notify(merchant_id, changed)
+                changed = uow.changed_tier_ids
+                for listener in self._listeners if changed else ():
+                    after.append(await listener.tiers_changing(merchant_id, changed, uow.bump_cache_epoch))
+        except BaseException as exc:
+            if after:
+                if isinstance(exc, Unavailable | asyncio.CancelledError):
+                    log.warning("outcome of a tier change unknown; invalidated as if committed", tier_ids=changed)
+                for step in after:
+                    await step()
             raise
-        changed = uow.changed_tier_ids
-        if changed:
-            for tier_id in changed:
-                log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
-            await self._notify(merchant_id, changed)
-
-    async def _notify(self, merchant_id: UUID, tier_ids: list[str]) -> None:
-        for listener in self._listeners:
-            await listener.tiers_changed(merchant_id, tier_ids)
+        for tier_id in changed:
+            log.info("tier change committed", tier_id=tier_id, event_type=topics.VIP_TIER_UPDATED)
+        for step in after:
+            await step()
 
 
 def _announce(uow: TenantUnitOfWork, merchant_id: UUID, tier: VIPTier, fields: list[str]) -> None:

@@ -50,6 +50,7 @@ class TenantUnitOfWork:
     def __init__(self, repositories: Repositories) -> None:
         self._tiers = _TrackedTiers(repositories.tiers)
         self._outbox = repositories.outbox
+        self._cache_epoch = repositories.cache_epoch
         self._events: list[OutboxMessage] = []
         self.tiers: TierRepository = self._tiers
         self.customers: CustomerTierRepository = repositories.customers
@@ -65,6 +66,10 @@ class TenantUnitOfWork:
     def changed_tier_ids(self) -> list[str]:
         """The tiers inserted, updated, deleted or cleared as default, in the order first written."""
         return list(self._tiers.written)
+
+    async def bump_cache_epoch(self) -> None:
+        """Advances the read cache's durable epoch in this transaction (adapters/redis/cache.py)."""
+        await self._cache_epoch.advance()
 
     async def complete(self) -> None:
         """Writes the emitted events to the outbox: the adapter's last step before its commit."""

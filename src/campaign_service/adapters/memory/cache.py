@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from campaign_service import keys, metrics
-from campaign_service.service.ports import CachedView, ViewKey
+from campaign_service.service.ports import AfterCommit, CachedView, EpochBump, ViewKey
 
 # What an entry costs besides its values, so that lookups alone (no fill) are bounded too.
 _ENTRY_OVERHEAD = 256
@@ -66,9 +66,18 @@ class MemoryViewCache:
         self._evict()
         return name in self._entries
 
-    async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
-        for name in keys.invalidated_by(merchant_id, tier_ids):
-            self._drop(name)
+    async def tiers_changing(
+        self, merchant_id: UUID, tier_ids: Sequence[str], bump_cache_epoch: EpochBump
+    ) -> AfterCommit:
+        """One process: dropping the entries after the commit is enough (a fill read before it
+        holds a ticket the drop voids), and nothing outlives the process."""
+        names = keys.invalidated_by(merchant_id, tier_ids)
+
+        async def after_commit() -> None:
+            for name in names:
+                self._drop(name)
+
+        return after_commit
 
     def _live(self, name: str) -> _Entry | None:
         entry = self._entries.get(name)

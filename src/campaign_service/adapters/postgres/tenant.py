@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from campaign_service.adapters.postgres.errors import translated
+from campaign_service.adapters.postgres.repositories.cache_epoch import PgCacheEpochBump
 from campaign_service.adapters.postgres.repositories.customers import PgCustomerTierRepository
 from campaign_service.adapters.postgres.repositories.inbox import PgInboxRepository
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
@@ -28,6 +29,7 @@ class PgRepositories:
     customers: PgCustomerTierRepository
     inbox: PgInboxRepository
     outbox: PgOutbox
+    cache_epoch: PgCacheEpochBump
 
     @classmethod
     def on(cls, conn: Connection, merchant_id: UUID) -> PgRepositories:
@@ -36,6 +38,7 @@ class PgRepositories:
             customers=PgCustomerTierRepository(conn, merchant_id),
             inbox=PgInboxRepository(conn, merchant_id),
             outbox=PgOutbox(conn),
+            cache_epoch=PgCacheEpochBump(conn),
         )
 
 

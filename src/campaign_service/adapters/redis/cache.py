@@ -1,158 +1,379 @@
 """The shared read cache on Redis, keyed as the plan says (`cache:{merchant_id}:{tier_id}`,
 `cache:{merchant_id}:tiers`), one hash per key with a field per view and display locale.
 
-Why fills carry a ticket: a reader that missed, read the old row, and is slow to store it must
-not overwrite the invalidation of a write that committed meanwhile. The lookup that misses hands
-out the key's generation (creating one if the key is absent); invalidation deletes the key, and
-so its generation; a fill only lands while the generation is still the one handed out. The
-lookup comes before the database read, so any value read before a commit fails that check.
+The promise: once a write is acknowledged, no lookup through any instance answers what was read
+before it - also across a Redis restart with persistence, a Redis failover, and the death of the
+writer while Redis is down. How it holds:
 
-When an invalidation cannot reach Redis, the key stays pending: this instance bypasses the cache
-until a background retry has delivered every pending invalidation, so nothing stale survives an
-outage (a Redis with persistence would otherwise come back with the old answers).
+1. Tickets. A lookup that misses hands out the key's generation (creating one if the key is
+   absent); a fill only lands while the generation is still the one handed out. The lookup comes
+   before the database read, so a value read before a write's commit can only land if nothing
+   removed the generation between the lookup and the fill.
 
-Pending invalidations live only in this process, and a process can also die between a commit and
-its invalidation; a successor cannot know what was left undelivered. So a new instance starts by
-purging every cache key (bypassing the cache until that got through): a start costs a cold
-cache, never a stale answer for a write that was acknowledged.
+2. Fill blocks. As the last step of its transaction, before COMMIT, a write blocks its keys in
+   Redis: the values and the generation are deleted and a marker of the write (`w:<token>`,
+   counted in `w`) is added; while a key carries a marker, lookups hand out no ticket, so nothing
+   read before the commit can be filled. After the commit (or a commit of unknown outcome) the
+   write lifts its marker and deletes the key. If the writer dies in between, the marker expires
+   after `block_ttl_s`, twice the bound of the COMMIT that follows it, and no old value was filled
+   meanwhile (a block that arrives after its writer gave up on it - Redis was paused - expires
+   the same way). So with Redis reachable, the write's predecessor is gone from Redis before COMMIT.
+
+3. The durable epoch. A write whose block did not reach Redis advances the epoch in PostgreSQL
+   (`cache_epoch`, migration 0008) in its own transaction, so the advance commits with the write
+   or not at all, whatever happens to the writer afterwards. Each key's hash records the epoch it
+   was created under (`ep`); an instance trusts a value only when its hash's epoch is the epoch
+   the instance confirmed with PostgreSQL, so every answer cached before the write is distrusted
+   by every instance that has confirmed since. Such a write is acknowledged only LEASE x 1.1
+   after its commit (see 4), so every instance has confirmed since by then.
+
+4. Confirmation. An instance trusts Redis only while all of this holds: it confirmed the epoch
+   with PostgreSQL less than the lease ago (`cache_epoch_lease_ms`, measured from before the
+   query was sent; refreshed in the background every third of it, never on a lookup), every
+   lookup runs on the very connection that confirmation used (RedisPipe.execute_on: a reconnect
+   - a restarted Redis, a failover to another address - makes lookups fail until confirmed
+   again), and no Redis call failed since. The record `cache:epoch` in Redis holds
+   "<epoch> <run_id>:<master_replid>" of the Redis it was confirmed on; each lookup checks it in
+   the same script, so an instance that confirmed a newer epoch distrusts the old one for all.
+
+5. A replaced Redis. A restarted Redis (new run_id) or a promoted replica (new run_id and
+   replication id) may have lost acknowledged deletions and blocks (no fsync, asynchronous
+   replication). Confirming on a Redis whose identity is not the record's (or with no record)
+   advances the epoch before trusting it, so nothing cached before the restart or failover is
+   trusted after it. A replica is never trusted (it may lag).
+
+Hence, for an answer X cached from a read before an acknowledged write W: if W's block reached
+the Redis that X is in and that Redis was not replaced since, X was deleted and could not be
+filled again (2, 1); if it was replaced, the epoch advanced before anyone trusted the new one
+(5); if W's block did not reach Redis, the epoch advanced in W's transaction and every instance
+confirmed it before W was acknowledged (3, 4). The costs: a cached lookup sends one script, as
+before (the record check and epoch compare are inside it) - no PostgreSQL round trip; each
+instance reads one row every third of the lease; a write while Redis is unreachable waits the
+lease; a Redis restart or failover starts a cold cache. Assumed: monotonic clocks of instances
+tick at the same rate (durations only are compared), and a COMMIT takes effect within `block_ttl_s` of its block.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
+import time
 from collections.abc import Sequence
+from typing import Protocol
 from uuid import UUID
 
+import asyncpg
 import structlog
-from redis.asyncio import Redis
 
 from campaign_service import keys, metrics
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
 from campaign_service.adapters.redis.pipe import RedisPipe
-from campaign_service.service.ports import CachedView, ViewKey
+from campaign_service.service.ports import AfterCommit, CachedView, EpochBump, ViewKey
 
 log = structlog.get_logger(__name__)
 
-# KEYS[1] cache key; ARGV: field, generation field, fresh ticket, ticket TTL.
-# Returns {value} on a hit, {false, generation} on a miss.
+# A write's fill block must outlive the COMMIT that follows it: the service passes twice the
+# bound of a statement (statement timeout + 1 s, asyncpg's command timeout).
+MARKER_TTL_S = 60
+
+# KEYS[1] cache key, KEYS[2] epoch record; ARGV: field, generation field, fresh ticket, ticket
+# TTL, epoch, record. Returns {value} on a hit, {false, ticket} on a miss, {false, false, 0} when
+# a write blocks the key, {false, false, 1} when the record is not the caller's.
 _LOOKUP = """
-local found = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])
-if found[1] then return {found[1]} end
-if found[2] then return {false, found[2]} end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('GET', KEYS[2]) ~= ARGV[6] then return {false, false, 1} end
+local found = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], 'ep', 'w')
+if found[4] then return {false, false, 0} end
+if found[3] == ARGV[5] then
+  if found[1] then return {found[1]} end
+  if found[2] then return {false, found[2]} end
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'ep', ARGV[5])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {false, ARGV[3]}
 """
 # KEYS[1] cache key; ARGV: generation field, ticket, field, value, cache TTL. 1 stored, 0 refused.
 _FILL = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if redis.call('HLEN', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+if redis.call('HLEN', KEYS[1]) == 2 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return 1
 """
-_UNLINK_BATCH = 500
+# KEYS: the keys a write changes; ARGV: the write's token, marker TTL. Deletes every value and the
+# generation, keeps other writes' markers, adds this write's (once).
+_BLOCK = """
+for _, k in ipairs(KEYS) do
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if f ~= 'w' and string.sub(f, 1, 2) ~= 'w:' then redis.call('HDEL', k, f) end
+  end
+  if redis.call('HSETNX', k, 'w:' .. ARGV[1], 1) == 1 then redis.call('HINCRBY', k, 'w', 1) end
+  redis.call('EXPIRE', k, ARGV[2])
+end
+return 1
+"""
+# KEYS: the keys; ARGV: the write's token. Lifts its marker (idempotent); deletes the key unless
+# another write still blocks it.
+_RELEASE = """
+for _, k in ipairs(KEYS) do
+  local mine = redis.call('HDEL', k, 'w:' .. ARGV[1])
+  local others = tonumber(redis.call('HGET', k, 'w') or '0') - mine
+  if others > 0 then redis.call('HSET', k, 'w', others) else redis.call('DEL', k) end
+end
+return 1
+"""
+# KEYS[1] epoch record; ARGV: epoch, identity. Sets "<epoch> <identity>" unless the record holds a
+# newer epoch; returns the record.
+_RECORD = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local epoch = tonumber(string.match(current, '^(%d+) '))
+  if epoch and epoch > tonumber(ARGV[1]) then return current end
+end
+local record = ARGV[1] .. ' ' .. ARGV[2]
+redis.call('SET', KEYS[1], record)
+return record
+"""
+_DB_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class CacheEpochs(Protocol):
+    """The durable epoch (adapters/postgres/cache_epoch.py)."""
+
+    async def current(self) -> int: ...
+    async def advance(self, past: int) -> int: ...
+
+
+class NotTrusted(Exception):
+    """This Redis cannot be trusted as the cache (a replica)."""
+
+
+def _parse_record(record: object) -> tuple[int, str] | None:
+    if not isinstance(record, bytes):
+        return None
+    epoch, _, identity = record.decode().partition(" ")
+    return (int(epoch), identity) if epoch.isdigit() and identity else None
+
+
+def _info(reply: object) -> dict[str, str]:
+    assert isinstance(reply, bytes)
+    pairs = (line.partition(":") for line in reply.decode().splitlines() if ":" in line)
+    return {k: v.strip() for k, _, v in pairs}
 
 
 class RedisViewCache:
     def __init__(
-        self, client: Redis, pipe: RedisPipe, breaker: RedisBreaker, ttl_s: int, max_pending: int = 10_000
+        self,
+        pipe: RedisPipe,
+        breaker: RedisBreaker,
+        epochs: CacheEpochs,
+        ttl_s: int,
+        *,
+        lease_s: float = 1.0,
+        block_ttl_s: int = MARKER_TTL_S,
+        max_pending: int = 10_000,
     ) -> None:
-        self._client = client
+        self._pipe = pipe
         self._breaker = breaker
+        self._epochs = epochs
         self._ttl_s = ttl_s
+        self._lease_s = lease_s
+        self._block_ttl_s = block_ttl_s
         self._max_pending = max_pending
-        # Per-request calls go through the pipelined connection; invalidations through the client.
         self._lookup = pipe.script(_LOOKUP)
         self._fill = pipe.script(_FILL)
-        # Keys whose invalidation has not reached Redis, with a counter so that a delivery that was
-        # in flight before a newer write does not clear the newer one.
-        self._pending: dict[str, int] = {}
-        self._seq = itertools.count(1)
-        # Delete every cache key on recovery: too many pending keys to remember, or (at start) the
-        # invalidations a previous instance may have died with. Like the keys, numbered (0: none).
-        self._purge_all = next(self._seq)
+        self._block = pipe.script(_BLOCK)
+        self._release = pipe.script(_RELEASE)
+        self._set_record = pipe.script(_RECORD)
+        # What this instance confirmed; trusted only while `_record` is set and the lease runs.
+        self._record: bytes | None = None
+        self._epoch = b""
+        self._connection = 0
+        self._lease_until = 0.0
+        self._wake = asyncio.Event()
+        # Fill blocks to lift (token -> keys) whose release did not reach Redis; they expire anyway.
+        self._pending: dict[str, list[str]] = {}
+        metrics.CACHE_TRUSTED.set(0)
+
+    @property
+    def trusted(self) -> bool:
+        return self._record is not None and time.monotonic() < self._lease_until
 
     @property
     def pending(self) -> int:
-        return len(self._pending) + (1 if self._purge_all else 0)
+        return sum(len(names) for names in self._pending.values())
+
+    def _distrust(self) -> None:
+        if self._record is not None:
+            self._record = None
+            metrics.CACHE_TRUSTED.set(0)
+        self._wake.set()
 
     async def lookup(self, key: ViewKey) -> CachedView:
-        if self._pending or self._purge_all or not self._breaker.allows():
+        record = self._record
+        if record is None or not self._breaker.allows():
             return CachedView()
         name, slot = keys.view_slot(key)
         try:
-            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, unique_token(), keys.TICKET_TTL_S])
+            found = await self._lookup(
+                keys=[name, keys.CACHE_EPOCH],
+                args=[slot, keys.GENERATION, unique_token(), keys.TICKET_TTL_S, self._epoch, record],
+                on=self._connection,
+            )
         except REDIS_FAILURES as exc:
+            self._distrust()
             self._breaker.failed("lookup", exc)
             return CachedView()
         self._breaker.succeeded()
         assert isinstance(found, list)
+        if time.monotonic() >= self._lease_until:  # the reply may predate nothing we confirmed
+            return CachedView()
         if found[0] is not None:
             return CachedView(value=found[0])
-        return CachedView(ticket=found[1].decode())
+        if found[1] is not None:
+            return CachedView(ticket=found[1].decode())
+        if found[2]:
+            self._distrust()  # the record moved on: confirm the newer epoch
+        return CachedView()
 
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
-        if self._pending or self._purge_all or not self._breaker.allows():
+        if self._record is None or not self._breaker.allows():
             return False
         name, slot = keys.view_slot(key)
         try:
-            stored = await self._fill(keys=[name], args=[keys.GENERATION, ticket, slot, value, self._ttl_s])
+            stored = await self._fill(
+                keys=[name], args=[keys.GENERATION, ticket, slot, value, self._ttl_s], on=self._connection
+            )
         except REDIS_FAILURES as exc:
+            self._distrust()
             self._breaker.failed("fill", exc)
             return False
         if not stored:
             metrics.CACHE_FILLS_REJECTED.inc()
         return bool(stored)
 
-    async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
-        """Called after the commit; never raises, an undeliverable invalidation stays pending."""
-        for name in keys.invalidated_by(merchant_id, tier_ids):
-            self._pending[name] = next(self._seq)
-        if len(self._pending) > self._max_pending:
-            log.warning("too many pending cache invalidations; the whole cache is purged on recovery")
-            self._pending.clear()
-            self._purge_all = next(self._seq)
-        await self.deliver()
-
-    async def deliver(self) -> bool:
-        """Sends the pending invalidations to Redis; True when none is left."""
-        if (self._pending or self._purge_all) and self._breaker.allows():
+    async def tiers_changing(
+        self, merchant_id: UUID, tier_ids: Sequence[str], bump_cache_epoch: EpochBump
+    ) -> AfterCommit:
+        """In the write's transaction, before COMMIT: block the keys' fills, or else advance the
+        durable epoch in this transaction. The step returned lifts the block after the commit and,
+        after an advance, waits the lease out before the write is acknowledged."""
+        names = keys.invalidated_by(merchant_id, tier_ids)
+        token = unique_token()
+        blocked = False
+        if self._breaker.allows():
             try:
-                if self._purge_all:
-                    await self._purge()
-                while self._pending:
-                    batch = list(itertools.islice(self._pending.items(), _UNLINK_BATCH))
-                    await self._client.unlink(*(name for name, _ in batch))
-                    for name, seq in batch:
-                        if self._pending.get(name) == seq:
-                            del self._pending[name]
+                await self._block(keys=names, args=[token, self._block_ttl_s])
+                blocked = True
             except REDIS_FAILURES as exc:
+                self._distrust()
+                self._breaker.failed("invalidate", exc)
+        if not blocked:
+            await bump_cache_epoch()  # raises Unavailable if PostgreSQL fails: the write fails too
+
+        async def after_commit() -> None:
+            await self._lift(token, names)
+            if not blocked:
+                metrics.CACHE_EPOCH_ADVANCES.labels("write").inc()
+                # Every instance's lease taken before the commit has run out by then.
+                await asyncio.sleep(self._lease_s * 1.1)
+
+        return after_commit
+
+    async def _lift(self, token: str, names: list[str]) -> None:
+        if self._breaker.allows():
+            try:
+                await self._release(keys=names, args=[token])
+            except REDIS_FAILURES as exc:
+                self._distrust()
                 self._breaker.failed("invalidate", exc)
             else:
-                self._breaker.succeeded()
+                return
+        if self.pending < self._max_pending:  # else the block expires on its own
+            self._pending[token] = names
         metrics.CACHE_PENDING_INVALIDATIONS.set(self.pending)
-        return not self.pending
 
-    async def redeliver_forever(self, interval_s: float) -> None:
-        """Background task: retries pending invalidations every `interval_s` (one try each)."""
+    async def deliver(self) -> bool:
+        """Lifts the fill blocks whose release failed; True when none is left."""
+        while self._pending and self._breaker.allows():
+            token, names = next(iter(self._pending.items()))
+            try:
+                await self._release(keys=names, args=[token])
+            except REDIS_FAILURES as exc:
+                self._distrust()
+                self._breaker.failed("invalidate", exc)
+                break
+            del self._pending[token]
+        metrics.CACHE_PENDING_INVALIDATIONS.set(self.pending)
+        return not self._pending
+
+    async def confirm(self) -> bool:
+        """Confirms the epoch with PostgreSQL on the Redis the lookups will use (see 4 and 5 above);
+        True when the cache is trusted afterwards."""
+        for _ in range(3):
+            started = time.monotonic()
+            if self._record is not None and self._pipe.connection_number == self._connection:
+                epoch = await self._epochs.current()  # the usual refresh: one row
+                if str(epoch).encode() == self._epoch:
+                    self._lease_until = started + self._lease_s
+                    return True
+            if await self._confirm_on_redis(started):
+                return True
+        return False
+
+    async def _confirm_on_redis(self, started: float) -> bool:
+        server = _info(await self._pipe.execute("INFO", "server"))
+        connection = self._pipe.connection_number
+        replication = _info(await self._pipe.execute_on(connection, "INFO", "replication"))
+        if replication.get("role") != "master":
+            raise NotTrusted(f"redis is a {replication.get('role')}")
+        identity = f"{server['run_id']}:{replication['master_replid']}"
+        seen = _parse_record(await self._pipe.execute_on(connection, "GET", keys.CACHE_EPOCH))
+        epoch = await self._epochs.current()
+        if seen is None or seen[1] != identity or seen[0] > epoch:
+            # A Redis that may have lost deletions (restarted, failed over, record gone): nothing
+            # in it from before is trusted from now on.
+            epoch = await self._epochs.advance(seen[0] if seen else 0)
+            metrics.CACHE_EPOCH_ADVANCES.labels("redis_replaced").inc()
+            log.info("cache epoch advanced for a redis not confirmed before", epoch=epoch)
+        record = await self._set_record(keys=[keys.CACHE_EPOCH], args=[epoch, identity], on=connection)
+        if record != f"{epoch} {identity}".encode():
+            return False  # another instance confirmed a newer epoch meanwhile: again
+        assert isinstance(record, bytes)
+        self._epoch = str(epoch).encode()
+        self._connection = connection
+        self._lease_until = started + self._lease_s
+        if self._record is None:
+            metrics.CACHE_TRUSTED.set(1)
+            log.info("redis cache confirmed", epoch=epoch)
+        self._record = record
+        return True
+
+    async def keep_confirmed(self) -> None:
+        """Background task: refreshes the lease every third of it, confirms again at once after a
+        failure (within the breaker's cool-down), and lifts pending fill blocks."""
+        quiet = False
         while True:
-            await asyncio.sleep(interval_s)
-            if self.pending:
-                delivered = await self.deliver()
-                metrics.CACHE_INVALIDATION_RETRIES.labels("ok" if delivered else "failed").inc()
-                if delivered:
-                    log.info("pending cache invalidations delivered")
-
-    async def _purge(self) -> None:
-        requested = self._purge_all
-        batch: list[bytes] = []
-        async for name in self._client.scan_iter(match=keys.CACHE_PATTERN, count=1000):
-            batch.append(name)
-            if len(batch) >= _UNLINK_BATCH:
-                await self._client.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self._client.unlink(*batch)
-        if self._purge_all == requested:  # else a newer request came in meanwhile: purge again
-            self._purge_all = 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._lease_s / 3)
+            self._wake.clear()
+            if not self._breaker.allows():
+                continue
+            try:
+                if not await self.confirm():
+                    self._distrust()
+                    continue
+                self._breaker.succeeded()
+                quiet = False
+                if self._pending:
+                    delivered = await self.deliver()
+                    metrics.CACHE_INVALIDATION_RETRIES.labels("ok" if delivered else "failed").inc()
+            except REDIS_FAILURES as exc:
+                self._distrust()
+                self._breaker.failed("confirm", exc)
+            except (NotTrusted, *_DB_FAILURES) as exc:
+                self._distrust()
+                if not quiet:  # once per episode
+                    log.warning("redis cache not trusted; lookups read PostgreSQL", error=type(exc).__name__)
+                    quiet = True
+                await asyncio.sleep(min(self._lease_s, 1.0))

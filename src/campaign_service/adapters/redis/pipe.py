@@ -11,6 +11,10 @@ Failures surface as redis-py's exceptions, so callers and the breaker treat both
 error as ResponseError, a lost connection as ConnectionError, and a connection whose oldest
 command is unanswered after `timeout_s` is closed, failing everything on it with TimeoutError.
 The next call connects again (one connect at a time, bounded by the same timeout).
+
+Each connection has a number (1, 2, ...). `execute_on(number, ...)` sends only on that connection
+and fails at once if it is gone: the read cache uses it so that nothing it trusts can come from a
+connection (and so possibly a Redis) it has not confirmed (adapters/redis/cache.py).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ Reply = object
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, number: int) -> None:
+        self.number = number
         self._timeout_s = timeout_s
         self._reader = hiredis.Reader(replyError=ResponseError, notEnoughData=False)
         self._waiters: collections.deque[asyncio.Future[Reply]] = collections.deque()
@@ -117,11 +122,17 @@ class Script:
         self._source = source
         self._sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()  # Redis names scripts by SHA1
 
-    async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Reply:
+    async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg], *, on: int | None = None) -> Reply:
+        """Runs the script; with `on`, only on that connection (see RedisPipe.execute_on)."""
+        pipe = self._pipe
         try:
-            return await self._pipe.execute("EVALSHA", self._sha, len(keys), *keys, *args)
+            if on is None:
+                return await pipe.execute("EVALSHA", self._sha, len(keys), *keys, *args)
+            return await pipe.execute_on(on, "EVALSHA", self._sha, len(keys), *keys, *args)
         except NoScriptError:
-            return await self._pipe.execute("EVAL", self._source, len(keys), *keys, *args)
+            if on is None:
+                return await pipe.execute("EVAL", self._source, len(keys), *keys, *args)
+            return await pipe.execute_on(on, "EVAL", self._source, len(keys), *keys, *args)
 
 
 class RedisPipe:
@@ -133,6 +144,7 @@ class RedisPipe:
         self._timeout_s = timeout_s
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
+        self._opened = 0  # connections opened so far: the number of the newest one
 
     def script(self, source: str) -> Script:
         return Script(self, source)
@@ -142,6 +154,20 @@ class RedisPipe:
         if connection is None or connection.closed:
             connection = await self._connect()
         return await connection.send(_command(*args))
+
+    async def execute_on(self, number: int, *args: Arg) -> Reply:
+        """Like execute, but only on connection `number`: ConnectionError if that one is closed
+        or was replaced (never connects)."""
+        connection = self._connection
+        if connection is None or connection.closed or connection.number != number:
+            raise RedisConnectionError("redis connection changed")
+        return await connection.send(_command(*args))
+
+    @property
+    def connection_number(self) -> int:
+        """The number of the open connection; 0 when there is none."""
+        connection = self._connection
+        return 0 if connection is None or connection.closed else connection.number
 
     async def _connect(self) -> _Connection:
         # Concurrent callers share one attempt; shielded, so a cancelled caller does not abort it.
@@ -153,10 +179,12 @@ class RedisPipe:
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
         connection: _Connection | None = None
+        self._opened += 1
+        number = self._opened
         try:
             async with asyncio.timeout(self._timeout_s):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(self._timeout_s), self._host, self._port
+                    lambda: _Connection(self._timeout_s, number), self._host, self._port
                 )
                 setup = []
                 if self._password is not None:
