@@ -15,6 +15,7 @@ Tests find the services only through environment variables written by `scripts/s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -33,10 +34,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.adapters.postgres.cache_epoch import PgCacheEpoch
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
-from campaign_service.adapters.redis.client import create_client, create_pipe
+from campaign_service.adapters.redis.cache import RedisViewCache
+from campaign_service.adapters.redis.client import RedisBreaker, create_client, create_pipe
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.api.pb import campaign_grpc
@@ -311,6 +314,38 @@ async def service_pipe() -> AsyncIterator[Callable[..., RedisPipe]]:
     """Factory of the service's pipelined Redis connections (create_pipe), closed after the test."""
     async for make in _made_for_redis(create_pipe):
         yield make
+
+
+@pytest.fixture
+async def redis_view_cache(
+    app_pool: asyncpg.Pool[asyncpg.Record], service_pipe: Callable[..., RedisPipe]
+) -> AsyncIterator[Callable[..., Any]]:
+    """Factory of confirmed RedisViewCaches on the session database's cache epoch (the shared test
+    Redis unless host/port are given), each with its background confirmation running."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def make(
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        breaker: RedisBreaker | None = None,
+        ttl_s: int = 3600,
+        lease_s: float = 1.0,
+        block_ttl_s: int = 60,
+        **overrides: Any,
+    ) -> RedisViewCache:
+        pipe = service_pipe(host, port, **overrides)
+        cache = RedisViewCache(
+            pipe, breaker or RedisBreaker(1.0), PgCacheEpoch(app_pool), ttl_s, lease_s=lease_s, block_ttl_s=block_ttl_s
+        )
+        assert await cache.confirm()
+        tasks.append(asyncio.create_task(cache.keep_confirmed()))
+        return cache
+
+    yield make
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
@@ -19,8 +19,6 @@ from campaign_service import context, keys
 from campaign_service.adapters.memory.cache import MemoryViewCache
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.cache import RedisViewCache
-from campaign_service.adapters.redis.client import RedisBreaker
-from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.api.mapping import render_tier, render_tiers
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
@@ -42,10 +40,10 @@ SILVER = TierSpec(name="Silver", min_points=100, is_default=True)
 
 
 @pytest.fixture(params=["redis", "memory"])
-def view_cache(request: pytest.FixtureRequest, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]) -> ViewCache:
+async def view_cache(request: pytest.FixtureRequest, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]) -> ViewCache:
     if request.param == "memory":
         return MemoryViewCache(ttl_s=3600, max_bytes=1 << 20)
-    return RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
+    return await redis_view_cache()
 
 
 @pytest.fixture
@@ -262,29 +260,29 @@ async def test_update_and_read_storm_leaves_nothing_stale(view_cache: ViewCache,
 
 
 async def test_redis_keys_are_the_plans(
-    reads_on: Callable[[ViewCache], tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
+    reads_on: Callable[[ViewCache], tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]
 ) -> None:
-    cache = RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=3600)
+    cache = await redis_view_cache()
     merchant = await new_merchant()
     tiers, reads = reads_on(cache)
     await tiers.create(merchant, "gold", GOLD)
     await reads.tier(merchant, "gold", "ar")
     await reads.tiers(merchant, "")
-    assert set(await redis_client.hkeys(f"cache:{merchant}:gold")) == {b"gen", b"tier:ar"}
-    assert set(await redis_client.hkeys(f"cache:{merchant}:tiers")) == {b"gen", b"list:"}
+    assert set(await redis_client.hkeys(f"cache:{merchant}:gold")) == {b"gen", b"ep", b"tier:ar"}
+    assert set(await redis_client.hkeys(f"cache:{merchant}:tiers")) == {b"gen", b"ep", b"list:"}
     assert 3590 <= await redis_client.ttl(f"cache:{merchant}:gold") <= 3600
     # A lookup of a missing tier leaves only a short-lived ticket behind.
     with pytest.raises(NotFound):
         await reads.tier(merchant, "nope", "")
-    assert await redis_client.hkeys(f"cache:{merchant}:nope") == [b"gen"]
+    assert set(await redis_client.hkeys(f"cache:{merchant}:nope")) == {b"gen", b"ep"}
     assert 0 < await redis_client.ttl(f"cache:{merchant}:nope") <= keys.TICKET_TTL_S
 
 
 async def test_redis_entries_expire_after_the_ttl(
-    reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
+    reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]
 ) -> None:
     merchant = await new_merchant()
-    tiers, reads = reads_on(RedisViewCache(service_redis(), service_pipe(), RedisBreaker(1.0), ttl_s=1))
+    tiers, reads = reads_on(await redis_view_cache(ttl_s=1))
     await tiers.create(merchant, "gold", GOLD)
     await reads.tier(merchant, "gold", "")
     await reads.tier(merchant, "gold", "")
