@@ -133,6 +133,7 @@ class Bench:
         env |= {
             "CAMPAIGN_DB_DSN": self.db.app_dsn,
             "CAMPAIGN_DB_OWNER_DSN": self.db.owner_dsn,
+            "CAMPAIGN_RELAY_DB_DSN": self.db.relay_dsn,
             "CAMPAIGN_BIND_HOST": "127.0.0.1",
             "CAMPAIGN_GRPC_PORT": str(free_port()),
             "CAMPAIGN_HTTP_PORT": str(http_port),

@@ -118,6 +118,7 @@ def service_env(db: Database, env: dict[str, str], port: int, extra: dict[str, s
         **clean,
         "CAMPAIGN_DB_DSN": db.dsn("campaign_app"),
         "CAMPAIGN_DB_OWNER_DSN": db.dsn("campaign_owner"),
+        "CAMPAIGN_RELAY_DB_DSN": db.dsn("campaign_relay"),
         "CAMPAIGN_BIND_HOST": "127.0.0.1",
         "CAMPAIGN_GRPC_PORT": str(port),
         "CAMPAIGN_HTTP_PORT": str(free_port()),

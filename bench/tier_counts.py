@@ -38,14 +38,14 @@ async def main(merchants: int, tiers: int) -> None:
         print(f"seeded {merchants} merchants, {rows} tiers in {time.perf_counter() - start:.1f} s")
     finally:
         await su.close()
-    pool = await create_pool(db.app_dsn, min_size=1, max_size=1)
+    pool = await create_pool(db.relay_dsn, min_size=1, max_size=1)
     try:
         timings = []
         for _ in range(7):
             t0 = time.perf_counter()
             top, other = await fetch_tier_counts(pool, 50)
             timings.append(time.perf_counter() - t0)
-        print(f"campaign_tier_counts(50) as campaign_app: {len(top)} + 1 series, other={other}")
+        print(f"campaign_tier_counts(50) as campaign_relay: {len(top)} + 1 series, other={other}")
         print(f"  median {statistics.median(timings) * 1000:.0f} ms, max {max(timings) * 1000:.0f} ms over 7 runs")
     finally:
         await pool.close()

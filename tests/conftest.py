@@ -106,6 +106,14 @@ async def app_pool(database: Database) -> AsyncIterator[asyncpg.Pool[asyncpg.Rec
 
 
 @pytest.fixture(scope="session")
+async def relay_pool(database: Database) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    """Logged in as campaign_relay, the outbox relay's and tier counts' own role."""
+    pool = await create_pool(database.relay_dsn, min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
 def tier_service(app_pool: asyncpg.Pool[asyncpg.Record]) -> TierService:
     return TierService(PgUnitOfWork(app_pool))
 
@@ -184,6 +192,7 @@ def service_env(database: Database, tmp: Path, extra_env: Mapping[str, str | Non
         {
             "CAMPAIGN_DB_DSN": database.app_dsn,
             "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
+            "CAMPAIGN_RELAY_DB_DSN": database.relay_dsn,
             "CAMPAIGN_BIND_HOST": "127.0.0.1",
             "CAMPAIGN_DATA_DIR": str(tmp / "data"),
             "CAMPAIGN_LOG_LEVEL": "debug",
@@ -496,6 +505,7 @@ class OwnDatabase:
     pool: asyncpg.Pool[asyncpg.Record]
     su: asyncpg.Connection[Any]  # superuser: sees every row
     tiers: TierService
+    relay_pool: asyncpg.Pool[asyncpg.Record]  # logged in as campaign_relay (the outbox relay's role)
 
     async def merchant(self) -> uuid.UUID:
         merchant = uuid.uuid4()
@@ -516,8 +526,10 @@ class OwnDatabase:
 async def own_db() -> AsyncIterator[OwnDatabase]:
     db = await make_database()
     pool = await create_pool(db.app_dsn, min_size=1, max_size=4)
+    relay_pool = await create_pool(db.relay_dsn, min_size=1, max_size=2)
     su = await asyncpg.connect(db.superuser_dsn, database=db.name)
     await init_connection(su)
-    yield OwnDatabase(db, pool, su, TierService(PgUnitOfWork(pool)))
+    yield OwnDatabase(db, pool, su, TierService(PgUnitOfWork(pool)), relay_pool)
     await su.close()
+    await relay_pool.close()
     await pool.close()

@@ -77,6 +77,7 @@ log = structlog.get_logger(__name__)
 class DatabaseTarget:
     app_dsn: str
     owner_dsn: str
+    relay_dsn: str  # the outbox relay and tier counts: a role the request path does not hold
     embedded: EmbeddedDatabase | None = None
 
 
@@ -84,8 +85,8 @@ async def database_target(settings: Settings) -> DatabaseTarget:
     """The configured PostgreSQL, or the embedded one started (and provisioned) on demand."""
     if settings.embedded_db:
         db = await start_embedded(settings.data_dir)
-        return DatabaseTarget(db.app_dsn, db.owner_dsn, db)
-    return DatabaseTarget(settings.app_dsn(), settings.owner_dsn())
+        return DatabaseTarget(db.app_dsn, db.owner_dsn, db.relay_dsn, db)
+    return DatabaseTarget(settings.app_dsn(), settings.owner_dsn(), settings.relay_dsn())
 
 
 async def run_migrations(owner_dsn: str) -> list[str]:
@@ -101,10 +102,13 @@ class UnsafeDatabaseRole(Exception):
 
 
 async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
-    """Refuses to serve as a role for which Row-Level Security would not apply."""
+    """Refuses to serve as a role for which Row-Level Security would not apply, or that may
+    assume another role (the relay's sees every merchant's outbox)."""
     row = await pool.fetchrow(
         "SELECT r.rolsuper, r.rolbypassrls, EXISTS (SELECT 1 FROM pg_tables t"
-        " WHERE t.tablename = 'vip_tiers' AND t.tableowner = current_user) AS owner"
+        " WHERE t.tablename = 'vip_tiers' AND t.tableowner = current_user) AS owner,"
+        " (SELECT string_agg(g.rolname, ', ') FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+        "  WHERE m.member = r.oid) AS member_of"
         " FROM pg_roles r WHERE r.rolname = current_user"
     )
     assert row is not None
@@ -112,6 +116,28 @@ async def check_app_role(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         raise UnsafeDatabaseRole(
             "CAMPAIGN_DB_USER: the service role must not be superuser, BYPASSRLS or the table owner"
         )
+    if row["member_of"]:
+        raise UnsafeDatabaseRole(
+            f"CAMPAIGN_DB_USER: the service role must be a member of no other role; it is a member of"
+            f" {row['member_of']} (REVOKE {row['member_of']} FROM <service role>, as a superuser)"
+        )
+
+
+async def open_relay_pool(settings: Settings, dsn: str) -> asyncpg.Pool[asyncpg.Record]:
+    """The relay's own small pool (outbox relay, tier counts), logged in as its own role."""
+    try:
+        return await create_pool(
+            dsn,
+            min_size=1,
+            max_size=3,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+            connect_timeout_s=settings.db_connect_timeout_s,
+        )
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
+        raise ConfigError(
+            f"CAMPAIGN_RELAY_DB_USER: cannot log in as the relay's role ({type(exc).__name__}); provision it"
+            " (deploy/postgres/init-campaign.sh) and set CAMPAIGN_RELAY_DB_PASSWORD or CAMPAIGN_RELAY_DB_DSN"
+        ) from None
 
 
 StopHook = Callable[[], Awaitable[None]]
@@ -236,16 +262,17 @@ async def _bounded(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
 
 def build_events(
     settings: Settings,
-    pool: asyncpg.Pool[asyncpg.Record],
+    relay_pool: asyncpg.Pool[asyncpg.Record],
     listen_dsn: str,
     redis: Redis | None,
     breaker: RedisBreaker | None,
+    pool: asyncpg.Pool[asyncpg.Record],
     tracer: Tracer | None = None,
 ) -> EventPipeline:
-    """The relay and the consumer; `redis` (the service's client, with its breaker) backs the
-    processed-events fast path; with a `tracer` (tracing on), publishing and consuming make spans
-    (events/tracing.py)."""
-    relay = build_relay(settings, pool, listen_dsn, tracer)
+    """The relay (on its own role's pool) and the consumer (on the service's `pool`); `redis`
+    (the service's client, with its breaker) backs the processed-events fast path; with a
+    `tracer` (tracing on), publishing and consuming make spans (events/tracing.py)."""
+    relay = build_relay(settings, relay_pool, listen_dsn, tracer)
     broker, _ = settings.kafka()
     subscriber = KafkaEventSubscriber(
         consumer_config(
@@ -513,6 +540,8 @@ async def build_app(settings: Settings) -> App:
         connect_timeout_s=settings.db_connect_timeout_s,
     )
     await check_app_role(pool)
+    relay_pool = await open_relay_pool(settings, target.relay_dsn)
+    closers.append(relay_pool.close)
     parts = redis_parts(settings, pool)
     await parts.start()
     tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
@@ -546,7 +575,7 @@ async def build_app(settings: Settings) -> App:
     checks = [Check("postgres", db_check), *parts.checks()]
     events: EventPipeline | None = None
     if settings.kafka_broker:
-        events = build_events(settings, pool, target.app_dsn, parts.client, parts.breaker, tracer)
+        events = build_events(settings, relay_pool, target.relay_dsn, parts.client, parts.breaker, pool, tracer)
         await register_schemas(events.relay.codec)
         checks.append(Check("kafka", events.relay.kafka_check, critical=False))
     else:
@@ -566,7 +595,7 @@ async def build_app(settings: Settings) -> App:
     app_ref.append(app)
     app._tasks.append(
         asyncio.create_task(
-            refresh_tier_counts(pool, settings.tier_counts_top_n, settings.tier_counts_interval_s),
+            refresh_tier_counts(relay_pool, settings.tier_counts_top_n, settings.tier_counts_interval_s),
             name="tier-counts",
         )
     )

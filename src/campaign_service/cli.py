@@ -25,6 +25,7 @@ from campaign_service.bootstrap import (
     build_app,
     build_relay,
     database_target,
+    open_relay_pool,
     register_schemas,
     run_migrations,
 )
@@ -57,15 +58,9 @@ async def _relay(settings: Settings) -> None:
     """The outbox relay alone (no gRPC, no consumer), e.g. as its own deployment."""
     settings.kafka()
     target = await database_target(settings)
-    pool = await create_pool(
-        target.app_dsn,
-        min_size=1,
-        max_size=3,
-        statement_timeout_ms=settings.db_statement_timeout_ms,
-        connect_timeout_s=settings.db_connect_timeout_s,
-    )
+    pool = await open_relay_pool(settings, target.relay_dsn)
     try:
-        relay = build_relay(settings, pool, target.app_dsn)
+        relay = build_relay(settings, pool, target.relay_dsn)
         stop = _stop_on_signals()
         await register_schemas(relay.codec)
         try:
@@ -98,7 +93,7 @@ async def _outbox_list(settings: Settings, pending_only: bool, limit: int) -> No
     target = await database_target(settings)
     try:
         await run_migrations(target.owner_dsn)
-        pool = await create_pool(target.app_dsn, min_size=1, max_size=1)
+        pool = await create_pool(target.relay_dsn, min_size=1, max_size=1)
         try:
             rows = await PgOutbox(pool).rows(pending_only=pending_only, limit=limit)
         finally:

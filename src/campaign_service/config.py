@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     db_owner_user: str = "campaign_owner"
     db_owner_password: SecretStr | None = None
     db_owner_dsn: SecretStr | None = None
+    # The outbox relay's and the tier-count metric's own login (sees every merchant's outbox
+    # rows); never the request path's. On CAMPAIGN_DB_HOST, or its own DSN.
+    relay_db_user: str = "campaign_relay"
+    relay_db_password: SecretStr | None = None
+    relay_db_dsn: SecretStr | None = None
     db_pool_min: int = Field(2, ge=1, le=100)
     db_pool_max: int = Field(10, ge=1, le=200)
     db_statement_timeout_ms: int = Field(5000, ge=100, le=600_000)
@@ -185,6 +190,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _relay_role_of_its_own(self) -> Settings:
+        if self.relay_db_user == self.db_user:
+            raise ValueError("CAMPAIGN_RELAY_DB_USER: the relay needs a role of its own, not CAMPAIGN_DB_USER's")
+        return self
+
+    @model_validator(mode="after")
     def _cache_needs_redis(self) -> Settings:
         if self.cache == "redis" and self.redis_host is None:
             raise ValueError("CAMPAIGN_CACHE=redis needs REDIS_HOST")
@@ -275,6 +286,17 @@ class Settings(BaseSettings):
         if self.db_owner_dsn is not None:
             return self.db_owner_dsn.get_secret_value()
         return self._dsn(self.db_owner_user, self.db_owner_password)
+
+    def relay_dsn(self) -> str:
+        """The outbox relay's and tier counts' connection (its own role, see provision.py)."""
+        if self.relay_db_dsn is not None:
+            return self.relay_db_dsn.get_secret_value()
+        if self.db_host is None:
+            raise ConfigError(
+                "CAMPAIGN_RELAY_DB_DSN: the outbox relay and the tier-count metric log in as their own role;"
+                " set CAMPAIGN_RELAY_DB_DSN, or CAMPAIGN_DB_HOST with CAMPAIGN_RELAY_DB_USER/CAMPAIGN_RELAY_DB_PASSWORD"
+            )
+        return self._dsn(self.relay_db_user, self.relay_db_password)
 
     def _dsn(self, user: str, password: SecretStr | None) -> str:
         if self.db_host is None:

@@ -33,6 +33,7 @@ def test_production_configuration_without_a_verifier_refuses_to_start(database: 
     env = clean_env(
         CAMPAIGN_DB_DSN=database.app_dsn,
         CAMPAIGN_DB_OWNER_DSN=database.owner_dsn,
+        CAMPAIGN_RELAY_DB_DSN=database.relay_dsn,
         CAMPAIGN_DATA_DIR=str(tmp_path / "data"),
         CAMPAIGN_GRPC_PORT=str(free_port()),
         CAMPAIGN_HTTP_PORT=str(free_port()),

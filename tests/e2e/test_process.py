@@ -108,7 +108,11 @@ async def test_ready_reports_pending_migrations(database: Any, superuser_conn: A
 
 
 async def test_cli_merchants_add_and_migrate(database: Any, superuser_conn: Any) -> None:
-    env = {"CAMPAIGN_DB_DSN": database.app_dsn, "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn}
+    env = {
+        "CAMPAIGN_DB_DSN": database.app_dsn,
+        "CAMPAIGN_DB_OWNER_DSN": database.owner_dsn,
+        "CAMPAIGN_RELAY_DB_DSN": database.relay_dsn,
+    }
     merchant = uuid.uuid4()
     first = cli("merchants", "add", str(merchant), env=env)
     assert first.returncode == 0, first.stderr

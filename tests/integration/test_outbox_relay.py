@@ -50,7 +50,7 @@ async def test_relay_publishes_in_order_with_key_and_headers_then_marks(
     merchant = await merchant_with_changes(own_db, updates=3)
     reader = read_topic(topics.VIP_TIER_UPDATED)
     pub = publisher(avro_codec, required_env("KAFKA_BROKER"))
-    relay = OutboxRelay(PgOutbox(own_db.pool), pub)
+    relay = OutboxRelay(PgOutbox(own_db.relay_pool), pub)
     try:
         result = await relay.publish_batch()
         assert (result.claimed, result.published, result.error) == (4, 4, None)
@@ -72,7 +72,7 @@ async def test_failed_publication_leaves_rows_pending_with_the_error(
     merchant = await merchant_with_changes(own_db)
     pub = publisher(avro_codec, f"127.0.0.1:{free_port()}", delivery_timeout_ms=1000)
     try:
-        result = await OutboxRelay(PgOutbox(own_db.pool), pub).publish_batch()
+        result = await OutboxRelay(PgOutbox(own_db.relay_pool), pub).publish_batch()
     finally:
         await pub.close()
     assert (result.claimed, result.published) == (1, 0)
@@ -85,7 +85,7 @@ async def test_failed_publication_leaves_rows_pending_with_the_error(
 async def test_one_relay_publishes_at_a_time_so_keys_stay_in_order(own_db: OwnDatabase) -> None:
     for _ in range(2):
         await merchant_with_changes(own_db, updates=1)
-    store = PgOutbox(own_db.pool)
+    store = PgOutbox(own_db.relay_pool)
     async with store.claim(2) as first, store.claim(10) as second:
         a = [m.event_id for m in first.messages]
         b = [m.event_id for m in second.messages]
@@ -107,7 +107,7 @@ async def test_purge_removes_only_published_rows_past_retention(own_db: OwnDatab
     await own_db.su.execute(
         "UPDATE outbox_events SET published_at = now() - interval '1 hour' WHERE event_id = $1", recent
     )
-    assert await PgOutbox(own_db.pool).purge(older_than_s=3 * 24 * 3600) == 1
+    assert await PgOutbox(own_db.relay_pool).purge(older_than_s=3 * 24 * 3600) == 1
     assert [r["event_id"] for r in await own_db.outbox(merchant)] == [recent, pending]
 
 
@@ -153,10 +153,10 @@ async def test_notify_wakes_the_relay_without_waiting_for_the_poll(
     own_db: OwnDatabase, avro_codec: AvroWireCodec
 ) -> None:
     pub = publisher(avro_codec, required_env("KAFKA_BROKER"))
-    relay = OutboxRelay(PgOutbox(own_db.pool), pub, RelaySettings(poll_interval_s=300))
+    relay = OutboxRelay(PgOutbox(own_db.relay_pool), pub, RelaySettings(poll_interval_s=300))
     stop = asyncio.Event()
     tasks = [
-        asyncio.create_task(PgOutboxListener(own_db.db.app_dsn).run(relay.wake, stop)),
+        asyncio.create_task(PgOutboxListener(own_db.db.relay_dsn).run(relay.wake, stop)),
         asyncio.create_task(relay.run(stop)),
     ]
     try:
@@ -193,7 +193,7 @@ async def test_cli_lists_the_outbox(own_db: OwnDatabase, avro_codec: AvroWireCod
     assert pending["payload"]["tier_id"] == "gold"
     pub = publisher(avro_codec, required_env("KAFKA_BROKER"))
     try:
-        await OutboxRelay(PgOutbox(own_db.pool), pub).publish_batch()
+        await OutboxRelay(PgOutbox(own_db.relay_pool), pub).publish_batch()
     finally:
         await pub.close()
     assert listing("--pending") == []
@@ -232,7 +232,7 @@ async def test_producer_is_rebuilt_after_a_fatal_error_and_keeps_delivering(
     producer = KafkaProducer(
         producer_config(required_env("KAFKA_BROKER"), client_id="relay-test", delivery_timeout_ms=10_000, linger_ms=1)
     )
-    relay = OutboxRelay(PgOutbox(own_db.pool), KafkaEventPublisher(producer, avro_codec, delivery_timeout_s=10))
+    relay = OutboxRelay(PgOutbox(own_db.relay_pool), KafkaEventPublisher(producer, avro_codec, delivery_timeout_s=10))
     before = metrics.PRODUCER_REBUILDS._value.get()
     try:
         # What librdkafka's error callback receives when the idempotent producer cannot go on.

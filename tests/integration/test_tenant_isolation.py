@@ -176,21 +176,19 @@ async def test_the_merchant_setting_does_not_outlive_its_transaction(app_pool: A
 @pytest.mark.parametrize(
     "table", [t for t in TENANT_TABLES if t not in ("outbox_events", "processed_events")] + ["merchants"]
 )
-async def test_the_relay_role_reaches_only_the_outbox(app_pool: Any, two_merchants: Any, table: str) -> None:
-    """The service role may SET ROLE campaign_relay (the outbox relay): that must not open the
-    other tables (but processed_events, which it purges after the retention: see the next test)."""
-    async with app_pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL ROLE campaign_relay")
-        assert await conn.fetchval("SELECT count(*) FROM outbox_events") >= 2
+async def test_the_relay_role_reaches_only_the_outbox(relay_pool: Any, two_merchants: Any, table: str) -> None:
+    """The relay's own login (campaign_relay) sees every merchant's outbox, and no other table (but
+    processed_events, which it purges after the retention: see the next test)."""
+    async with relay_pool.acquire() as conn, conn.transaction():
+        assert await conn.fetchval("SELECT count(DISTINCT merchant_id) FROM outbox_events") >= 2
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetchval(f"SELECT count(*) FROM {table}")
 
 
-async def test_the_relay_role_may_only_read_and_delete_processed_events(app_pool: Any, two_merchants: Any) -> None:
+async def test_the_relay_role_may_only_read_and_delete_processed_events(relay_pool: Any, two_merchants: Any) -> None:
     """0011: the retention purge reads and deletes the dedupe record; nothing else."""
     a, _, _ = two_merchants
-    async with app_pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL ROLE campaign_relay")
+    async with relay_pool.acquire() as conn, conn.transaction():
         await conn.fetchval("SELECT count(*) FROM processed_events")
         for statement in (
             "INSERT INTO processed_events (event_id, merchant_id, event_type) VALUES (gen_random_uuid(), $1, 'x')",
@@ -199,6 +197,77 @@ async def test_the_relay_role_may_only_read_and_delete_processed_events(app_pool
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 async with conn.transaction():  # a savepoint, rolled back
                     await conn.execute(statement, a)
+
+
+# Every role the session's login role is, or may become (SET ROLE) or inherits, transitively.
+ASSUMABLE_ROLES = """
+WITH RECURSIVE assumable(oid) AS (
+    SELECT oid FROM pg_roles WHERE rolname = session_user
+    UNION
+    SELECT m.roleid FROM pg_auth_members m JOIN assumable a ON m.member = a.oid
+)
+SELECT r.rolname FROM assumable a JOIN pg_roles r ON r.oid = a.oid ORDER BY 1
+"""
+
+
+async def test_the_service_role_can_assume_no_role_that_sees_another_merchant(
+    app_pool: Any, two_merchants: Any
+) -> None:
+    """Issue 12.4, as raw SQL on the service role's login: it is a member of no role (pg_auth_members,
+    transitively), SET ROLE to any other role is refused, and as each role it can assume, with
+    merchant A set, it reads no row of B in any tenant table (the outbox included)."""
+    a, b, _ = two_merchants
+    async with app_pool.acquire() as conn:
+        assumable = [r["rolname"] for r in await conn.fetch(ASSUMABLE_ROLES)]
+        assert assumable == ["campaign_app"]
+        others = [
+            r["rolname"]
+            for r in await conn.fetch(
+                "SELECT rolname FROM pg_roles WHERE rolname <> session_user AND rolname !~ '^pg_'"
+            )
+        ]
+        assert "campaign_relay" in others
+        for role in others:
+            async with conn.transaction():
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await conn.execute(f'SET LOCAL ROLE "{role}"')
+        for role in assumable:
+            for table in TENANT_TABLES:
+                async with conn.transaction():
+                    await conn.execute(f'SET LOCAL ROLE "{role}"')
+                    await as_merchant(conn, a)
+                    seen = await conn.fetch(f"SELECT DISTINCT merchant_id FROM {table}")
+                    assert {r["merchant_id"] for r in seen} <= {a}, (role, table)
+                    assert b not in {r["merchant_id"] for r in seen}
+
+
+async def test_a_leftover_membership_of_the_relay_role_opens_nothing(
+    app_pool: Any, superuser_conn: Any, two_merchants: Any
+) -> None:
+    """Should an old installation still grant campaign_relay to campaign_app (before 0009), the
+    relay's policy and the tier counts hold only in the relay's own sessions (session_user)."""
+    await superuser_conn.execute("GRANT campaign_relay TO campaign_app")
+    try:
+        async with app_pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL ROLE campaign_relay")
+            assert await conn.fetchval("SELECT count(*) FROM outbox_events") == 0
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.fetch("SELECT * FROM campaign_tier_counts(10)")
+    finally:
+        await superuser_conn.execute("REVOKE campaign_relay FROM campaign_app")
+
+
+async def test_the_service_role_cannot_count_every_merchants_tiers(
+    app_pool: Any, relay_pool: Any, two_merchants: Any
+) -> None:
+    """Issue 12.5: campaign_tier_counts() names every merchant; only the relay's role may run it
+    (the vip_tiers_total metric is computed on the relay's pool)."""
+    a, b, _ = two_merchants
+    async with app_pool.acquire() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetch("SELECT * FROM campaign_tier_counts(1000)")
+    counted = {r["merchant_id"] for r in await relay_pool.fetch("SELECT * FROM campaign_tier_counts(1000)")}
+    assert {a, b} <= counted
 
 
 async def test_other_policies_settings_do_not_open_tenant_rows_to_the_service_role(

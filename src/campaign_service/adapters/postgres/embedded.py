@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from campaign_service.adapters.postgres.provision import APP_ROLE, OWNER_ROLE, provision
+from campaign_service.adapters.postgres.provision import APP_ROLE, OWNER_ROLE, RELAY_ROLE, provision
 
 DATABASE = "campaign"
 
@@ -31,6 +31,10 @@ class EmbeddedDatabase:
     @property
     def owner_dsn(self) -> str:
         return self.dsn(OWNER_ROLE)
+
+    @property
+    def relay_dsn(self) -> str:
+        return self.dsn(RELAY_ROLE)
 
 
 def _start_server(data_dir: Path) -> Any:

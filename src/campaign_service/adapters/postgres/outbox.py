@@ -1,9 +1,9 @@
 """The outbox table seen by the relay: claim, mark, purge, inspect, and LISTEN for new rows; and
 the retention of processed_events, which the relay purges on the same interval.
 
-Every statement runs as `campaign_relay` (SET LOCAL ROLE), the role whose policies see all
-merchants' outbox rows and (to purge them) processed_events rows, and nothing else; the service
-role is a member of it.
+Its pool logs in as `campaign_relay`, the role whose policies see all merchants' outbox rows and
+(to purge them) processed_events rows, and nothing else (the outbox only in its own sessions:
+`session_user`, migration 0009); the service role is not a member of it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from campaign_service import metrics
-from campaign_service.adapters.postgres.provision import RELAY_ROLE
 from campaign_service.backoff import Backoff, first_of, sleep_unless
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.events.ports import OutboxStats
@@ -81,6 +80,7 @@ class PgClaim:
 
 class PgOutbox:
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], *, claim_hold_s: float = 30.0) -> None:
+        """`pool` logs in as the relay's role (Settings.relay_dsn)."""
         self._pool = pool
         # A claim stays open while the transport confirms delivery; the server must not end it first.
         self._hold_ms = str(int(claim_hold_s * 1000))
@@ -88,7 +88,6 @@ class PgOutbox:
     @asynccontextmanager
     async def _as_relay(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f'SET LOCAL ROLE "{RELAY_ROLE}"')
             yield conn
 
     @asynccontextmanager

@@ -1,7 +1,9 @@
 """Superuser-side set-up of roles and the database (embedded server, tests, first install).
 
-Creates `campaign_owner` (owns the schema, runs migrations), `campaign_app` (the service: no
-ownership, no superuser, no BYPASSRLS) and `campaign_relay` (NOLOGIN; the outbox relay's view).
+Creates `campaign_owner` (owns the schema, runs migrations), `campaign_app` (the service's
+request path: no ownership, no superuser, no BYPASSRLS, a member of no other role) and
+`campaign_relay` (its own login: the outbox relay and the tier-count metric, which see every
+merchant's outbox rows and tier counts; the request path never holds it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ async def provision(
     *,
     owner_password: str | None = None,
     app_password: str | None = None,
+    relay_password: str | None = None,
 ) -> None:
     if not _IDENT.match(database):
         raise ValueError("database name must be 1-63 characters of a-z, 0-9 and _")
@@ -44,8 +47,10 @@ async def provision(
     try:
         await _ensure_role(conn, OWNER_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS", owner_password)
         await _ensure_role(conn, APP_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE", app_password)
-        await _ensure_role(conn, RELAY_ROLE, "NOLOGIN NOSUPERUSER NOBYPASSRLS", None)
-        await conn.execute(f'GRANT "{RELAY_ROLE}" TO "{APP_ROLE}"')
+        await _ensure_role(conn, RELAY_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE", relay_password)
+        # Before issue 12.4 the service role could SET ROLE to the relay's; no longer.
+        if await conn.fetchval("SELECT pg_has_role($1, $2, 'MEMBER')", APP_ROLE, RELAY_ROLE):
+            await conn.execute(f'REVOKE "{RELAY_ROLE}" FROM "{APP_ROLE}"')
         if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
             await conn.execute(f'CREATE DATABASE "{database}" OWNER "{OWNER_ROLE}"')
     finally:
@@ -76,6 +81,10 @@ class ProvisionedDatabase:
     @property
     def app_dsn(self) -> str:
         return self.dsn(APP_ROLE)
+
+    @property
+    def relay_dsn(self) -> str:
+        return self.dsn(RELAY_ROLE)
 
 
 async def create_migrated(superuser_dsn: str, name: str) -> ProvisionedDatabase:
