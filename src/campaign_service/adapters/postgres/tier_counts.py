@@ -1,4 +1,7 @@
-"""Refreshes `vip_tiers_total` from PostgreSQL on an interval (bounded top-N, see metrics.TierCounts)."""
+"""Refreshes `vip_tiers_total` from PostgreSQL on an interval (bounded top-N, see metrics.TierCounts).
+
+The pool is the relay's (campaign_relay): `campaign_tier_counts()` names every merchant, so the
+request path's role may not run it (migration 0009)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ import structlog
 
 from campaign_service import keys, metrics
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
-from campaign_service.adapters.redis.pipe import RedisPipe
+from campaign_service.adapters.redis.pipe import ConnectionChanged, RedisPipe
 from campaign_service.service.ports import AfterCommit, CachedView, EpochBump, ViewKey
 
 log = structlog.get_logger(__name__)
@@ -220,6 +220,9 @@ class RedisViewCache:
                 args=[slot, keys.GENERATION, unique_token(), keys.TICKET_TTL_S, self._epoch, record],
                 on=self._connection,
             )
+        except ConnectionChanged:  # e.g. the rate limit reconnected: confirm the new connection
+            self._distrust()
+            return CachedView()
         except REDIS_FAILURES as exc:
             self._distrust()
             self._breaker.failed("lookup", exc)
@@ -244,6 +247,9 @@ class RedisViewCache:
             stored = await self._fill(
                 keys=[name], args=[keys.GENERATION, ticket, slot, value, self._ttl_s], on=self._connection
             )
+        except ConnectionChanged:
+            self._distrust()
+            return False
         except REDIS_FAILURES as exc:
             self._distrust()
             self._breaker.failed("fill", exc)
@@ -327,6 +333,8 @@ class RedisViewCache:
         replication = _info(await self._pipe.execute_on(connection, "INFO", "replication"))
         if replication.get("role") != "master":
             raise NotTrusted(f"redis is a {replication.get('role')}")
+        if not server.get("run_id") or not replication.get("master_replid"):
+            raise NotTrusted("redis does not say its run_id and master_replid")
         identity = f"{server['run_id']}:{replication['master_replid']}"
         seen = _parse_record(await self._pipe.execute_on(connection, "GET", keys.CACHE_EPOCH))
         epoch = await self._epochs.current()
@@ -376,4 +384,8 @@ class RedisViewCache:
                 if not quiet:  # once per episode
                     log.warning("redis cache not trusted; lookups read PostgreSQL", error=type(exc).__name__)
                     quiet = True
+                await asyncio.sleep(min(self._lease_s, 1.0))
+            except Exception:  # a bug must not end the task (the cache would stay bypassed)
+                self._distrust()
+                log.exception("redis cache confirmation failed")
                 await asyncio.sleep(min(self._lease_s, 1.0))

@@ -34,6 +34,10 @@ Arg = str | bytes | int | float
 Reply = object
 
 
+class ConnectionChanged(RedisConnectionError):
+    """execute_on: the connection asked for is closed or was replaced (nothing was sent)."""
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self, timeout_s: float, number: int) -> None:
         self.number = number
@@ -160,7 +164,7 @@ class RedisPipe:
         or was replaced (never connects)."""
         connection = self._connection
         if connection is None or connection.closed or connection.number != number:
-            raise RedisConnectionError("redis connection changed")
+            raise ConnectionChanged("redis connection changed")
         return await connection.send(_command(*args))
 
     @property
