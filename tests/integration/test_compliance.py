@@ -91,6 +91,7 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "traceparent",  # W3C trace and span ids only (a CHECK in 0010 holds it to that form)
     },
     "schema_migrations": {"version", "name", "checksum", "applied_at"},
+    "cache_epoch": {"singleton", "epoch"},  # one counter, no data (0008)
 }
 # Columns about a customer must be ids: uuid typed.
 CUSTOMER_COLUMNS = {"customer_id", "cause_event_id"}
