@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
@@ -248,7 +249,7 @@ async def test_in_process_cache_without_redis(services: Callable[..., ServicePro
 
 
 async def fill_through(
-    stubs: list[campaign_grpc.CampaignServiceStub], services: list[ServiceProcess], merchant: uuid.UUID, name: str
+    stubs: list[Any], services: list[ServiceProcess], merchant: uuid.UUID, name: str
 ) -> None:
     """Reads through each instance until each has answered `name` from the cache."""
     for stub, svc in zip(stubs, services, strict=True):
@@ -261,7 +262,7 @@ async def fill_through(
 
 
 async def read_from_the_first_millisecond(
-    stub: campaign_grpc.CampaignServiceStub, merchant: uuid.UUID, seconds: float
+    stub: Any, merchant: uuid.UUID, seconds: float
 ) -> list[str]:
     """Names answered by back-to-back lookups for `seconds` (failed lookups are not answers)."""
     names, failed = [], set()
@@ -276,7 +277,7 @@ async def read_from_the_first_millisecond(
 
 
 async def test_no_stale_answer_when_redis_returns_with_its_data(
-    services: Callable[..., ServiceProcess], own_redis, new_merchant
+    services: Callable[..., ServiceProcess], own_redis: Callable[..., RedisServer], new_merchant: Callable[[], Any]
 ) -> None:
     """Issue 12.1: A and B on one Redis with an append-only file. Redis is SIGKILLed, the tier is
     renamed through A (acknowledged), Redis restarts with the cached answers of before the rename,
@@ -317,7 +318,10 @@ async def test_no_stale_answer_when_redis_returns_with_its_data(
 
 
 async def test_no_stale_answer_after_the_writer_dies_while_redis_is_down(
-    services: Callable[..., ServiceProcess], own_redis, new_merchant, superuser_conn
+    services: Callable[..., ServiceProcess],
+    own_redis: Callable[..., RedisServer],
+    new_merchant: Callable[[], Any],
+    superuser_conn: asyncpg.Connection[Any],
 ) -> None:
     """Redis stops answering (SIGSTOP: it comes back with all its keys and the same identity, so
     only the write can tell B), the tier is renamed through A, A is SIGKILLed right after the
