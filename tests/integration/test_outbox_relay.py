@@ -120,7 +120,7 @@ async def test_processed_events_past_retention_are_purged_oldest_first_in_batche
         " VALUES ($1, $2, 'customer.created', now() - make_interval(days => $3))",
         rows,
     )
-    outbox = PgOutbox(own_db.pool)
+    outbox = PgOutbox(own_db.relay_pool)
 
     async def left() -> set[uuid.UUID]:
         found = await own_db.su.fetch("SELECT event_id FROM processed_events WHERE merchant_id = $1", merchant)
