@@ -20,7 +20,7 @@ from campaign_service.domain.benefits import (
     benefits_violations,
 )
 from campaign_service.domain.errors import InvalidArgument, Unauthenticated
-from campaign_service.domain.locales import check_requested
+from campaign_service.domain.locales import check_requested, display_key, resolve
 from campaign_service.domain.text import text_violations
 from campaign_service.domain.tiers import MAX_NAME_CHARS, MAX_POINTS, TierSpec, VIPTier, spec_violations
 
@@ -237,3 +237,14 @@ def test_perk_label_falls_back_to_the_tiers_own_default_locale() -> None:
     assert (perk.code, perk.label, perk.locale) == ("p", "טרקלין", "he")
     [arabic] = tier.display("ar-EG").perks
     assert (arabic.label, arabic.locale) == ("صالة", "ar")
+
+
+def test_a_tag_with_script_and_region_resolves_by_its_language() -> None:
+    assert display_key("ar-Arab-EG") == "ar"
+    assert display_key("HE-Hebr-IL") == "he"
+    assert resolve("ar-Arab-EG", "en", {"en": "Gold", "ar": "ذهبي"}) == ("ar", "ذهبي")
+    assert resolve("He-Hebr", "en", {"en": "Gold", "he": "זהב"}) == ("he", "זהב")
+
+
+def test_nothing_to_display_answers_the_default_locale_and_no_text() -> None:
+    assert resolve("ar", "he", {}) == ("he", "")

@@ -82,6 +82,7 @@ def test_rendered_answers_are_the_serialized_messages() -> None:
     other = VIPTier(
         uuid.uuid4(), TIER.merchant_id, "silver", TierSpec(name="Silver"), 1, TIER.created_at, TIER.updated_at
     )
-    listed = pb.ListVIPTiersResponse.FromString(render_tiers([TIER, other], "he"))
-    assert list(listed.tiers) == [tier_to_proto(TIER, "he"), tier_to_proto(other, "he")]
+    listed = pb.ListVIPTiersResponse.FromString(render_tiers([TIER, other], "ar"))
+    assert list(listed.tiers) == [tier_to_proto(TIER, "ar"), tier_to_proto(other, "ar")]
+    assert listed.tiers[0].display_name == "ذهبي"
     assert pb.ListVIPTiersResponse.FromString(render_tiers([], "he")) == pb.ListVIPTiersResponse()
