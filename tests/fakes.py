@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
-from campaign_service.domain.errors import AlreadyExists, NotFound, Unavailable, VersionConflict
+from campaign_service.domain.errors import AlreadyExists, NotFound, VersionConflict
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.tiers import TierSpec, VIPTier
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import CustomerAssignment
 from campaign_service.service.unit_of_work import AbstractUnitOfWork
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from campaign_service.domain.access import MAX_SUBJECT_CHARS, make_principal
+from campaign_service.adapters.auth.principals import make_principal
+from campaign_service.domain.access import MAX_SUBJECT_CHARS
 from campaign_service.domain.benefits import (
     MAX_BONUS_POINTS,
     MAX_JSON_BYTES,
@@ -19,10 +20,11 @@ from campaign_service.domain.benefits import (
     Perk,
     benefits_violations,
 )
-from campaign_service.domain.errors import InvalidArgument, Unauthenticated
+from campaign_service.domain.errors import InvalidArgument
 from campaign_service.domain.locales import check_requested, display_key, resolve
 from campaign_service.domain.text import text_violations
 from campaign_service.domain.tiers import MAX_NAME_CHARS, MAX_POINTS, TierSpec, VIPTier, spec_violations
+from campaign_service.service.errors import Unauthenticated
 
 
 def fields_of(spec: TierSpec) -> list[str]:

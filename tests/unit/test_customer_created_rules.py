@@ -11,10 +11,10 @@ from uuid import UUID
 import pytest
 
 from campaign_service import topics
-from campaign_service.domain.errors import Unavailable
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.events.customer_created import SOURCE, CustomerCreatedHandler, parse
 from campaign_service.events.ports import Deferred, InboundEvent, Rejected
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.tiers import TierService
 from tests.fakes import FakeUnitOfWork
 

@@ -73,6 +73,11 @@ def test_tier_assigned_with_and_without_a_cause() -> None:
             "assigned_at": WHEN_MS,
             "correlation_id": "corr-2",
             "cause_event_id": str(cause),
+            "previous_tier_id": None,
+            "direction": "initial",
+            "reason": "default",
+            "bonus_points": 0,
+            "program_version": 0,
         },
         headers={"correlation_id": "corr-2", "cause_event_id": str(cause)},
     )
@@ -94,3 +99,44 @@ def test_times_are_epoch_milliseconds() -> None:
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     assert events._ts_millis(epoch) == 0
     assert events._ts_millis(WHEN) == WHEN_MS
+
+
+def test_tier_assigned_by_progression_and_traced() -> None:
+    event_id, merchant, customer = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    message = events.tier_assigned(
+        event_id=event_id,
+        merchant_id=merchant,
+        customer_id=customer,
+        tier_id="gold",
+        assigned_at=WHEN,
+        correlation_id="corr-3",
+        cause_event_id=None,
+        traceparent=traceparent,
+        previous_tier_id="silver",
+        direction="up",
+        reason="points",
+        bonus_points=500,
+        program_version=3,
+    )
+    assert message.traceparent == traceparent
+    assert {
+        k: message.payload[k] for k in ("previous_tier_id", "direction", "reason", "bonus_points", "program_version")
+    } == {
+        "previous_tier_id": "silver",
+        "direction": "up",
+        "reason": "points",
+        "bonus_points": 500,
+        "program_version": 3,
+    }
+    updated = events.tier_updated(
+        event_id=event_id,
+        merchant_id=merchant,
+        tier_id="gold",
+        updated_fields=["name"],
+        updated_at=WHEN,
+        actor="bob",
+        correlation_id="corr-3",
+        traceparent=traceparent,
+    )
+    assert updated.traceparent == traceparent

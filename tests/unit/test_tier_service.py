@@ -16,10 +16,10 @@ from campaign_service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unavailable,
     VersionConflict,
 )
 from campaign_service.domain.tiers import MAX_POINTS, MAX_TIERS_PER_MERCHANT, MUTABLE_FIELDS, TierSpec
+from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import CustomerAssignment
 from campaign_service.service.tiers import TierService
 from tests.fakes import FakeUnitOfWork
