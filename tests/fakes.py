@@ -62,6 +62,7 @@ class _Transaction:
         self.rows = db.rows[merchant_id].copy() if merchant_id in db.rows else None
         self.processed: dict[UUID, str] = {}
         self.outbox: list[OutboxMessage] = []
+        self.epoch_advances = 0
         self.wrote = False
 
     def write(self, operation: str) -> MerchantRows:
@@ -175,6 +176,15 @@ class FakeInboxRepository:
         return fresh
 
 
+class FakeCacheEpoch:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def advance(self) -> None:
+        self._tx.write("cache_epoch.advance")
+        self._tx.epoch_advances += 1
+
+
 class FakeOutbox:
     def __init__(self, tx: _Transaction) -> None:
         self._tx = tx
@@ -191,6 +201,7 @@ class FakeRepositories:
     customers: FakeCustomerTierRepository
     inbox: FakeInboxRepository
     outbox: FakeOutbox
+    cache_epoch: FakeCacheEpoch
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
@@ -199,6 +210,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.processed: dict[UUID, str] = {}  # event id -> event type
         self.outbox: list[OutboxMessage] = []  # committed messages, in publishing order
         self.commits = 0
+        self.cache_epoch = 0  # advances committed
         self.rollbacks = 0
         self.poisoned: dict[UUID, Exception] = {}
         self.unavailable = False
@@ -234,7 +246,11 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         tx = _Transaction(self, merchant_id, readonly)
         try:
             yield FakeRepositories(
-                FakeTierRepository(tx), FakeCustomerTierRepository(tx), FakeInboxRepository(tx), FakeOutbox(tx)
+                FakeTierRepository(tx),
+                FakeCustomerTierRepository(tx),
+                FakeInboxRepository(tx),
+                FakeOutbox(tx),
+                FakeCacheEpoch(tx),
             )
         except BaseException:
             self.rollbacks += 1
@@ -246,6 +262,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             self.rows[merchant_id] = tx.rows
             self.processed.update(tx.processed)
             self.outbox += tx.outbox
+            self.cache_epoch += tx.epoch_advances
         self.commits += 1
         if tx.wrote and self.after_commit is not None:
             error, self.after_commit = self.after_commit, None

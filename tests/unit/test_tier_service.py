@@ -20,7 +20,7 @@ from campaign_service.domain.errors import (
 )
 from campaign_service.domain.tiers import MAX_POINTS, MAX_TIERS_PER_MERCHANT, MUTABLE_FIELDS, TierSpec
 from campaign_service.service.errors import Unavailable
-from campaign_service.service.ports import CustomerAssignment
+from campaign_service.service.ports import AfterCommit, CustomerAssignment, EpochBump
 from campaign_service.service.tiers import TierService
 from tests.fakes import FakeUnitOfWork
 
@@ -29,11 +29,21 @@ SILVER = TierSpec(name="Silver", min_points=100)
 
 
 class Listener:
+    """Records what it is told inside the transaction (`told`) and its after-commit step (`heard`)."""
+
     def __init__(self) -> None:
+        self.told: list[tuple[UUID, list[str]]] = []
         self.heard: list[tuple[UUID, list[str]]] = []
 
-    async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
-        self.heard.append((merchant_id, list(tier_ids)))
+    async def tiers_changing(
+        self, merchant_id: UUID, tier_ids: Sequence[str], bump_cache_epoch: EpochBump
+    ) -> AfterCommit:
+        self.told.append((merchant_id, list(tier_ids)))
+
+        async def after_commit() -> None:
+            self.heard.append((merchant_id, list(tier_ids)))
+
+        return after_commit
 
 
 @pytest.fixture
@@ -348,4 +358,4 @@ async def test_an_event_the_outbox_refused_rolls_the_change_back(
     with pytest.raises(Unavailable):
         await service.create(merchant, "gold", GOLD)
     assert db.tiers(merchant) == {}
-    assert listener.heard == []
+    assert listener.heard == [(merchant, ["gold"])]  # told before the commit: invalidated needlessly, safely
