@@ -21,7 +21,7 @@ from campaign_service import metrics, topics
 from campaign_service.adapters.auth.auth_service import AuthServiceVerifier
 from campaign_service.adapters.auth.cache import CachingVerifier
 from campaign_service.adapters.auth.dev import DEV_ALGORITHM, DEV_ISSUER, dev_key_set, dev_signing_key
-from campaign_service.adapters.auth.keys import (
+from campaign_service.adapters.auth.jwt_keys import (
     FileKeys,
     KeySource,
     StaticKeys,

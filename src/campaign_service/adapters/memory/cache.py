@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from campaign_service import keys, metrics
+from campaign_service import metrics, redis_keys
 from campaign_service.service.ports import CachedView, ViewKey
 
 # What an entry costs besides its values, so that lookups alone (no fill) are bounded too.
@@ -38,10 +38,10 @@ class MemoryViewCache:
         return self._bytes
 
     async def lookup(self, key: ViewKey) -> CachedView:
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         entry = self._live(name)
         if entry is None:
-            entry = _Entry(uuid.uuid4().hex, self._clock() + keys.TICKET_TTL_S, size=_ENTRY_OVERHEAD + len(name))
+            entry = _Entry(uuid.uuid4().hex, self._clock() + redis_keys.TICKET_TTL_S, size=_ENTRY_OVERHEAD + len(name))
             self._entries[name] = entry
             self._bytes += entry.size
             self._evict()
@@ -51,7 +51,7 @@ class MemoryViewCache:
         return CachedView(value=value) if value is not None else CachedView(ticket=entry.ticket)
 
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         entry = self._live(name)
         if entry is None or entry.ticket != ticket:
             metrics.CACHE_FILLS_REJECTED.inc()
@@ -67,7 +67,7 @@ class MemoryViewCache:
         return name in self._entries
 
     async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
-        for name in keys.invalidated_by(merchant_id, tier_ids):
+        for name in redis_keys.invalidated_by(merchant_id, tier_ids):
             self._drop(name)
 
     def _live(self, name: str) -> _Entry | None:

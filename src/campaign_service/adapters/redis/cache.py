@@ -27,7 +27,7 @@ from uuid import UUID
 import structlog
 from redis.asyncio import Redis
 
-from campaign_service import keys, metrics
+from campaign_service import metrics, redis_keys
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.service.ports import CachedView, ViewKey
@@ -80,9 +80,11 @@ class RedisViewCache:
     async def lookup(self, key: ViewKey) -> CachedView:
         if self._pending or self._purge_all or not self._breaker.allows():
             return CachedView()
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         try:
-            found = await self._lookup(keys=[name], args=[slot, keys.GENERATION, unique_token(), keys.TICKET_TTL_S])
+            found = await self._lookup(
+                keys=[name], args=[slot, redis_keys.GENERATION, unique_token(), redis_keys.TICKET_TTL_S]
+            )
         except REDIS_FAILURES as exc:
             self._breaker.failed("lookup", exc)
             return CachedView()
@@ -95,9 +97,9 @@ class RedisViewCache:
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
         if self._pending or self._purge_all or not self._breaker.allows():
             return False
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         try:
-            stored = await self._fill(keys=[name], args=[keys.GENERATION, ticket, slot, value, self._ttl_s])
+            stored = await self._fill(keys=[name], args=[redis_keys.GENERATION, ticket, slot, value, self._ttl_s])
         except REDIS_FAILURES as exc:
             self._breaker.failed("fill", exc)
             return False
@@ -107,7 +109,7 @@ class RedisViewCache:
 
     async def tiers_changed(self, merchant_id: UUID, tier_ids: Sequence[str]) -> None:
         """Called after the commit; never raises, an undeliverable invalidation stays pending."""
-        for name in keys.invalidated_by(merchant_id, tier_ids):
+        for name in redis_keys.invalidated_by(merchant_id, tier_ids):
             self._pending[name] = next(self._seq)
         if len(self._pending) > self._max_pending:
             log.warning("too many pending cache invalidations; the whole cache is purged on recovery")
@@ -147,7 +149,7 @@ class RedisViewCache:
     async def _purge(self) -> None:
         requested = self._purge_all
         batch: list[bytes] = []
-        async for name in self._client.scan_iter(match=keys.CACHE_PATTERN, count=1000):
+        async for name in self._client.scan_iter(match=redis_keys.CACHE_PATTERN, count=1000):
             batch.append(name)
             if len(batch) >= _UNLINK_BATCH:
                 await self._client.unlink(*batch)
