@@ -34,7 +34,6 @@ import redis.asyncio as aioredis
 
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
-from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.client import create_client, create_pipe
 from campaign_service.adapters.redis.pipe import RedisPipe
@@ -44,6 +43,7 @@ from campaign_service.config import Settings
 from campaign_service.domain.access import SCOPE_ADMIN
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
+from tests.databases import ProvisionedDatabase, create_migrated
 from tests.kafka_support import CustomerEvents, TopicReader, core_service_codec
 from tests.tokens import ISSUER, SESSION_ISSUER, auth_channel, mint_token
 
