@@ -16,9 +16,11 @@ Tests find the services only through environment variables written by `scripts/s
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -211,6 +213,16 @@ def wait_ready(service: ServiceProcess, timeout: float = 60) -> None:
         time.sleep(0.1)
     service.stop()
     raise RuntimeError(f"service not ready in {timeout}s:\n{service.logs()[-4000:]}")
+
+
+@pytest.fixture
+def embedded_dir() -> Iterator[Path]:
+    """A directory for the embedded PostgreSQL: as root, pgserver runs it as the user `pgserver`,
+    which must reach the data directory (pytest's own temporary directories are private)."""
+    path = Path(tempfile.mkdtemp(prefix="campaign-embedded."))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,8 @@ async def build_app(
 ) -> App:
     """The service, serving. A port not given is built from `settings` (a rate limit of 0 turns
     the limiter off); with `uow` given and no Kafka configured, no database is opened."""
-    auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
+    # Without a verifier given, a production configuration that names none is refused here.
+    auth_mode = settings.auth_mode() if verifier is None else None
     tls = servers.tls_credentials(settings)
     if settings.kafka_broker:
         settings.kafka()  # refuse an incomplete event configuration before starting anything
@@ -101,6 +102,7 @@ async def build_app(
     async with AsyncExitStack() as stack:
         tracer = await stack.enter_async_context(tracing.tracer(settings))  # closed last: drains' spans go out
         if verifier is None:
+            assert auth_mode is not None
             verifier = await stack.enter_async_context(auth.verifier(settings, auth_mode))
         stores = await stack.enter_async_context(redis.opened(settings))
         cache = stores.cache if cache is None else cache
@@ -147,7 +149,7 @@ async def build_app(
         grpc_port=grpc.port,
         http_port=http_port,
         embedded_db=settings.embedded_db and pool is not None,
-        auth=auth_mode,
+        auth=auth_mode or "given",
         tls=servers.tls_mode(tls),
     )
     return App(settings, tiers, grpc.health, grpc.port, http_port, draining, lifetime)
