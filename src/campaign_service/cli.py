@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -186,12 +185,6 @@ def _command(args: argparse.Namespace, settings: Settings) -> Callable[[], Corou
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Only JSON may reach stdout/stderr. The process forks only to run pgserver's pg_ctl/initdb,
-    # which exec at once (as root pgserver switches user, so Python forks instead of vfork-ing),
-    # and grpc.aio does not support fork anyway: gRPC core's fork handlers have nothing to protect,
-    # yet when they find its threads busy they print a plain-text line to stderr. Off, before gRPC
-    # core starts (it reads this when it first initialises, not when `grpc` is imported).
-    os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
