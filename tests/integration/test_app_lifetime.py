@@ -11,9 +11,10 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import asyncpg
@@ -27,8 +28,10 @@ from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.bootstrap import build_app
 from campaign_service.config import Settings
 from campaign_service.domain.access import SCOPE_ADMIN, Principal
+from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.tiers import TierSpec, VIPTier
-from campaign_service.service.ports import UnitOfWork
+from campaign_service.service.ports import Repositories
+from campaign_service.service.unit_of_work import AbstractUnitOfWork
 from campaign_service.wiring.database import UnsafeDatabaseRole
 from tests.conftest import Database, events_env, free_port, make_database, redis_address, required_env
 from tests.tokens import ISSUER, SESSION_ISSUER
@@ -195,23 +198,28 @@ class AdminVerifier:
         return Principal("fake-admin", None, frozenset({SCOPE_ADMIN}), expires_at=2**31)
 
 
-class InMemoryTiers:
+class InMemoryTiers(AbstractUnitOfWork):
     """A unit of work over tiers kept in a dict: only what a lookup reads."""
 
     def __init__(self, tiers: list[VIPTier]) -> None:
         self._tiers = {(t.merchant_id, t.tier_id): t for t in tiers}
 
     @contextlib.asynccontextmanager
-    async def __call__(self, merchant_id: uuid.UUID, *, readonly: bool = False) -> AsyncIterator[Any]:
-        yield _Reads(self._tiers, merchant_id)
+    async def _transaction(self, merchant_id: uuid.UUID, *, readonly: bool) -> AsyncIterator[Repositories]:
+        yield cast(Repositories, SimpleNamespace(tiers=_Tiers(self._tiers, merchant_id), customers=None, inbox=None, outbox=_NoOutbox()))
 
 
-class _Reads:
+class _Tiers:
     def __init__(self, tiers: dict[tuple[uuid.UUID, str], VIPTier], merchant_id: uuid.UUID) -> None:
         self._tiers, self._merchant_id = tiers, merchant_id
 
-    async def get_tier(self, tier_id: str, *, for_update: bool = False) -> VIPTier | None:
+    async def get(self, tier_id: str, *, for_update: bool = False) -> VIPTier | None:
         return self._tiers.get((self._merchant_id, tier_id))
+
+
+class _NoOutbox:
+    async def add(self, messages: Sequence[OutboxMessage]) -> None:
+        assert not messages, "a lookup emits nothing"
 
 
 async def test_the_app_serves_a_lookup_on_fakes_without_postgresql(
@@ -224,7 +232,7 @@ async def test_the_app_serves_a_lookup_on_fakes_without_postgresql(
     env = base_env(tmp_path, CAMPAIGN_DB_HOST="127.0.0.1", CAMPAIGN_DB_PORT=str(free_port()))
     settings = settings_from(monkeypatch, env)
     tasks = other_tasks()
-    uow = cast(UnitOfWork, InMemoryTiers([gold]))
+    uow = InMemoryTiers([gold])
     token = (("authorization", "Bearer anything"),)
     app = await build_app(settings, uow=uow, verifier=AdminVerifier())
     async with app, grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
