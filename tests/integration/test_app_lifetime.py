@@ -206,7 +206,8 @@ class InMemoryTiers(AbstractUnitOfWork):
 
     @contextlib.asynccontextmanager
     async def _transaction(self, merchant_id: uuid.UUID, *, readonly: bool) -> AsyncIterator[Repositories]:
-        yield cast(Repositories, SimpleNamespace(tiers=_Tiers(self._tiers, merchant_id), customers=None, inbox=None, outbox=_NoOutbox()))
+        tiers = _Tiers(self._tiers, merchant_id)
+        yield cast(Repositories, SimpleNamespace(tiers=tiers, customers=None, inbox=None, outbox=_NoOutbox()))
 
 
 class _Tiers:
