@@ -119,7 +119,7 @@ async def build_app(
             uow = uow or PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s)
             listen_dsn = target.app_dsn
         checks += stores.checks()
-        http_port = await stack.enter_async_context(servers.http(settings, checks, draining.is_set))
+        probes = await stack.enter_async_context(servers.http(settings, checks, draining.is_set))
 
         if events is None and pool is not None and settings.kafka_broker:
             side = pipeline(settings, pool, listen_dsn, stores.client, stores.breaker, tracer)
@@ -140,6 +140,7 @@ async def build_app(
         interceptors: list[MethodInterceptor] = [AuthInterceptor(verifier)]
         if limiter is not None:
             interceptors.append(RateLimitInterceptor(limiter))
+        http_port = await probes.listen()
         grpc = await stack.enter_async_context(
             servers.grpc_server(settings, tls, CampaignServicer(tiers, reads), interceptors, tracer)
         )

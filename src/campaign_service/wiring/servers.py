@@ -32,15 +32,27 @@ def tls_mode(tls: ReloadingServerCredentials | None) -> str:
     return "mtls" if tls and tls.require_client_auth else "tls" if tls else "off"
 
 
+@dataclass(frozen=True)
+class Probes:
+    """The HTTP side, set up; `listen()` opens its port (just before gRPC serves, so that /health
+    and /ready never answer while gRPC does not) and returns it."""
+
+    runner: web.AppRunner
+    settings: Settings
+
+    async def listen(self) -> int:
+        await web.TCPSite(self.runner, self.settings.bind_host, self.settings.http_port).start()
+        return self.runner.addresses[0][1] if self.runner.addresses else self.settings.http_port
+
+
 @contextlib.asynccontextmanager
-async def http(settings: Settings, checks: list[Check], draining: Callable[[], bool]) -> AsyncIterator[int]:
-    """/health, /ready and /metrics listen while the block runs; yields the bound port. `checks`
-    is read on every /ready, so checks added to it later are reported from then on."""
+async def http(settings: Settings, checks: list[Check], draining: Callable[[], bool]) -> AsyncIterator[Probes]:
+    """/health, /ready and /metrics, set up now and closed on leaving the block: entered before
+    the event side, they outlive its drain. `checks` is read on every /ready."""
     runner = web.AppRunner(build_http_app(checks, draining=draining), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.bind_host, settings.http_port).start()
-        yield runner.addresses[0][1] if runner.addresses else settings.http_port
+        yield Probes(runner, settings)
     finally:
         await runner.cleanup()
 
