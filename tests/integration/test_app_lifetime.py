@@ -19,7 +19,6 @@ from typing import Any, cast
 
 import asyncpg
 import grpc
-import psutil
 import pytest
 import redis.asyncio as aioredis
 
@@ -162,12 +161,14 @@ async def test_a_port_already_bound_closes_everything_opened_before_it(
         await redis_client.aclose()
 
 
-def postgres_processes(data_dir: Path) -> list[psutil.Process]:
+def processes_using(data_dir: Path) -> list[str]:
+    """Command lines of running processes that name `data_dir` (the embedded server's postgres)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if str(data_dir) in " ".join(proc.info["cmdline"] or ()):
-                found.append(proc)
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(data_dir) in args:
+                found.append(args)
     return found
 
 
@@ -186,7 +187,7 @@ async def test_a_failed_start_stops_the_embedded_postgresql(
             await build_app(settings)
     assert (data / "pg" / "PG_VERSION").exists()  # it did start
     assert not (data / "pg" / "postmaster.pid").exists()
-    assert postgres_processes(data) == []
+    assert processes_using(data) == []
     assert other_tasks() == tasks
     assert refuses_connections(settings.http_port)
 
