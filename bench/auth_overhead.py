@@ -18,7 +18,7 @@ import grpc
 from tests.tokens import AUDIENCE, ISSUER, SESSION_ISSUER, mint_token
 
 from campaign_service.adapters.auth.cache import CachingVerifier
-from campaign_service.adapters.auth.keys import FileKeys, parse_jwks
+from campaign_service.adapters.auth.jwt_keys import FileKeys, parse_jwks
 from campaign_service.adapters.auth.local import ClaimRules, LocalJwtVerifier
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.pb import campaign_pb2 as pb

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.databases import ProvisionedDatabase, create_migrated
 from tests.tokens import ISSUER, SESSION_ISSUER
 
 from campaign_service import logs
-from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 
 ROOT = Path(__file__).resolve().parent.parent
 # The benches seed through the service's own code in-process: a log line per seeded tier would

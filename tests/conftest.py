@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -36,7 +38,6 @@ import redis.asyncio as aioredis
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.cache_epoch import PgCacheEpoch
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
-from campaign_service.adapters.postgres.provision import ProvisionedDatabase, create_migrated
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.cache import RedisViewCache
 from campaign_service.adapters.redis.client import RedisBreaker, create_client, create_pipe
@@ -47,6 +48,7 @@ from campaign_service.config import Settings
 from campaign_service.domain.access import SCOPE_ADMIN
 from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
+from tests.databases import ProvisionedDatabase, create_migrated
 from tests.kafka_support import CustomerEvents, TopicReader, core_service_codec
 from tests.tokens import ISSUER, SESSION_ISSUER, auth_channel, mint_token
 
@@ -223,6 +225,16 @@ def wait_ready(service: ServiceProcess, timeout: float = 60) -> None:
         time.sleep(0.1)
     service.stop()
     raise RuntimeError(f"service not ready in {timeout}s:\n{service.logs()[-4000:]}")
+
+
+@pytest.fixture
+def embedded_dir() -> Iterator[Path]:
+    """A directory for the embedded PostgreSQL: as root, pgserver runs it as the user `pgserver`,
+    which must reach the data directory (pytest's own temporary directories are private)."""
+    path = Path(tempfile.mkdtemp(prefix="campaign-embedded."))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -19,18 +19,11 @@ import uvloop
 from campaign_service import logs
 from campaign_service.adapters.auth.dev import MAX_DEV_TTL_S, dev_signing_key, mint_dev_token
 from campaign_service.adapters.postgres.outbox import OutboxRow, PgOutbox
-from campaign_service.adapters.postgres.pool import create_pool
-from campaign_service.bootstrap import (
-    UnsafeDatabaseRole,
-    build_app,
-    build_relay,
-    database_target,
-    open_relay_pool,
-    register_schemas,
-    run_migrations,
-)
+from campaign_service.bootstrap import build_app
 from campaign_service.config import ConfigError, Settings, load_settings
 from campaign_service.domain.access import SCOPE_READ, SCOPE_WRITE, SCOPES
+from campaign_service.wiring import database
+from campaign_service.wiring.events import build_relay, register_schemas
 
 log = structlog.get_logger(__name__)
 
@@ -57,20 +50,17 @@ async def _serve(settings: Settings) -> int:
 async def _relay(settings: Settings) -> None:
     """The outbox relay alone (no gRPC, no consumer), e.g. as its own deployment."""
     settings.kafka()
-    target = await database_target(settings)
-    pool = await open_relay_pool(settings, target.relay_dsn)
-    try:
+    async with (
+        database.target(settings) as target,
+        database.relay_pool(settings, target.relay_dsn) as pool,
+    ):
         relay = build_relay(settings, pool, target.relay_dsn)
         stop = _stop_on_signals()
-        await register_schemas(relay.codec)
         try:
+            await register_schemas(relay.codec)
             await relay.run(stop)
         finally:
             await relay.close()
-    finally:
-        await pool.close()
-        if target.embedded is not None:
-            target.embedded.server.cleanup()
 
 
 def _outbox_json(row: OutboxRow) -> dict[str, Any]:
@@ -90,41 +80,30 @@ def _outbox_json(row: OutboxRow) -> dict[str, Any]:
 
 
 async def _outbox_list(settings: Settings, pending_only: bool, limit: int) -> None:
-    target = await database_target(settings)
-    try:
-        await run_migrations(target.owner_dsn)
-        pool = await create_pool(target.relay_dsn, min_size=1, max_size=1)
-        try:
+    async with database.target(settings) as target:
+        await database.migrate(target.owner_dsn)
+        async with database.relay_pool(settings, target.relay_dsn) as pool:  # every merchant's rows
             rows = await PgOutbox(pool).rows(pending_only=pending_only, limit=limit)
-        finally:
-            await pool.close()
-    finally:
-        if target.embedded is not None:
-            target.embedded.server.cleanup()
     for row in rows:
         print(json.dumps(_outbox_json(row), ensure_ascii=False))
 
 
 async def _migrate(settings: Settings) -> None:
-    target = await database_target(settings)
-    applied = await run_migrations(target.owner_dsn)
+    async with database.target(settings) as target:
+        applied = await database.migrate(target.owner_dsn)
     print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
-    if target.embedded is not None:
-        target.embedded.server.cleanup()
 
 
 async def _merchants_add(settings: Settings, merchant: UUID) -> None:
-    target = await database_target(settings)
-    await run_migrations(target.owner_dsn)
-    conn = await asyncpg.connect(target.owner_dsn)
-    try:
-        created = await conn.fetchval(
-            "INSERT INTO merchants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING true", merchant
-        )
-    finally:
-        await conn.close()
-        if target.embedded is not None:
-            target.embedded.server.cleanup()
+    async with database.target(settings) as target:
+        await database.migrate(target.owner_dsn)
+        conn = await asyncpg.connect(target.owner_dsn)
+        try:
+            created = await conn.fetchval(
+                "INSERT INTO merchants (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING true", merchant
+            )
+        finally:
+            await conn.close()
     print(f"merchant {merchant} {'added' if created else 'already exists'}")
 
 
@@ -215,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         return uvloop.run(_command(args, settings)()) or 0
-    except (ConfigError, UnsafeDatabaseRole) as exc:
+    except (ConfigError, database.UnsafeDatabaseRole) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except (OSError, asyncpg.PostgresError) as exc:

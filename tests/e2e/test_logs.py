@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -14,7 +18,7 @@ from google.protobuf import field_mask_pb2
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, free_port, wait_ready
 from tests.tokens import auth_channel
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -101,3 +105,51 @@ async def test_failed_lookup_is_logged_with_a_generated_correlation_id(
 async def test_every_line_is_json_with_the_core_keys(service: ServiceProcess) -> None:
     with_missing = [line for line in log_lines(service) if not line.keys() >= CORE]
     assert not with_missing, with_missing[:3]
+
+
+@pytest.mark.parametrize("auth_host", [None, "127.0.0.1:9"], ids=["default", "auth-service-channel"])
+def test_an_embedded_default_start_and_stop_writes_nothing_but_json(embedded_dir: Path, auth_host: str | None) -> None:
+    """The whole output of `campaign-service serve` with no database configured (embedded
+    PostgreSQL started, served, SIGTERM, embedded PostgreSQL stopped), stdout and stderr apart:
+    every line parses as a JSON object. gRPC core printed a plain-text line when pgserver forked
+    while its threads were busy; with an Auth Service channel they are from before initdb until
+    after the embedded server stops (AUTH_HOST needs no server here: no RPC is made)."""
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")},
+        "CAMPAIGN_DATA_DIR": str(embedded_dir / "data"),
+        "CAMPAIGN_BIND_HOST": "127.0.0.1",
+        "CAMPAIGN_GRPC_PORT": str(grpc_port),
+        "CAMPAIGN_HTTP_PORT": str(http_port),
+        "XDG_RUNTIME_DIR": str(embedded_dir),
+        **({"AUTH_HOST": auth_host} if auth_host else {}),
+    }
+    for name in ("KAFKA_BROKER", "REDIS_HOST", "GRPC_ENABLE_FORK_SUPPORT", "GRPC_VERBOSITY"):
+        env.pop(name, None)
+    if not auth_host:
+        env.pop("AUTH_HOST", None)
+    out, err = embedded_dir / "stdout", embedded_dir / "stderr"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen([_command(), "serve"], env=env, stdout=stdout, stderr=stderr)
+    service = ServiceProcess(proc, grpc_port, http_port, out)
+    try:
+        wait_ready(service)
+    finally:
+        code = service.stop()
+    assert code == 0
+    lines = out.read_text().splitlines() + err.read_text().splitlines()
+    not_json = []
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            not_json.append(line)
+    assert not not_json, not_json
+    messages = [json.loads(line)["message"] for line in lines]
+    assert messages[-1] == "stopped"
+    assert not (embedded_dir / "data" / "pg" / "postmaster.pid").exists()  # the embedded server stopped too
+
+
+def _command() -> str:
+    """The installed `campaign-service` command, next to this interpreter."""
+    return str(Path(sys.executable).with_name("campaign-service"))

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from campaign_service import keys, topics
+from campaign_service import redis_keys, topics
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
@@ -115,7 +115,7 @@ async def test_redis_fast_path_remembers_for_24h_and_short_circuits(
     merchant, customer, event_id = await merchant_with_default(), uuid.uuid4(), uuid.uuid4()
     handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(redis_client, RedisBreaker(1.0)))
     await handler(created(merchant, customer, event_id))
-    key = keys.processed(merchant, event_id)
+    key = redis_keys.processed(merchant, event_id)
     assert key == f"processed:{merchant}:{event_id}"
     assert 86_000 < await redis_client.ttl(key) <= 86_400
     # Forget the event in the database only: a redelivery must now stop at Redis, before the database.

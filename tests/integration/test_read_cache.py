@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from campaign_service import context, keys
+from campaign_service import context, redis_keys
 from campaign_service.adapters.memory.cache import MemoryViewCache
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.cache import RedisViewCache
@@ -275,7 +275,7 @@ async def test_redis_keys_are_the_plans(
     with pytest.raises(NotFound):
         await reads.tier(merchant, "nope", "")
     assert set(await redis_client.hkeys(f"cache:{merchant}:nope")) == {b"gen", b"ep"}
-    assert 0 < await redis_client.ttl(f"cache:{merchant}:nope") <= keys.TICKET_TTL_S
+    assert 0 < await redis_client.ttl(f"cache:{merchant}:nope") <= redis_keys.TICKET_TTL_S
 
 
 async def test_redis_entries_expire_after_the_ttl(

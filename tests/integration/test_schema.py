@@ -13,7 +13,7 @@ import pytest
 
 from campaign_service.adapters.postgres import migrations
 from campaign_service.adapters.postgres.pool import create_pool
-from campaign_service.bootstrap import UnsafeDatabaseRole, check_app_role
+from campaign_service.wiring.database import UnsafeDatabaseRole, check_app_role
 
 TENANT_TABLES = [
     "vip_tiers",

@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
-from campaign_service.adapters.auth import keys as keys_module
+from campaign_service.adapters.auth import jwt_keys
 from campaign_service.adapters.auth.auth_service import AuthServiceVerifier
 from campaign_service.adapters.auth.cache import CachingVerifier
-from campaign_service.adapters.auth.keys import FileKeys, UrlKeys, parse_jwks, parse_pem_public_key
+from campaign_service.adapters.auth.jwt_keys import FileKeys, UrlKeys, parse_jwks, parse_pem_public_key
 from campaign_service.adapters.auth.local import ClaimRules, LocalJwtVerifier
 from campaign_service.api.pb import auth_pb2
 from campaign_service.domain.access import SCOPE_READ, SCOPE_WRITE, Principal
@@ -181,7 +181,7 @@ async def test_rotated_jwks_file_is_picked_up_and_forgets_verified_tokens(tmp_pa
 
 
 async def test_file_keys_poll_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keys_module, "FILE_POLL_S", 0.01)
+    monkeypatch.setattr(jwt_keys, "FILE_POLL_S", 0.01)
     old, new = TokenIssuer(), TokenIssuer()
     path = old.write_jwks(tmp_path / "jwks.json")
     keys = FileKeys(path, parse_jwks, "jwks")
@@ -235,7 +235,7 @@ async def test_jwks_url_fetch_and_bounded_refetch_on_unknown_kid(jwks_server: An
             with pytest.raises(Unauthenticated):
                 await v.verify(TokenIssuer().mint(M))
         assert state.hits == 1
-        keys._fetched_at -= keys_module.UNKNOWN_KID_REFETCH_S  # the refetch interval has passed
+        keys._fetched_at -= jwt_keys.UNKNOWN_KID_REFETCH_S  # the refetch interval has passed
         assert (await v.verify(second.mint(M))).merchant_id == M  # rotation: new kid found by one refetch
         assert state.hits == 2
     finally:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from campaign_service.bootstrap import _file_keys, tls_credentials
 from campaign_service.cli import _dev_token
 from campaign_service.config import ConfigError, Settings, load_settings
+from campaign_service.wiring.auth import file_keys
+from campaign_service.wiring.servers import tls_credentials
 
 
 @pytest.fixture(autouse=True)
@@ -82,9 +83,9 @@ def test_bad_security_settings_name_the_variable(
 def test_unusable_key_and_certificate_files_name_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "garbage").write_text("{ not json")
     with pytest.raises(ConfigError, match=r"^CAMPAIGN_JWT_JWKS_FILE: cannot use"):
-        _file_keys(tmp_path / "missing.json", "CAMPAIGN_JWT_JWKS_FILE", "jwks")
+        file_keys(tmp_path / "missing.json", "CAMPAIGN_JWT_JWKS_FILE", "jwks")
     with pytest.raises(ConfigError, match=r"^CAMPAIGN_JWT_PUBLIC_KEY_FILE: cannot use"):
-        _file_keys(tmp_path / "garbage", "CAMPAIGN_JWT_PUBLIC_KEY_FILE", "public_key")
+        file_keys(tmp_path / "garbage", "CAMPAIGN_JWT_PUBLIC_KEY_FILE", "public_key")
     s = settings(
         monkeypatch, CAMPAIGN_TLS_CERT_FILE=str(tmp_path / "garbage"), CAMPAIGN_TLS_KEY_FILE=str(tmp_path / "garbage")
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from campaign_service.domain.errors import FieldViolation, InvalidArgument
+from campaign_service.domain.errors import FieldViolation
 
 _BIDI_CONTROLS = frozenset(chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A)))
 # Letters that prove a text is written in the script of its locale.
@@ -37,10 +37,3 @@ def text_violations(value: str, locale: str, field_path: str, max_chars: int) ->
         ):
             problems.append(f"must contain at least one {_SCRIPT_NAMES[locale]} letter for locale {locale}")
     return [FieldViolation(field_path, p) for p in problems]
-
-
-def check_text(value: str, locale: str, field_path: str, max_chars: int) -> str:
-    violations = text_violations(value, locale, field_path, max_chars)
-    if violations:
-        raise InvalidArgument(violations)
-    return value

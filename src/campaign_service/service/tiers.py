@@ -47,9 +47,6 @@ class TierService:
         self._uow = uow
         self._listeners = list(listeners)
 
-    def add_listener(self, listener: TierChangeListener) -> None:
-        self._listeners.append(listener)
-
     async def get_tier(self, merchant_id: UUID, tier_id: str) -> VIPTier:
         check_tier_id(tier_id)
         async with self._uow(merchant_id, readonly=True) as uow:

@@ -17,7 +17,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from campaign_service.adapters.auth.keys import KeySet, VerificationKey
+from campaign_service.adapters.auth.jwt_keys import KeySet, VerificationKey
 
 DEV_ISSUER = "campaign-service-dev"
 DEV_ALGORITHM = "ES256"

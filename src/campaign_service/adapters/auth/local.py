@@ -8,7 +8,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
-from campaign_service.adapters.auth.keys import KeySource
+from campaign_service.adapters.auth.jwt_keys import KeySource
 from campaign_service.adapters.auth.principals import principal_from_claims
 from campaign_service.domain.access import INVALID_TOKEN, Principal
 from campaign_service.logs import caller_input_warning

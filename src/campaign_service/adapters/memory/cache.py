@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from campaign_service import keys, metrics
+from campaign_service import metrics, redis_keys
 from campaign_service.service.ports import AfterCommit, CachedView, EpochBump, ViewKey
 
 # What an entry costs besides its values, so that lookups alone (no fill) are bounded too.
@@ -38,10 +38,10 @@ class MemoryViewCache:
         return self._bytes
 
     async def lookup(self, key: ViewKey) -> CachedView:
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         entry = self._live(name)
         if entry is None:
-            entry = _Entry(uuid.uuid4().hex, self._clock() + keys.TICKET_TTL_S, size=_ENTRY_OVERHEAD + len(name))
+            entry = _Entry(uuid.uuid4().hex, self._clock() + redis_keys.TICKET_TTL_S, size=_ENTRY_OVERHEAD + len(name))
             self._entries[name] = entry
             self._bytes += entry.size
             self._evict()
@@ -51,7 +51,7 @@ class MemoryViewCache:
         return CachedView(value=value) if value is not None else CachedView(ticket=entry.ticket)
 
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         entry = self._live(name)
         if entry is None or entry.ticket != ticket:
             metrics.CACHE_FILLS_REJECTED.inc()
@@ -71,7 +71,7 @@ class MemoryViewCache:
     ) -> AfterCommit:
         """One process: dropping the entries after the commit is enough (a fill read before it
         holds a ticket the drop voids), and nothing outlives the process."""
-        names = keys.invalidated_by(merchant_id, tier_ids)
+        names = redis_keys.invalidated_by(merchant_id, tier_ids)
 
         async def after_commit() -> None:
             for name in names:

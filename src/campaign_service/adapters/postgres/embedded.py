@@ -36,6 +36,10 @@ class EmbeddedDatabase:
     def relay_dsn(self) -> str:
         return self.dsn(RELAY_ROLE)
 
+    async def stop(self) -> None:
+        """Stops the server unless another process still uses it (pgserver counts its users)."""
+        await asyncio.to_thread(self.server.cleanup)
+
 
 def _start_server(data_dir: Path) -> Any:
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -61,5 +65,9 @@ async def start_embedded(data_dir: Path) -> EmbeddedDatabase:
     uri = server.get_uri()
     socket_dir = parse_qs(urlparse(uri).query)["host"][0]
     db = EmbeddedDatabase(server=server, superuser_dsn=uri, socket_dir=socket_dir)
-    await provision(uri, DATABASE)
+    try:
+        await provision(uri, DATABASE)
+    except BaseException:
+        await db.stop()
+        raise
     return db

@@ -9,13 +9,9 @@ merchant's outbox rows and tier counts; the request path never holds it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import asyncpg
-
-from campaign_service.adapters.postgres import migrations
 
 OWNER_ROLE = "campaign_owner"
 APP_ROLE = "campaign_app"
@@ -62,38 +58,3 @@ async def provision(
     finally:
         await db_conn.close()
 
-
-@dataclass(frozen=True)
-class ProvisionedDatabase:
-    """A database on a server reached over TCP with trust or password-less local auth."""
-
-    superuser_dsn: str
-    name: str
-
-    def dsn(self, user: str) -> str:
-        u = urlparse(self.superuser_dsn)
-        return f"postgresql://{user}@{u.hostname}:{u.port}/{self.name}"
-
-    @property
-    def owner_dsn(self) -> str:
-        return self.dsn(OWNER_ROLE)
-
-    @property
-    def app_dsn(self) -> str:
-        return self.dsn(APP_ROLE)
-
-    @property
-    def relay_dsn(self) -> str:
-        return self.dsn(RELAY_ROLE)
-
-
-async def create_migrated(superuser_dsn: str, name: str) -> ProvisionedDatabase:
-    """Roles, database and schema in one go (test and benchmark databases)."""
-    db = ProvisionedDatabase(superuser_dsn, name)
-    await provision(superuser_dsn, name)
-    conn = await asyncpg.connect(db.owner_dsn)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
-    return db

@@ -65,7 +65,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from campaign_service import keys, metrics
+from campaign_service import metrics, redis_keys
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
 from campaign_service.adapters.redis.pipe import ConnectionChanged, RedisPipe
 from campaign_service.service.ports import AfterCommit, CachedView, EpochBump, ViewKey
@@ -213,11 +213,11 @@ class RedisViewCache:
         record = self._record
         if record is None or not self._breaker.allows():
             return CachedView()
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         try:
             found = await self._lookup(
-                keys=[name, keys.CACHE_EPOCH],
-                args=[slot, keys.GENERATION, unique_token(), keys.TICKET_TTL_S, self._epoch, record],
+                keys=[name, redis_keys.CACHE_EPOCH],
+                args=[slot, redis_keys.GENERATION, unique_token(), redis_keys.TICKET_TTL_S, self._epoch, record],
                 on=self._connection,
             )
         except ConnectionChanged:  # e.g. the rate limit reconnected: confirm the new connection
@@ -242,10 +242,10 @@ class RedisViewCache:
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
         if self._record is None or not self._breaker.allows():
             return False
-        name, slot = keys.view_slot(key)
+        name, slot = redis_keys.view_slot(key)
         try:
             stored = await self._fill(
-                keys=[name], args=[keys.GENERATION, ticket, slot, value, self._ttl_s], on=self._connection
+                keys=[name], args=[redis_keys.GENERATION, ticket, slot, value, self._ttl_s], on=self._connection
             )
         except ConnectionChanged:
             self._distrust()
@@ -264,7 +264,7 @@ class RedisViewCache:
         """In the write's transaction, before COMMIT: block the keys' fills, or else advance the
         durable epoch in this transaction. The step returned lifts the block after the commit and,
         after an advance, waits the lease out before the write is acknowledged."""
-        names = keys.invalidated_by(merchant_id, tier_ids)
+        names = redis_keys.invalidated_by(merchant_id, tier_ids)
         token = unique_token()
         blocked = False
         if self._breaker.allows():
@@ -336,7 +336,7 @@ class RedisViewCache:
         if not server.get("run_id") or not replication.get("master_replid"):
             raise NotTrusted("redis does not say its run_id and master_replid")
         identity = f"{server['run_id']}:{replication['master_replid']}"
-        seen = _parse_record(await self._pipe.execute_on(connection, "GET", keys.CACHE_EPOCH))
+        seen = _parse_record(await self._pipe.execute_on(connection, "GET", redis_keys.CACHE_EPOCH))
         epoch = await self._epochs.current()
         if seen is None or seen[1] != identity or seen[0] > epoch:
             # A Redis that may have lost deletions (restarted, failed over, record gone): nothing
@@ -344,7 +344,7 @@ class RedisViewCache:
             epoch = await self._epochs.advance(seen[0] if seen else 0)
             metrics.CACHE_EPOCH_ADVANCES.labels("redis_replaced").inc()
             log.info("cache epoch advanced for a redis not confirmed before", epoch=epoch)
-        record = await self._set_record(keys=[keys.CACHE_EPOCH], args=[epoch, identity], on=connection)
+        record = await self._set_record(keys=[redis_keys.CACHE_EPOCH], args=[epoch, identity], on=connection)
         if record != f"{epoch} {identity}".encode():
             return False  # another instance confirmed a newer epoch meanwhile: again
         assert isinstance(record, bytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from uuid import UUID
 
-from campaign_service import keys
+from campaign_service import redis_keys
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, unique_token
 from campaign_service.adapters.redis.pipe import RedisPipe
@@ -75,8 +75,8 @@ class RedisRateLimiter:
         batch = self._batches.pop(merchant_id)
         try:
             reply = await self._acquire(
-                keys=[keys.rate_limit(merchant_id)],
-                args=[self._limit, self._window_us, unique_token(), keys.RATE_LIMIT_TTL_S, len(batch)],
+                keys=[redis_keys.rate_limit(merchant_id)],
+                args=[self._limit, self._window_us, unique_token(), redis_keys.RATE_LIMIT_TTL_S, len(batch)],
             )
             assert isinstance(reply, list)
             admitted, wait_us = reply

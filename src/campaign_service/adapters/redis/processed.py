@@ -14,12 +14,12 @@ from uuid import UUID
 
 import redis.asyncio as aioredis
 
-from campaign_service import keys, metrics
+from campaign_service import metrics, redis_keys
 from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
 
 
 class RedisProcessedEvents:
-    def __init__(self, client: aioredis.Redis, breaker: RedisBreaker, ttl_s: int = keys.PROCESSED_TTL_S) -> None:
+    def __init__(self, client: aioredis.Redis, breaker: RedisBreaker, ttl_s: int = redis_keys.PROCESSED_TTL_S) -> None:
         self._redis = client
         self._breaker = breaker
         self._ttl = ttl_s
@@ -28,7 +28,7 @@ class RedisProcessedEvents:
         if not events or not self._breaker.allows():
             return set()
         try:
-            values = await self._redis.mget([keys.processed(merchant, event) for merchant, event in events])
+            values = await self._redis.mget([redis_keys.processed(merchant, event) for merchant, event in events])
         except REDIS_FAILURES as exc:
             metrics.PROCESSED_CACHE_ERRORS.labels("seen").inc()
             self._breaker.failed("processed_seen", exc)
@@ -42,7 +42,7 @@ class RedisProcessedEvents:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for merchant, event in events:
-                    pipe.set(keys.processed(merchant, event), b"1", ex=self._ttl)
+                    pipe.set(redis_keys.processed(merchant, event), b"1", ex=self._ttl)
                 await pipe.execute()
         except REDIS_FAILURES as exc:
             metrics.PROCESSED_CACHE_ERRORS.labels("remember").inc()

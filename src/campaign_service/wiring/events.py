@@ -1,0 +1,231 @@
+"""The event side: the outbox relay (Kafka producer, schema registry client, LISTEN connection)
+and the customer.created consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from opentelemetry.trace import Tracer
+from redis.asyncio import Redis
+
+from campaign_service import topics
+from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
+from campaign_service.adapters.kafka.producer import KafkaProducer, producer_config
+from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
+from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
+from campaign_service.adapters.postgres.progression import PgProgression
+from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.redis.client import RedisBreaker
+from campaign_service.adapters.redis.processed import RedisProcessedEvents
+from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, registry_client
+from campaign_service.api.http import Check
+from campaign_service.backoff import Backoff, supervise
+from campaign_service.config import Settings
+from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.points_recorded import PointsRecordedHandler
+from campaign_service.events.ports import BatchHandler, EventPublisher
+from campaign_service.events.relay import OutboxRelay, RelaySettings
+from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
+from campaign_service.events.tracing import TracedPublisher, traced_batches
+from campaign_service.wiring import lifetime
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Relay:
+    """The outbox relay with what it owns: Kafka producer, schema registry client, LISTEN connection."""
+
+    relay: OutboxRelay
+    listener: PgOutboxListener
+    producer: KafkaProducer
+    codec: AvroWireCodec
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.listener.run(self.relay.wake, stop))
+            tasks.create_task(self.relay.run(stop))
+
+    async def close(self, flush_s: float = 10.0) -> None:
+        await self.producer.close(flush_s)  # flush: nothing enqueued is dropped on a clean stop
+        await self.codec.close()
+
+    async def kafka_check(self) -> str | None:
+        if self.relay.last_error:
+            return f"publishing fails: {self.relay.last_error}"[:200]
+        return "all brokers down" if self.producer.broker_down else None
+
+
+def build_relay(
+    settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str, tracer: Tracer | None = None
+) -> Relay:
+    broker, registry_url = settings.kafka()
+    delivery_s = settings.kafka_delivery_timeout_ms / 1000
+    codec = AvroWireCodec(registry_client(registry_url))
+    producer = KafkaProducer(
+        producer_config(
+            broker,
+            client_id=settings.kafka_client_id,
+            delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+            linger_ms=settings.kafka_linger_ms,
+        )
+    )
+    publisher: EventPublisher = KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s)
+    if tracer is not None:
+        publisher = TracedPublisher(publisher, tracer, system="kafka")
+    relay = OutboxRelay(
+        PgOutbox(pool, claim_hold_s=delivery_s + 15),
+        publisher,
+        RelaySettings(
+            batch_size=settings.outbox_batch_size,
+            poll_interval_s=settings.outbox_poll_interval_s,
+            retention_s=settings.outbox_retention_hours * 3600,
+            purge_interval_s=settings.outbox_purge_interval_s,
+            processed_retention_s=settings.processed_retention_hours * 3600,
+            backoff_max_s=settings.relay_backoff_max_s,
+        ),
+    )
+    return Relay(relay, PgOutboxListener(listen_dsn), producer, codec)
+
+
+async def register_schemas(codec: AvroWireCodec) -> None:
+    """Registers the schemas of what we produce now so a registry problem shows at start-up
+    (publishing retries anyway). The Core Service's customer.created subject is not ours to write."""
+    try:
+        await asyncio.wait_for(codec.register_all(), 10)
+    except (RegistryUnavailable, RegistryRejected, TimeoutError) as exc:
+        log.warning("schema registration failed; publishing retries it", error=str(exc))
+
+
+@dataclass
+class EventPipeline:
+    """Relay and the customer.created and points.recorded consumers running in the service process."""
+
+    relay: Relay
+    subscriber: KafkaEventSubscriber
+    handler: BatchHandler
+    points: tuple[KafkaEventSubscriber, BatchHandler] | None = None
+
+    def checks(self) -> list[Check]:
+        return [Check("kafka", self.relay.kafka_check, critical=False)]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Consumers and relay run while the block runs. Leaving it drains them, in this order:
+        the consumers finish the batch in hand, commit their offsets and leave their groups; then
+        the relay stops and makes one last pass for the rows the consumers just wrote."""
+        stop_consumer, stop_relay = asyncio.Event(), asyncio.Event()
+        consume = functools.partial(self.subscriber.run, self.handler, stop_consumer)
+        relay = functools.partial(self.relay.run, stop_relay)
+        consumers = [asyncio.create_task(supervise("consumer", consume, stop_consumer), name="consumer")]
+        if self.points is not None:
+            points = functools.partial(self.points[0].run, self.points[1], stop_consumer)
+            consumers.append(asyncio.create_task(supervise("points", points, stop_consumer), name="points"))
+        relay_task = asyncio.create_task(supervise("relay", relay, stop_relay), name="relay")
+        try:
+            yield
+        finally:
+            stop_consumer.set()
+            for task in consumers:  # told together; each waited for within the same 3 s
+                await lifetime.bounded(task.get_name(), functools.partial(_stopped, task, 3.0))
+            stop_relay.set()
+            await lifetime.bounded("relay", functools.partial(_stopped, relay_task, 1.5))
+            await lifetime.bounded("relay drain", functools.partial(self.relay.relay.drain, timeout_s=1.5))
+
+
+async def _stopped(task: asyncio.Task[None], timeout_s: float) -> None:
+    """Waits for a task told to stop; cancels it if it does not within `timeout_s`."""
+    await asyncio.wait([task], timeout=timeout_s)
+    if not task.done():
+        log.warning("task did not stop in time; cancelling", task=task.get_name())
+        task.cancel()
+        await asyncio.wait([task])
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("task failed", task=task.get_name(), error=repr(task.exception()))
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    settings: Settings,
+    relay_pool: asyncpg.Pool[asyncpg.Record],
+    listen_dsn: str,
+    redis: Redis | None,
+    breaker: RedisBreaker | None,
+    pool: asyncpg.Pool[asyncpg.Record],
+    tracer: Tracer | None = None,
+) -> AsyncIterator[EventPipeline]:
+    """The relay and the consumer, built (the producer's thread runs from here) with the schemas
+    registered; leaving flushes the producer (bounded) and closes the registry client. The relay
+    runs on its own role's pool (`relay_pool`, LISTEN on `listen_dsn`), the consumers on the
+    service's `pool`. `redis`
+    (the service's client, with its breaker) backs the processed-events fast path; with a
+    `tracer` (tracing on), publishing and consuming make spans (events/tracing.py)."""
+    relay = build_relay(settings, relay_pool, listen_dsn, tracer)
+    try:
+        broker, _ = settings.kafka()
+        subscriber = KafkaEventSubscriber(
+            consumer_config(
+                broker,
+                group_id=settings.kafka_consumer_group,
+                client_id=settings.kafka_client_id,
+                session_timeout_ms=settings.kafka_session_timeout_ms,
+            ),
+            topics.CUSTOMER_CREATED,
+            relay.codec.reader(topics.CUSTOMER_CREATED),
+            relay.producer,
+            topics.CUSTOMER_CREATED_DLQ,
+            batch_size=settings.consumer_batch_size,
+            retry=Backoff(0.2, 5.0),
+        )
+        processed = RedisProcessedEvents(redis, breaker) if redis is not None and breaker is not None else None
+        handler: BatchHandler = CustomerCreatedHandler(
+            PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency
+        ).batch
+        if tracer is not None:
+            handler = traced_batches(handler, tracer, system="kafka")
+        points = KafkaEventSubscriber(
+            consumer_config(
+                broker,
+                group_id=f"{settings.kafka_consumer_group}.points",
+                client_id=settings.kafka_client_id,
+                session_timeout_ms=settings.kafka_session_timeout_ms,
+            ),
+            topics.POINTS_RECORDED,
+            relay.codec.reader(topics.POINTS_RECORDED),
+            relay.producer,
+            topics.POINTS_RECORDED_DLQ,
+            batch_size=settings.points_batch_size,
+            retry=Backoff(0.2, 5.0),
+        )
+        # No Redis fast path: the database dedupes each batch in one INSERT anyway; the fast path
+        # would add two Redis round trips of up to a batch of keys each.
+        points_handler: BatchHandler = PointsRecordedHandler(PgProgression(pool)).batch
+        if tracer is not None:
+            points_handler = traced_batches(points_handler, tracer, system="kafka")
+        await register_schemas(relay.codec)
+        yield EventPipeline(relay, subscriber, handler, (points, points_handler))
+    finally:
+        await lifetime.bounded("event producer", functools.partial(relay.close, flush_s=2.0))
+
+
+def scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> contextlib.AbstractAsyncContextManager[object]:
+    """The deadline scheduler (tier downgrades), supervised, while the block runs, unless switched
+    off; leaving cancels it (a chunk in flight rolls back and is claimed again by the next pass)."""
+    if not settings.scheduler_interval_s:
+        return contextlib.nullcontext()
+    progression = PgProgression(pool)
+    deadlines = DeadlineScheduler(
+        progression,
+        progression,
+        SchedulerSettings(chunk_size=settings.scheduler_chunk_size, interval_s=settings.scheduler_interval_s),
+    )
+    stop = asyncio.Event()
+    run = functools.partial(deadlines.run, stop)
+    return lifetime.background("deadline-scheduler", supervise("scheduler", run, stop))
