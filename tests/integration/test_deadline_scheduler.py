@@ -120,13 +120,13 @@ class DiesBeforeCommit:
         class Dying:
             async def __aenter__(self) -> Any:
                 self.tx = await inner.__aenter__()
-                self.real = self.tx.add_outbox
+                self.real = self.tx.reassess_due
 
-                async def add_outbox(messages: Any) -> None:
-                    await self.real(messages)
+                async def reassess_due(*args: Any) -> Any:
+                    await self.real(*args)  # the chunk's one statement ran: moves, history, outbox written
                     raise ConnectionResetError("killed")
 
-                self.tx.add_outbox = add_outbox  # type: ignore[method-assign]  # the fault: commit never happens
+                self.tx.reassess_due = reassess_due  # type: ignore[method-assign]  # the fault: commit never happens
                 return self.tx
 
             async def __aexit__(self, *exc: Any) -> Any:
