@@ -390,33 +390,37 @@ WITH claimed AS MATERIALIZED (
            END AS to_rank
     FROM targeted r
 ), moves AS MATERIALIZED (
-    SELECT d.merchant_id, d.customer_id, d.ids[d.to_rank + 1] AS new_tier, d.tier_id AS old_tier,
+    SELECT d.merchant_id, d.customer_id, d.live, d.pts, d.next_end, d.grace_days, d.version,
+           d.to_rank IS NOT NULL AS moving,
+           d.ids[d.to_rank + 1] AS new_tier, d.tier_id AS old_tier,
            CASE WHEN d.to_rank > d.cur THEN 'up' ELSE 'down' END AS dir,
            CASE WHEN d.to_rank > d.cur THEN 'threshold_reached'
                 WHEN d.grace_days > 0 THEN 'grace_expired' ELSE 'period_end' END AS reason,
            CASE WHEN d.to_rank > d.cur
                      AND NOT (d.entry_bonus = 'once_ever' AND d.ids[d.to_rank + 1] = ANY(d.held_tiers))
                 THEN d.bonuses[d.to_rank + 1] ELSE 0 END AS bonus,
-           d.version, d.pts, d.next_end, d.next_end + d.grace_days * interval '24 hours' AS deadline,
-           ARRAY(SELECT DISTINCT h COLLATE "C" FROM unnest(d.held_tiers || d.ids[d.to_rank + 1]) h ORDER BY 1) AS held,
-           gen_random_uuid() AS event_id, gen_random_uuid()::text AS correlation_id
-    FROM decided d WHERE d.to_rank IS NOT NULL
+           CASE WHEN d.to_rank IS NOT NULL THEN
+               ARRAY(SELECT DISTINCT h COLLATE "C" FROM unnest(d.held_tiers || d.ids[d.to_rank + 1]) h ORDER BY 1)
+           END AS held,
+           CASE WHEN d.to_rank IS NOT NULL THEN gen_random_uuid() END AS event_id,
+           CASE WHEN d.to_rank IS NOT NULL THEN gen_random_uuid()::text END AS correlation_id
+    FROM decided d
 ), written AS (
     UPDATE customer_tiers ct SET
-        tier_id = CASE WHEN m.customer_id IS NOT NULL THEN m.new_tier ELSE ct.tier_id END,
-        assigned_at = CASE WHEN m.customer_id IS NOT NULL THEN $6 ELSE ct.assigned_at END,
-        source = CASE WHEN m.customer_id IS NOT NULL THEN 'scheduler' ELSE ct.source END,
-        cause_event_id = CASE WHEN m.customer_id IS NOT NULL THEN NULL ELSE ct.cause_event_id END,
-        held_tiers = CASE WHEN m.customer_id IS NOT NULL THEN m.held ELSE ct.held_tiers END,
-        change_direction = CASE WHEN m.customer_id IS NOT NULL THEN m.dir ELSE ct.change_direction END,
-        change_reason = CASE WHEN m.customer_id IS NOT NULL THEN m.reason ELSE ct.change_reason END,
-        changed_by = CASE WHEN m.customer_id IS NOT NULL THEN '' ELSE ct.changed_by END,
-        qualifying_points = CASE WHEN d.live THEN d.pts ELSE ct.qualifying_points END,
-        period_end = CASE WHEN d.live THEN d.next_end ELSE ct.period_end END,
-        deadline = CASE WHEN d.live THEN d.next_end + d.grace_days * interval '24 hours' END,
-        program_version = CASE WHEN d.live THEN d.version ELSE ct.program_version END
-    FROM decided d LEFT JOIN moves m USING (merchant_id, customer_id)
-    WHERE ct.merchant_id = d.merchant_id AND ct.customer_id = d.customer_id
+        tier_id = CASE WHEN m.moving THEN m.new_tier ELSE ct.tier_id END,
+        assigned_at = CASE WHEN m.moving THEN $6 ELSE ct.assigned_at END,
+        source = CASE WHEN m.moving THEN 'scheduler' ELSE ct.source END,
+        cause_event_id = CASE WHEN m.moving THEN NULL ELSE ct.cause_event_id END,
+        held_tiers = CASE WHEN m.moving THEN m.held ELSE ct.held_tiers END,
+        change_direction = CASE WHEN m.moving THEN m.dir ELSE ct.change_direction END,
+        change_reason = CASE WHEN m.moving THEN m.reason ELSE ct.change_reason END,
+        changed_by = CASE WHEN m.moving THEN '' ELSE ct.changed_by END,
+        qualifying_points = CASE WHEN m.live THEN m.pts ELSE ct.qualifying_points END,
+        period_end = CASE WHEN m.live THEN m.next_end ELSE ct.period_end END,
+        deadline = CASE WHEN m.live THEN m.next_end + m.grace_days * interval '24 hours' END,
+        program_version = CASE WHEN m.live THEN m.version ELSE ct.program_version END
+    FROM moves m
+    WHERE ct.merchant_id = m.merchant_id AND ct.customer_id = m.customer_id
     RETURNING ct.merchant_id
 ), announced AS (
     INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)
@@ -427,12 +431,13 @@ WITH claimed AS MATERIALIZED (
                'correlation_id', m.correlation_id, 'cause_event_id', NULL, 'previous_tier_id', m.old_tier,
                'direction', m.dir, 'reason', m.reason, 'bonus_points', m.bonus, 'program_version', m.version),
            jsonb_build_object('correlation_id', m.correlation_id)
-    FROM moves m ORDER BY m.merchant_id, m.customer_id
+    FROM moves m WHERE m.moving ORDER BY m.merchant_id, m.customer_id
     RETURNING 1
 )
-SELECT m.dir, m.reason, count(*) AS n, NULL::uuid AS last_m, NULL::uuid AS last_c FROM moves m GROUP BY m.dir, m.reason
+SELECT m.dir, m.reason, count(*) AS n, NULL::uuid AS last_m, NULL::uuid AS last_c FROM moves m WHERE m.moving
+GROUP BY m.dir, m.reason
 UNION ALL
-SELECT NULL, NULL, (SELECT count(*) FROM written) - (SELECT count(*) FROM moves)
+SELECT NULL, NULL, (SELECT count(*) FROM written) - (SELECT count(*) FROM moves WHERE moving)
        + 0 * (SELECT count(*) FROM announced), c.merchant_id, c.customer_id
 FROM (SELECT merchant_id, customer_id FROM claimed ORDER BY merchant_id DESC, customer_id DESC LIMIT 1) c
 """
