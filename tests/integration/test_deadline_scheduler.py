@@ -171,3 +171,29 @@ async def test_a_customer_held_by_a_points_batch_is_skipped_then_moved_next_pass
     assert await tier_of(superuser_conn, merchant, free) == "basic"
     await s.run_once(JAN_2028)
     assert await tier_of(superuser_conn, merchant, held) == "basic"
+
+
+async def test_the_tier_reference_is_checked_per_statement_as_the_foreign_key_was(
+    app_pool: Any, ladder_merchant: Any
+) -> None:
+    """Migration 0021 replaced the per-row foreign key customer_tiers -> vip_tiers by statement
+    triggers: an unknown tier is still refused, and so is deleting (or renaming) a tier a customer holds."""
+    import asyncpg
+
+    merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified")
+    customer = await gold_customer(app_pool, merchant)
+    async with app_pool.acquire() as conn:
+        for statement in (
+            "UPDATE customer_tiers SET tier_id = 'platinum' WHERE merchant_id = $1 AND customer_id = $2",
+            "DELETE FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 'gold' AND $2::uuid IS NOT NULL",
+            "UPDATE vip_tiers SET tier_id = 'gold2' WHERE merchant_id = $1 AND tier_id = 'gold' AND $2::uuid IS NOT NULL",
+        ):
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+                    await conn.execute(statement, merchant, customer)
+        async with conn.transaction():  # a tier nobody holds may go
+            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+            assert await conn.execute(
+                "DELETE FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 'silver'", merchant
+            ) == ("DELETE 1")
