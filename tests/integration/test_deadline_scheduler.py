@@ -126,7 +126,7 @@ class DiesBeforeCommit:
                     await self.real(*args)  # the chunk's one statement ran: moves, history, outbox written
                     raise ConnectionResetError("killed")
 
-                self.tx.reassess_due = reassess_due  # type: ignore[method-assign]  # the fault: commit never happens
+                self.tx.reassess_due = reassess_due  # type: ignore[method-assign,assignment]  # the fault: commit never happens
                 return self.tx
 
             async def __aexit__(self, *exc: Any) -> Any:
