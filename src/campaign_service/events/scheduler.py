@@ -7,9 +7,12 @@ no role reads another merchant's customers, and no new login role is needed.
 
 A pass takes the due merchants, then per group of merchants claims chunks of due customers in key
 order (`FOR UPDATE SKIP LOCKED`, keyset after the last claimed key) and, in the chunk's one
-transaction: sums each customer's points of the period that ended, applies the programme's
-downgrade policy (domain.progression.at_deadline), writes the moves (history from the table's
-triggers) and their `vip_tier.assigned` events, and moves the others' deadline to the next period.
+transaction and ONE statement (PgProgressionTransaction.reassess_due): sums each customer's points
+of the period that ended, applies the programme's downgrade policy (the rules of
+domain.progression.at_deadline, set-based in SQL; a test compares the two), writes the moves
+(history from the table's triggers) and their `vip_tier.assigned` events, and moves the others'
+deadline to the next period. (Per customer in Python it cost ~0.14 ms of this process and ~0.3 ms
+of PostgreSQL; set-based, ~0.001 ms and ~0.14 ms: bench.scheduler.)
 Replicas skip each other's locked rows, and a committed chunk is no longer due, so two replicas
 never move a customer twice; a replica killed mid-chunk loses its transaction and the customers
 stay due for the next pass. A points batch holding a customer's row makes the scheduler skip that
