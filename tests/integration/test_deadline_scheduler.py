@@ -120,13 +120,13 @@ class DiesBeforeCommit:
         class Dying:
             async def __aenter__(self) -> Any:
                 self.tx = await inner.__aenter__()
-                self.real = self.tx.add_outbox
+                self.real = self.tx.reassess_due
 
-                async def add_outbox(messages: Any) -> None:
-                    await self.real(messages)
+                async def reassess_due(*args: Any) -> Any:
+                    await self.real(*args)  # the chunk's one statement ran: moves, history, outbox written
                     raise ConnectionResetError("killed")
 
-                self.tx.add_outbox = add_outbox  # type: ignore[method-assign]  # the fault: commit never happens
+                self.tx.reassess_due = reassess_due  # type: ignore[method-assign,assignment]  # the fault: commit never happens
                 return self.tx
 
             async def __aexit__(self, *exc: Any) -> Any:
@@ -171,3 +171,139 @@ async def test_a_customer_held_by_a_points_batch_is_skipped_then_moved_next_pass
     assert await tier_of(superuser_conn, merchant, free) == "basic"
     await s.run_once(JAN_2028)
     assert await tier_of(superuser_conn, merchant, held) == "basic"
+
+
+async def test_the_tier_reference_is_checked_per_statement_as_the_foreign_key_was(
+    app_pool: Any, ladder_merchant: Any
+) -> None:
+    """Migration 0021 replaced the per-row foreign key customer_tiers -> vip_tiers by statement
+    triggers: an unknown tier is still refused, and so is deleting (or renaming) a tier a customer holds."""
+    import asyncpg
+
+    merchant = await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified")
+    customer = await gold_customer(app_pool, merchant)
+    async with app_pool.acquire() as conn:
+        for statement in (
+            "UPDATE customer_tiers SET tier_id = 'platinum' WHERE merchant_id = $1 AND customer_id = $2",
+            "DELETE FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 'gold' AND $2::uuid IS NOT NULL",
+            "UPDATE vip_tiers SET tier_id = 'gold2' WHERE merchant_id = $1 AND tier_id = 'gold' AND $2::uuid IS NOT NULL",
+        ):
+            with pytest.raises(asyncpg.ForeignKeyViolationError):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+                    await conn.execute(statement, merchant, customer)
+        async with conn.transaction():  # a tier nobody holds may go
+            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+            assert await conn.execute(
+                "DELETE FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 'silver'", merchant
+            ) == ("DELETE 1")
+
+
+@pytest.mark.parametrize(
+    "programme",
+    [
+        {"window_kind": "calendar_year", "downgrade_policy": "to_qualified"},
+        {
+            "window_kind": "rolling_months",
+            "window_months": 3,
+            "downgrade_policy": "one_down",
+            "grace_days": 10,
+            "time_zone": "America/New_York",
+        },
+        {
+            "window_kind": "calendar_year",
+            "downgrade_policy": "one_down",
+            "time_zone": "Asia/Kolkata",
+            "entry_bonus": "every_promotion",
+        },
+    ],
+)
+async def test_the_set_based_chunk_decides_as_the_domain_rules(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any, programme: dict[str, Any]
+) -> None:
+    """The scheduler's one SQL statement applies domain.progression.at_deadline: the same state,
+    move, bonus and event for states covering each tier, floors (active, expired, none), held
+    tiers, and points just inside and outside the assessed window."""
+    import itertools
+
+    from campaign_service.adapters.postgres.progression import programme_from_row
+    from campaign_service.domain.progression import Ladder, Level, TierState, at_deadline
+
+    merchant = await ladder_merchant(**programme)
+    row = await superuser_conn.fetchrow("SELECT * FROM tier_programs WHERE merchant_id = $1", merchant)
+    prog = programme_from_row(row)
+    ladder = Ladder([Level("basic", 0, 0, True), Level("silver", 1000), Level("gold", 5000, 500)])
+    period_end = prog._midnight(datetime(2026, 12, 1).date())
+    now = period_end + timedelta(days=prog.grace_days, hours=1)
+    first, end = prog.assessment_window(period_end)
+    states: dict[uuid.UUID, tuple[TierState, int]] = {}
+    cases = itertools.product(
+        ("basic", "silver", "gold"),
+        (None, ("silver", None), ("gold", now + timedelta(days=1)), ("gold", now - timedelta(days=1))),
+        (frozenset(), frozenset({"gold", "silver"})),
+        ((0, 0), (1200, 0), (6000, 0), (800, 4500), (-50, 0)),
+    )
+    for tier, floor, held, (inside, outside) in cases:
+        c = uuid.uuid4()
+        state = TierState(
+            tier_id=tier,
+            since=datetime(2026, 1, 5, tzinfo=UTC),
+            period_end=period_end,
+            deadline=prog.deadline(period_end),
+            floor_tier_id=floor[0] if floor else None,
+            floor_until=floor[1] if floor else None,
+            held_tiers=held | {tier},
+            program_version=1,
+        )
+        await superuser_conn.execute(
+            "INSERT INTO customer_tiers (merchant_id, customer_id, tier_id, assigned_at, source, period_end, deadline,"
+            " floor_tier_id, floor_until, held_tiers, program_version)"
+            " VALUES ($1, $2, $3, $4, 'manual', $5, $6, $7, $8, $9, 1)",
+            merchant, c, tier, state.since, period_end, state.deadline, state.floor_tier_id, state.floor_until,
+            sorted(state.held_tiers),
+        )  # fmt: skip
+        for day, pts in ((first, inside), (end, outside), (first - timedelta(days=1), 7000)):
+            if pts:
+                await superuser_conn.execute(
+                    "INSERT INTO qualifying_points_daily VALUES ($1, $2, $3, $4)", merchant, c, day, pts
+                )
+        states[c] = (state, inside)
+    result = await scheduler(app_pool, chunk_size=17).run_once(now)
+    assert result.reassessed == len(states)
+    stamp = now.replace(microsecond=0)
+    for c, (state, points) in states.items():
+        expected = at_deadline(prog, ladder, state, points, stamp)
+        got = await superuser_conn.fetchrow(
+            "SELECT * FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2", merchant, c
+        )
+        assert expected.state is not None
+        assert (got["tier_id"], got["qualifying_points"], got["period_end"], got["deadline"]) == (
+            expected.state.tier_id,
+            expected.state.qualifying_points,
+            expected.state.period_end,
+            expected.state.deadline,
+        ), (state, points)
+        assert (frozenset(got["held_tiers"]), got["program_version"]) == (
+            expected.state.held_tiers,
+            expected.state.program_version,
+        )
+        events = await announced(superuser_conn, merchant, c)
+        move = expected.move
+        if move is None:
+            assert events == []
+            assert got["assigned_at"] == state.since
+            continue
+        assert got["assigned_at"] == stamp
+        assert (got["change_direction"], got["change_reason"]) == (
+            move.direction,
+            move.reason,
+        )
+        [event] = events
+        assert (
+            event["previous_tier_id"],
+            event["tier_id"],
+            event["direction"],
+            event["reason"],
+            event["bonus_points"],
+            event["program_version"],
+        ) == (move.previous_tier_id, move.tier_id, move.direction, move.reason, move.bonus_points, prog.version)

@@ -7,9 +7,12 @@ no role reads another merchant's customers, and no new login role is needed.
 
 A pass takes the due merchants, then per group of merchants claims chunks of due customers in key
 order (`FOR UPDATE SKIP LOCKED`, keyset after the last claimed key) and, in the chunk's one
-transaction: sums each customer's points of the period that ended, applies the programme's
-downgrade policy (domain.progression.at_deadline), writes the moves (history from the table's
-triggers) and their `vip_tier.assigned` events, and moves the others' deadline to the next period.
+transaction and ONE statement (PgProgressionTransaction.reassess_due): sums each customer's points
+of the period that ended, applies the programme's downgrade policy (the rules of
+domain.progression.at_deadline, set-based in SQL; a test compares the two), writes the moves
+(history from the table's triggers) and their `vip_tier.assigned` events, and moves the others'
+deadline to the next period. (Per customer in Python it cost ~0.14 ms of this process and ~0.3 ms
+of PostgreSQL; set-based, ~0.001 ms and ~0.14 ms: bench.scheduler.)
 Replicas skip each other's locked rows, and a committed chunk is no longer due, so two replicas
 never move a customer twice; a replica killed mid-chunk loses its transaction and the customers
 stay due for the next pass. A points batch holding a customer's row makes the scheduler skip that
@@ -21,20 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
 
 from campaign_service import metrics
-from campaign_service.domain.events import OutboxMessage
-from campaign_service.domain.progression import TierState, at_deadline
 from campaign_service.service.errors import Unavailable
-from campaign_service.service.progression import count_moves, millis, moved
-from campaign_service.service.progression_ports import CustomerKey, DueMerchants, Progression, StateWrite
+from campaign_service.service.progression import millis
+from campaign_service.service.progression_ports import CustomerKey, DueMerchants, Progression
 
 log = structlog.get_logger(__name__)
 
@@ -114,37 +114,12 @@ class DeadlineScheduler:
     async def _chunk(
         self, merchants: Sequence[UUID], at: datetime, after: CustomerKey | None
     ) -> tuple[int, int, CustomerKey | None]:
-        """One transaction: claim, re-assess, write. (claimed, moved, key to continue after or None)."""
+        """One transaction of one statement: claim, re-assess (the policy of
+        domain.progression.at_deadline, set-based in SQL), write. (claimed, moved, key to continue
+        after or None)."""
         limit = self._settings.chunk_size
         async with self._progression(merchants) as tx:
-            claimed = await tx.claim_due(merchants, at, limit, after)
-            if not claimed:
-                return 0, 0, None
-            setups = await tx.setups(sorted({key[0] for key, _ in claimed}))
-            windows: dict[CustomerKey, tuple[date | None, date | None]] = {}
-            for key, state in claimed:
-                programme = setups[key[0]][0]
-                if state.period_end is not None and programme.has_deadlines:
-                    windows[key] = programme.assessment_window(state.period_end)
-            sums = await tx.window_sums(windows)
-            writes: list[StateWrite] = []
-            messages: list[OutboxMessage] = []
-            kept: list[tuple[CustomerKey, TierState]] = []
-            stamp = millis(at)
-            for key, state in claimed:
-                programme, ladder = setups[key[0]]
-                evaluation = at_deadline(programme, ladder, state, sums.get(key, 0), stamp)
-                change = moved(
-                    key[0], key[1], evaluation, programme,
-                    source=SOURCE, cause_event_id=None, correlation_id=str(uuid.uuid4()),
-                )  # fmt: skip
-                if change is not None:
-                    writes.append(change[0])
-                    messages.append(change[1])
-                elif evaluation.state is not None:
-                    kept.append((key, evaluation.state))
-            await tx.update_states(writes)
-            await tx.extend_periods(kept)
-            await tx.add_outbox(messages)
-        count_moves(writes)
-        return len(claimed), len(writes), claimed[-1][0] if len(claimed) == limit else None
+            claimed, last, moves = await tx.reassess_due(merchants, at, millis(at), limit, after)
+        for direction, reason, n in moves:
+            metrics.TIER_MOVES.labels(direction, reason).inc(n)
+        return claimed, sum(n for _, _, n in moves), last if claimed == limit else None

@@ -66,6 +66,13 @@ class ProgressionTransaction(Protocol):
         """Re-assessed customers who keep their tier: new period, deadline and points, no history."""
         ...
 
+    async def reassess_due(
+        self, merchants: Sequence[UUID], at: datetime, stamp: datetime, limit: int, after: CustomerKey | None
+    ) -> tuple[int, CustomerKey | None, list[tuple[str, str, int]]]:
+        """Claims, re-assesses and writes one chunk of due customers: (claimed, last key, moves
+        per (direction, reason))."""
+        ...
+
     async def claim_due(
         self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
     ) -> list[tuple[CustomerKey, TierState]]:
