@@ -42,6 +42,7 @@ from campaign_service.adapters.postgres.embedded import EmbeddedDatabase, start_
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.progression import PgProgression
+from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_counts import refresh_tier_counts
 from campaign_service.adapters.redis.cache import RedisViewCache
@@ -66,6 +67,7 @@ from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.events.tracing import TracedPublisher, traced_batches
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
+from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import NoCache, TierReads
 from campaign_service.service.tiers import TierService
 from campaign_service.telemetry import start_tracing
@@ -547,7 +549,7 @@ async def build_app(settings: Settings) -> App:
     tiers = TierService(PgUnitOfWork(pool, acquire_timeout_s=settings.db_connect_timeout_s), [parts.cache])
     reads = TierReads(tiers, parts.cache, render_tier, render_tiers)
     server, health_servicer = build_grpc_server(
-        CampaignServicer(tiers, reads),
+        CampaignServicer(tiers, reads, ProgressionApi(PgProgressionApi(pool, settings.db_connect_timeout_s))),
         # Authentication first: only callers allowed for a merchant spend its request budget.
         extra_interceptors=[
             AuthInterceptor(verifier),

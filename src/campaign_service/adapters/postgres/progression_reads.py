@@ -1,0 +1,201 @@
+"""The programme and customer-status side of tier progression on PostgreSQL: one merchant's
+transaction (`app.merchant_id` set, RLS applies), for the API's reads and its admin writes.
+The engine's batch statements are in progression.py; nothing here is on its hot path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from campaign_service.adapters.postgres.errors import translated
+from campaign_service.adapters.postgres.progression import programme_from_row
+from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
+from campaign_service.adapters.postgres.repositories.rows import Connection
+from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.progression import Programme, TierState
+from campaign_service.domain.tiers import VIPTier
+from campaign_service.service.progression_api_ports import HistoryRow, ManualAssignment, StoredProgramme
+
+_PROGRAMME = (
+    "SELECT window_kind, time_zone, window_months, downgrade_policy, grace_days, reversal_downgrades_now,"
+    " entry_bonus, downgrade_warning_days, version, updated_at FROM tier_programs"
+)
+
+
+def _stored(row: Mapping[str, Any] | None) -> StoredProgramme:
+    return StoredProgramme(programme_from_row(row), row["updated_at"] if row else None)
+
+
+def _state(row: Mapping[str, Any] | None) -> TierState | None:
+    if row is None:
+        return None
+    return TierState(
+        tier_id=row["tier_id"],
+        since=row["assigned_at"],
+        qualifying_points=row["qualifying_points"],
+        period_end=row["period_end"],
+        deadline=row["deadline"],
+        floor_tier_id=row["floor_tier_id"],
+        floor_until=row["floor_until"],
+        held_tiers=frozenset(row["held_tiers"]),
+        program_version=row["program_version"],
+    )
+
+
+class PgProgressionApiTransaction:
+    def __init__(self, conn: Connection, merchant_id: UUID) -> None:
+        self._conn = conn
+        self._merchant = merchant_id
+
+    async def programme(self, *, for_update: bool = False) -> StoredProgramme:
+        row = await self._conn.fetchrow(
+            _PROGRAMME + " WHERE merchant_id = $1" + (" FOR UPDATE" if for_update else ""), self._merchant
+        )
+        return _stored(row)
+
+    async def save_programme(self, p: Programme) -> StoredProgramme:
+        row = await self._conn.fetchrow(
+            "INSERT INTO tier_programs AS t (merchant_id, window_kind, time_zone, window_months, downgrade_policy,"
+            " grace_days, reversal_downgrades_now, entry_bonus, downgrade_warning_days, version, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, now())"
+            " ON CONFLICT (merchant_id) DO UPDATE SET window_kind = EXCLUDED.window_kind,"
+            " time_zone = EXCLUDED.time_zone, window_months = EXCLUDED.window_months,"
+            " downgrade_policy = EXCLUDED.downgrade_policy, grace_days = EXCLUDED.grace_days,"
+            " reversal_downgrades_now = EXCLUDED.reversal_downgrades_now, entry_bonus = EXCLUDED.entry_bonus,"
+            " downgrade_warning_days = EXCLUDED.downgrade_warning_days, version = t.version + 1, updated_at = now()"
+            " RETURNING window_kind, time_zone, window_months, downgrade_policy, grace_days,"
+            " reversal_downgrades_now, entry_bonus, downgrade_warning_days, version, updated_at",
+            self._merchant,
+            p.window,
+            p.time_zone,
+            p.window_months,
+            p.downgrade_policy,
+            p.grace_days,
+            p.reversal_downgrades_now,
+            p.entry_bonus,
+            p.downgrade_warning_days,
+        )
+        return _stored(row)
+
+    async def tiers(self) -> list[VIPTier]:
+        return await PgTierRepository(self._conn, self._merchant).all()
+
+    async def state(self, customer_id: UUID, *, for_update: bool = False) -> TierState | None:
+        row = await self._conn.fetchrow(
+            "SELECT tier_id, assigned_at, qualifying_points, period_end, deadline, floor_tier_id, floor_until,"
+            " held_tiers, program_version FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2"
+            + (" FOR UPDATE" if for_update else ""),
+            self._merchant,
+            customer_id,
+        )
+        return _state(row)
+
+    async def points(self, customer_id: UUID, first: date | None, end: date | None) -> int:
+        value = await self._conn.fetchval(
+            "SELECT coalesce(sum(points), 0)::bigint FROM qualifying_points_daily"
+            " WHERE merchant_id = $1 AND customer_id = $2"
+            " AND ($3::date IS NULL OR day >= $3) AND ($4::date IS NULL OR day < $4)",
+            self._merchant,
+            customer_id,
+            first,
+            end,
+        )
+        return int(value)
+
+    async def history(self, customer_id: UUID, before_id: int | None, limit: int) -> list[HistoryRow]:
+        rows = await self._conn.fetch(
+            "SELECT id, from_tier_id, tier_id, assigned_at, direction, reason, program_version, qualifying_points,"
+            " cause_event_id, actor, source FROM customer_tier_history"
+            " WHERE merchant_id = $1 AND customer_id = $2 AND ($3::bigint IS NULL OR id < $3)"
+            " ORDER BY id DESC LIMIT $4",
+            self._merchant,
+            customer_id,
+            before_id,
+            limit,
+        )
+        return [
+            HistoryRow(
+                id=r["id"],
+                from_tier_id=r["from_tier_id"],
+                tier_id=r["tier_id"],
+                at=r["assigned_at"],
+                direction=r["direction"],
+                reason=r["reason"],
+                program_version=r["program_version"],
+                qualifying_points=r["qualifying_points"],
+                cause_event_id=r["cause_event_id"],
+                actor=r["actor"],
+                source=r["source"],
+            )
+            for r in rows
+        ]
+
+    async def assign(self, a: ManualAssignment) -> None:
+        s = a.state
+        await self._conn.execute(
+            "INSERT INTO customer_tiers AS ct (merchant_id, customer_id, tier_id, assigned_at, source, cause_event_id,"
+            " qualifying_points, period_end, deadline, floor_tier_id, floor_until, held_tiers, program_version,"
+            " change_direction, change_reason, changed_by)"
+            " VALUES ($1, $2, $3, $4, 'manual', NULL, $5, $6, $7, $8, $9, $10, $11, 'manual', 'manual', $12)"
+            " ON CONFLICT (merchant_id, customer_id) DO UPDATE SET tier_id = EXCLUDED.tier_id,"
+            " assigned_at = EXCLUDED.assigned_at, source = EXCLUDED.source, cause_event_id = NULL,"
+            " qualifying_points = EXCLUDED.qualifying_points, period_end = EXCLUDED.period_end,"
+            " deadline = EXCLUDED.deadline, floor_tier_id = EXCLUDED.floor_tier_id,"
+            " floor_until = EXCLUDED.floor_until, held_tiers = EXCLUDED.held_tiers,"
+            " program_version = EXCLUDED.program_version, change_direction = 'manual', change_reason = 'manual',"
+            " changed_by = EXCLUDED.changed_by",
+            self._merchant,
+            a.customer_id,
+            s.tier_id,
+            s.since,
+            s.qualifying_points,
+            s.period_end,
+            s.deadline,
+            s.floor_tier_id,
+            s.floor_until,
+            sorted(s.held_tiers),
+            s.program_version,
+            a.actor,
+        )
+        await self._conn.execute(
+            "INSERT INTO tier_manual_assignments (merchant_id, customer_id, tier_id, moved, floor_tier_id,"
+            " floor_until, reason, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            self._merchant,
+            a.customer_id,
+            s.tier_id,
+            a.moved,
+            s.floor_tier_id,
+            s.floor_until,
+            a.reason,
+            a.actor,
+        )
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        await PgOutbox(self._conn).add(messages)
+
+
+class PgProgressionApi:
+    """Opens one merchant's transactions for service/progression_api.py."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
+        self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
+
+    @asynccontextmanager
+    async def __call__(
+        self, merchant_id: UUID, *, readonly: bool = False
+    ) -> AsyncIterator[PgProgressionApiTransaction]:
+        async with (
+            translated(),
+            self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
+            translated(conn),
+            conn.transaction(readonly=readonly),
+        ):
+            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
+            yield PgProgressionApiTransaction(conn, merchant_id)
