@@ -61,6 +61,7 @@ from campaign_service.api.tls import ReloadingServerCredentials, TlsFilesError
 from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import AuthMode, ConfigError, Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.customer_deleted import CustomerDeletedHandler
 from campaign_service.events.points_recorded import PointsRecordedHandler
 from campaign_service.events.ports import BatchHandler, EventPublisher
 from campaign_service.events.relay import OutboxRelay, RelaySettings
@@ -219,6 +220,7 @@ class EventPipeline:
     subscriber: KafkaEventSubscriber
     handler: BatchHandler
     points: tuple[KafkaEventSubscriber, BatchHandler] | None = None
+    erasure: tuple[KafkaEventSubscriber, BatchHandler] | None = None  # customer.deleted
     _stop_consumer: asyncio.Event = field(default_factory=asyncio.Event)
     _stop_relay: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -233,6 +235,9 @@ class EventPipeline:
         if self.points is not None:
             points = functools.partial(self.points[0].run, self.points[1], self._stop_consumer)
             self._tasks.insert(1, asyncio.create_task(supervise("points", points, self._stop_consumer), name="points"))
+        if self.erasure is not None:
+            erase = functools.partial(self.erasure[0].run, self.erasure[1], self._stop_consumer)
+            self._tasks.insert(1, asyncio.create_task(supervise("erasure", erase, self._stop_consumer), name="erasure"))
 
     # Drain hooks, in this order, each well inside the App's per-hook bound.
     async def stop_consumer(self) -> None:
@@ -315,7 +320,24 @@ def build_events(
     points_handler: BatchHandler = PointsRecordedHandler(PgProgression(pool)).batch
     if tracer is not None:
         points_handler = traced_batches(points_handler, tracer, system="kafka")
-    return EventPipeline(relay, subscriber, handler, (points, points_handler))
+    deleted = KafkaEventSubscriber(
+        consumer_config(
+            broker,
+            group_id=f"{settings.kafka_consumer_group}.erasure",
+            client_id=settings.kafka_client_id,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+        ),
+        topics.CUSTOMER_DELETED,
+        relay.codec,
+        relay.producer,
+        topics.CUSTOMER_DELETED_DLQ,
+        batch_size=settings.consumer_batch_size,
+        retry=Backoff(0.2, 5.0),
+    )
+    erase_handler: BatchHandler = CustomerDeletedHandler(PgProgressionApi(pool)).batch
+    if tracer is not None:
+        erase_handler = traced_batches(erase_handler, tracer, system="kafka")
+    return EventPipeline(relay, subscriber, handler, (points, points_handler), (deleted, erase_handler))
 
 
 @dataclass

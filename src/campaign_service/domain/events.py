@@ -11,6 +11,7 @@ from uuid import UUID
 # defined here so the domain needs nothing outside it, listed with the others in topics.py.
 VIP_TIER_ASSIGNED = "vip_tier.assigned"
 VIP_TIER_UPDATED = "vip_tier.updated"
+VIP_TIER_CUSTOMER_ERASED = "vip_tier.customer_erased"
 
 
 @dataclass(frozen=True)
@@ -102,5 +103,33 @@ def tier_assigned(
             "program_version": program_version,
         },
         headers=headers,
+        traceparent=traceparent,
+    )
+
+
+def customer_erased(
+    *,
+    event_id: UUID,
+    merchant_id: UUID,
+    customer_id: UUID,
+    cause_event_id: UUID,
+    erased_at: datetime,
+    correlation_id: str,
+    traceparent: str | None = None,
+) -> OutboxMessage:
+    """Audit of an erasure (customer.deleted): ids only."""
+    return OutboxMessage(
+        event_id=event_id,
+        merchant_id=merchant_id,
+        topic=VIP_TIER_CUSTOMER_ERASED,
+        key=f"{merchant_id}:{customer_id}",
+        payload={
+            "event_id": str(event_id),
+            "merchant_id": str(merchant_id),
+            "customer_id": str(customer_id),
+            "cause_event_id": str(cause_event_id),
+            "erased_at": _ts_millis(erased_at),
+        },
+        headers={"correlation_id": correlation_id, "cause_event_id": str(cause_event_id)},
         traceparent=traceparent,
     )

@@ -26,3 +26,43 @@ GRANT SELECT, INSERT ON tier_manual_assignments TO campaign_app;
 
 -- The history page reads newest first by id.
 CREATE INDEX idx_customer_tier_history_id ON customer_tier_history (merchant_id, customer_id, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Erasure (customer.deleted): the history and the manual-assignment audit are append-only for
+-- the service role (no UPDATE, no DELETE granted), and stay so. The one way to delete from them
+-- is this function: it runs as the owner, deletes ONE customer's rows of the merchant the calling
+-- transaction is scoped to (app.merchant_id; refused without one), and nothing else. The owner's
+-- policies below admit rows only while the function runs and only of that merchant.
+-- customer_tiers and qualifying_points_daily are deleted by the service role itself (it may).
+CREATE POLICY erase_customer_read ON customer_tier_history FOR SELECT TO campaign_owner
+    USING (current_setting('campaign.erasing', true) = 'on' AND merchant_id = campaign_current_merchant());
+CREATE POLICY erase_customer ON customer_tier_history FOR DELETE TO campaign_owner
+    USING (current_setting('campaign.erasing', true) = 'on' AND merchant_id = campaign_current_merchant());
+CREATE POLICY erase_customer_read ON tier_manual_assignments FOR SELECT TO campaign_owner
+    USING (current_setting('campaign.erasing', true) = 'on' AND merchant_id = campaign_current_merchant());
+CREATE POLICY erase_customer ON tier_manual_assignments FOR DELETE TO campaign_owner
+    USING (current_setting('campaign.erasing', true) = 'on' AND merchant_id = campaign_current_merchant());
+
+CREATE OR REPLACE FUNCTION campaign_erase_customer_history(customer uuid)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, public
+    AS $$
+DECLARE
+    m uuid := public.campaign_current_merchant();
+    n bigint;
+BEGIN
+    IF m IS NULL OR customer IS NULL THEN
+        RAISE EXCEPTION 'erasure needs a transaction scoped to one merchant (app.merchant_id)'
+            USING ERRCODE = '42501';
+    END IF;
+    PERFORM set_config('campaign.erasing', 'on', true);
+    DELETE FROM public.customer_tier_history WHERE merchant_id = m AND customer_id = customer;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM public.tier_manual_assignments WHERE merchant_id = m AND customer_id = customer;
+    PERFORM set_config('campaign.erasing', 'off', true);
+    RETURN n;
+END $$;
+
+REVOKE ALL ON FUNCTION campaign_erase_customer_history(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION campaign_erase_customer_history(uuid) TO campaign_app;

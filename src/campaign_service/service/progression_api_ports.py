@@ -47,6 +47,13 @@ class ManualAssignment:
     actor: str
 
 
+@dataclass(frozen=True)
+class Erased:
+    states: int
+    history: int
+    point_days: int
+
+
 class ProgressionApiTransaction(Protocol):
     async def programme(self, *, for_update: bool = False) -> StoredProgramme: ...
 
@@ -71,6 +78,18 @@ class ProgressionApiTransaction(Protocol):
         ...
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    async def merchant_exists(self) -> bool:
+        """Whether the transaction's merchant is provisioned."""
+        ...
+
+    async def mark_processed(self, event_id: UUID, event_type: str) -> bool:
+        """Records a consumed event; False when it was recorded before (a duplicate)."""
+        ...
+
+    async def erase(self, customer_id: UUID) -> Erased:
+        """Deletes the customer's tier state, history, manual assignments and qualifying points."""
+        ...
 
 
 class ProgressionApiStore(Protocol):

@@ -20,7 +20,12 @@ from campaign_service.adapters.postgres.repositories.tiers import PgTierReposito
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme, TierState
 from campaign_service.domain.tiers import VIPTier
-from campaign_service.service.progression_api_ports import HistoryRow, ManualAssignment, StoredProgramme
+from campaign_service.service.progression_api_ports import (
+    Erased,
+    HistoryRow,
+    ManualAssignment,
+    StoredProgramme,
+)
 
 _PROGRAMME = (
     "SELECT window_kind, time_zone, window_months, downgrade_policy, grace_days, reversal_downgrades_now,"
@@ -178,6 +183,38 @@ class PgProgressionApiTransaction:
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         await PgOutbox(self._conn).add(messages)
+
+    async def merchant_exists(self) -> bool:
+        return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM merchants WHERE id = $1)", self._merchant))
+
+    async def mark_processed(self, event_id: UUID, event_type: str) -> bool:
+        row = await self._conn.fetchval(
+            "INSERT INTO processed_events (event_id, merchant_id, event_type) VALUES ($1, $2, $3)"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+            event_id,
+            self._merchant,
+            event_type,
+        )
+        return row is not None
+
+    async def erase(self, customer_id: UUID) -> Erased:
+        """The state and points as the service role (RLS); the append-only history through the
+        owner's narrowly scoped function (migration 0022)."""
+        states = await self._conn.execute(
+            "DELETE FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2", self._merchant, customer_id
+        )
+        days = await self._conn.execute(
+            "DELETE FROM qualifying_points_daily WHERE merchant_id = $1 AND customer_id = $2",
+            self._merchant,
+            customer_id,
+        )
+        history = await self._conn.fetchval("SELECT campaign_erase_customer_history($1)", customer_id)
+        return Erased(states=_count(states), history=int(history), point_days=_count(days))
+
+
+def _count(status: str) -> int:
+    """The row count of a command status such as `DELETE 3`."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 class PgProgressionApi:
