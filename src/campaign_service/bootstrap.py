@@ -67,6 +67,7 @@ from campaign_service.events.ports import BatchHandler, EventPublisher
 from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.events.tracing import TracedPublisher, traced_batches
+from campaign_service.service.downgrade_warnings import DowngradeWarnings
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import NoCache, TierReads
@@ -541,6 +542,17 @@ def start_scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> l
     return [asyncio.create_task(supervise("scheduler", run, stop), name="deadline-scheduler")]
 
 
+def start_downgrade_warnings(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> list[asyncio.Task[None]]:
+    """vip_tier.downgrade_scheduled warnings and the due-backlog gauges, on the scheduler's interval
+    (off with it)."""
+    if not settings.scheduler_interval_s:
+        return []
+    warnings = DowngradeWarnings(PgProgressionApi(pool), interval_s=settings.scheduler_interval_s)
+    stop = asyncio.Event()
+    run = functools.partial(warnings.run, stop)
+    return [asyncio.create_task(supervise("downgrade-warnings", run, stop), name="downgrade-warnings")]
+
+
 async def build_app(settings: Settings) -> App:
     auth_mode = settings.auth_mode()  # refuses a production configuration without a verifier
     tls = tls_credentials(settings)
@@ -624,6 +636,7 @@ async def build_app(settings: Settings) -> App:
         )
     )
     app._tasks.extend(start_scheduler(settings, pool))
+    app._tasks.extend(start_downgrade_warnings(settings, pool))
     if isinstance(parts.cache, RedisViewCache):
         app._tasks.append(asyncio.create_task(parts.cache.keep_confirmed(), name="cache-confirmation"))
     app._closers.extend(parts.closers())

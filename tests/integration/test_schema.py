@@ -25,6 +25,7 @@ TENANT_TABLES = [
     "tier_programs",
     "qualifying_points_daily",
     "tier_manual_assignments",
+    "tier_downgrade_warnings",
 ]
 
 

@@ -60,6 +60,11 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
         m,
         uuid.uuid4(),
     ),
+    "tier_downgrade_warnings": lambda c, m: c.execute(
+        "INSERT INTO tier_downgrade_warnings (merchant_id, customer_id, deadline) VALUES ($1, $2, now())",
+        m,
+        uuid.uuid4(),
+    ),
 }
 
 
@@ -85,6 +90,7 @@ async def populate(app_pool: Any, merchant: uuid.UUID) -> None:
         await INSERT_FOR["tier_programs"](conn, merchant)
         await INSERT_FOR["qualifying_points_daily"](conn, merchant)
         await INSERT_FOR["tier_manual_assignments"](conn, merchant)
+        await INSERT_FOR["tier_downgrade_warnings"](conn, merchant)
 
 
 async def snapshot(superuser_conn: Any, merchant: uuid.UUID) -> dict[str, list[str]]:

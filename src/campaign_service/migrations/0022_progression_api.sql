@@ -66,3 +66,63 @@ END $$;
 
 REVOKE ALL ON FUNCTION campaign_erase_customer_history(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION campaign_erase_customer_history(uuid) TO campaign_app;
+
+-- ---------------------------------------------------------------------------------------------
+-- Downgrade warnings (programme downgrade_warning_days): one row per customer and deadline
+-- warned about, so `vip_tier.downgrade_scheduled` goes out once per deadline.
+CREATE TABLE tier_downgrade_warnings (
+    merchant_id  uuid NOT NULL REFERENCES merchants (id),
+    customer_id  uuid NOT NULL,
+    deadline     timestamptz(3) NOT NULL,
+    warned_at    timestamptz(3) NOT NULL DEFAULT now(),
+    PRIMARY KEY (merchant_id, customer_id, deadline)
+);
+ALTER TABLE tier_downgrade_warnings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE tier_downgrade_warnings FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON tier_downgrade_warnings TO campaign_app
+    USING (merchant_id = campaign_current_merchant() OR (SELECT campaign_scope()) ? merchant_id::text)
+    WITH CHECK (merchant_id = campaign_current_merchant() OR (SELECT campaign_scope()) ? merchant_id::text);
+GRANT SELECT, INSERT, DELETE ON tier_downgrade_warnings TO campaign_app;
+
+-- Which merchants have customers to warn at `at` (ids only, like campaign_due_merchants): a
+-- programme with warnings on and deadlines, and a customer whose deadline is within the
+-- warning days. The owner's read policies are on only inside the function.
+CREATE POLICY warning_merchants ON tier_programs FOR SELECT TO campaign_owner
+    USING (current_setting('campaign.warning_merchants', true) = 'on');
+CREATE POLICY warning_merchants ON customer_tiers FOR SELECT TO campaign_owner
+    USING (current_setting('campaign.warning_merchants', true) = 'on');
+
+CREATE OR REPLACE FUNCTION campaign_warning_merchants(at timestamptz, max_merchants integer)
+    RETURNS TABLE (merchant_id uuid)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, public
+    AS $$
+BEGIN
+    PERFORM set_config('campaign.warning_merchants', 'on', true);
+    RETURN QUERY
+        SELECT p.merchant_id FROM public.tier_programs p
+        WHERE p.downgrade_warning_days > 0 AND p.downgrade_policy <> 'never' AND p.window_kind <> 'lifetime'
+          AND EXISTS (SELECT 1 FROM public.customer_tiers c
+                      WHERE c.merchant_id = p.merchant_id AND c.deadline > at
+                        AND c.deadline <= at + make_interval(days => p.downgrade_warning_days))
+        ORDER BY p.merchant_id
+        LIMIT least(greatest(max_merchants, 1), 100000);
+    PERFORM set_config('campaign.warning_merchants', 'off', true);
+END $$;
+
+-- The due backlog for the metrics: how many customers are past their deadline at `at` and the
+-- earliest such deadline (a count and a time, nothing of any merchant or customer).
+CREATE OR REPLACE FUNCTION campaign_due_backlog(at timestamptz)
+    RETURNS TABLE (due bigint, oldest timestamptz)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, public
+    AS $$
+BEGIN
+    PERFORM set_config('campaign.warning_merchants', 'on', true);
+    RETURN QUERY SELECT count(*)::bigint, min(c.deadline)::timestamptz FROM public.customer_tiers c WHERE c.deadline <= at;
+    PERFORM set_config('campaign.warning_merchants', 'off', true);
+END $$;
+
+REVOKE ALL ON FUNCTION campaign_warning_merchants(timestamptz, integer), campaign_due_backlog(timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION campaign_warning_merchants(timestamptz, integer), campaign_due_backlog(timestamptz)
+    TO campaign_app;

@@ -92,6 +92,28 @@ class ProgressionApiTransaction(Protocol):
         ...
 
 
+class WarningTransaction(ProgressionApiTransaction, Protocol):
+    async def warning_candidates(
+        self, at: datetime, days: int, after: UUID | None, limit: int
+    ) -> list[tuple[UUID, TierState, int]]:
+        """Locks customers with a deadline within `days` after `at` not yet warned of, in key order."""
+        ...
+
+    async def period_points(self, windows: Sequence[tuple[UUID, date, date]]) -> dict[UUID, int]: ...
+
+    async def record_warnings(self, warned: Sequence[tuple[UUID, datetime]]) -> None: ...
+
+
+class WarningStore(Protocol):
+    def __call__(
+        self, merchant_id: UUID, *, readonly: bool = False
+    ) -> AbstractAsyncContextManager[WarningTransaction]: ...
+
+    async def warning_merchants(self, at: datetime, limit: int) -> list[UUID]: ...
+
+    async def due_backlog(self, at: datetime) -> tuple[int, datetime | None]: ...
+
+
 class ProgressionApiStore(Protocol):
     def __call__(
         self, merchant_id: UUID, *, readonly: bool = False

@@ -52,6 +52,7 @@ SCHEMA_FILES: Mapping[str, str] = {
     topics.POINTS_RECORDED: "points_recorded.avsc",
     topics.CUSTOMER_DELETED: "customer_deleted.avsc",
     topics.VIP_TIER_CUSTOMER_ERASED: "vip_tier_customer_erased.avsc",
+    topics.VIP_TIER_DOWNGRADE_SCHEDULED: "vip_tier_downgrade_scheduled.avsc",
 }
 # The topics whose schema this service owns and registers; a new produced topic goes here.
 PRODUCED: tuple[str, ...] = (topics.VIP_TIER_ASSIGNED, topics.VIP_TIER_UPDATED)

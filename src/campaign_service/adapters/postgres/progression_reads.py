@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -208,8 +208,67 @@ class PgProgressionApiTransaction:
             self._merchant,
             customer_id,
         )
+        await self._conn.execute(
+            "DELETE FROM tier_downgrade_warnings WHERE merchant_id = $1 AND customer_id = $2",
+            self._merchant,
+            customer_id,
+        )
         history = await self._conn.fetchval("SELECT campaign_erase_customer_history($1)", customer_id)
         return Erased(states=_count(states), history=int(history), point_days=_count(days))
+
+    async def warning_candidates(
+        self, at: datetime, days: int, after: UUID | None, limit: int
+    ) -> list[tuple[UUID, TierState, int]]:
+        """Customers whose deadline is within `days` after `at` and who were not warned of it yet,
+        in key order after `after` (rows another transaction holds are skipped), each with the
+        points of the period assessed at the deadline (summed by the caller's programme: see
+        `window_points`)."""
+        rows = await self._conn.fetch(
+            "SELECT ct.customer_id, ct.tier_id, ct.assigned_at, ct.qualifying_points, ct.period_end, ct.deadline,"
+            " ct.floor_tier_id, ct.floor_until, ct.held_tiers, ct.program_version FROM customer_tiers ct"
+            " WHERE ct.merchant_id = $1 AND ct.deadline > $2 AND ct.deadline <= $2 + make_interval(days => $3)"
+            " AND ($4::uuid IS NULL OR ct.customer_id > $4)"
+            " AND NOT EXISTS (SELECT 1 FROM tier_downgrade_warnings w WHERE w.merchant_id = ct.merchant_id"
+            "   AND w.customer_id = ct.customer_id AND w.deadline = ct.deadline)"
+            " ORDER BY ct.customer_id LIMIT $5 FOR UPDATE OF ct SKIP LOCKED",
+            self._merchant,
+            at,
+            days,
+            after,
+            limit,
+        )
+        out = []
+        for r in rows:
+            state = _state(r)
+            assert state is not None
+            out.append((r["customer_id"], state, 0))
+        return out
+
+    async def period_points(self, windows: Sequence[tuple[UUID, date, date]]) -> dict[UUID, int]:
+        """Each customer's points over the local days [first, end)."""
+        if not windows:
+            return {}
+        rows = await self._conn.fetch(
+            "SELECT x.c, (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
+            "   WHERE q.merchant_id = $1 AND q.customer_id = x.c AND q.day >= x.f AND q.day < x.e)::bigint AS points"
+            " FROM unnest($2::uuid[], $3::date[], $4::date[]) AS x(c, f, e)",
+            self._merchant,
+            [w[0] for w in windows],
+            [w[1] for w in windows],
+            [w[2] for w in windows],
+        )
+        return {r["c"]: int(r["points"]) for r in rows}
+
+    async def record_warnings(self, warned: Sequence[tuple[UUID, datetime]]) -> None:
+        if not warned:
+            return
+        await self._conn.execute(
+            "INSERT INTO tier_downgrade_warnings (merchant_id, customer_id, deadline)"
+            " SELECT $1, c, d FROM unnest($2::uuid[], $3::timestamptz[]) AS x(c, d) ON CONFLICT DO NOTHING",
+            self._merchant,
+            [w[0] for w in warned],
+            [w[1] for w in warned],
+        )
 
 
 def _count(status: str) -> int:
@@ -223,6 +282,18 @@ class PgProgressionApi:
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
         self._pool = pool
         self._acquire_timeout_s = acquire_timeout_s
+
+    async def warning_merchants(self, at: datetime, limit: int) -> list[UUID]:
+        """Merchants with customers to warn at `at` (ids only; SECURITY DEFINER, migration 0022)."""
+        async with translated():
+            rows = await self._pool.fetch("SELECT merchant_id FROM campaign_warning_merchants($1, $2)", at, limit)
+        return [r["merchant_id"] for r in rows]
+
+    async def due_backlog(self, at: datetime) -> tuple[int, datetime | None]:
+        """How many customers are past their deadline at `at`, and the earliest such deadline."""
+        async with translated():
+            row = await self._pool.fetchrow("SELECT due, oldest FROM campaign_due_backlog($1)", at)
+        return (int(row["due"]), row["oldest"]) if row else (0, None)
 
     @asynccontextmanager
     async def __call__(
