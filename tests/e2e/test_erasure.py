@@ -5,8 +5,11 @@ event is dead-lettered."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +17,12 @@ from confluent_kafka import Producer
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.api.pb import campaign_grpc
+from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import required_env
+from tests.tokens import auth_channel
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.kafka
 
@@ -69,3 +77,36 @@ async def test_customer_deleted_of_an_unknown_merchant_is_dead_lettered(
     key = f"{stranger}:{customer}"
     [dead] = [r for r in await dlq.wait_for(lambda rs: any(r.key == key for r in rs)) if r.key == key]
     assert dead.headers["dlq_reason"] == "unknown_merchant"
+
+
+async def test_worked_example_points_script_moves_the_customer(
+    event_service: Any, new_merchant: Any, read_topic: Any
+) -> None:
+    """The README's worked example: scripts/produce_points.py -> points.recorded -> the customer
+    moves up, seen through GetCustomerTierStatus and ListCustomerTierHistory."""
+    merchant, customer = await new_merchant(), uuid.uuid4()
+    assigned = read_topic(topics.VIP_TIER_ASSIGNED)
+    async with auth_channel(event_service.target) as channel:
+        stub = campaign_grpc.CampaignServiceStub(channel)
+        for tier_id, points in (("silver", 100), ("gold", 1000)):
+            tier = pb.VIPTier(tier_id=tier_id, name=tier_id.title(), min_points=points, is_default=tier_id == "silver")
+            await stub.CreateVIPTier(pb.CreateVIPTierRequest(merchant_id=str(merchant), tier=tier))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "scripts" / "produce_points.py"),
+            "--merchant", str(merchant), "--customer", str(customer), "--points", "1200",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        event_id = json.loads(out)["event_id"]
+        await assigned.wait_for(lambda rs: any(str((r.payload or {}).get("cause_event_id")) == event_id for r in rs))
+        status = await stub.GetCustomerTierStatus(
+            pb.GetCustomerTierStatusRequest(merchant_id=str(merchant), customer_id=str(customer))
+        )
+        assert (status.tier.tier_id, status.window_points) == ("gold", 1200)
+        history = await stub.ListCustomerTierHistory(
+            pb.ListCustomerTierHistoryRequest(merchant_id=str(merchant), customer_id=str(customer))
+        )
+        assert [(e.tier_id, e.reason, e.cause_event_id) for e in history.entries] == [
+            ("gold", "threshold_reached", event_id)
+        ]

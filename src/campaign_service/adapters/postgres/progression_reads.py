@@ -237,12 +237,7 @@ class PgProgressionApiTransaction:
             after,
             limit,
         )
-        out = []
-        for r in rows:
-            state = _state(r)
-            assert state is not None
-            out.append((r["customer_id"], state, 0))
-        return out
+        return [(r["customer_id"], state, 0) for r in rows if (state := _state(r)) is not None]
 
     async def period_points(self, windows: Sequence[tuple[UUID, date, date]]) -> dict[UUID, int]:
         """Each customer's points over the local days [first, end)."""
