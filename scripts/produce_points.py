@@ -20,14 +20,18 @@ import uuid
 from confluent_kafka import Producer
 
 from campaign_service import topics
-from campaign_service.adapters.kafka.wire import AvroWireCodec
-from campaign_service.adapters.schema_registry import SchemaRegistryClient
+from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
+from campaign_service.adapters.schema_registry import registry_client
 
 TYPES = ("earn", "redeem", "expire", "adjust", "reverse")
 
 
 async def produce(args: argparse.Namespace) -> dict[str, object]:
-    registry = SchemaRegistryClient(os.environ["CAMPAIGN_SCHEMA_REGISTRY_URL"])
+    # Playing the Points service, the owner of points.recorded and its subject.
+    codec = AvroWireCodec(
+        registry_client(os.environ["CAMPAIGN_SCHEMA_REGISTRY_URL"]),
+        produces={topics.POINTS_RECORDED: schema_text(topics.POINTS_RECORDED)},
+    )
     try:
         payload: dict[str, object] = {
             "event_id": str(uuid.uuid4()),
@@ -41,9 +45,9 @@ async def produce(args: argparse.Namespace) -> dict[str, object]:
             "occurred_at": int(time.time() * 1000) if args.occurred_at_ms is None else args.occurred_at_ms,
             "correlation_id": args.correlation_id or str(uuid.uuid4()),
         }
-        value = await AvroWireCodec(registry).encode(topics.POINTS_RECORDED, payload)
+        value = await codec.encode(topics.POINTS_RECORDED, payload)
     finally:
-        await registry.close()
+        await codec.close()
     producer = Producer({"bootstrap.servers": os.environ["KAFKA_BROKER"], "acks": "all", "enable.idempotence": True})
     producer.produce(topics.POINTS_RECORDED, value, f"{payload['merchant_id']}:{payload['customer_id']}".encode())
     if producer.flush(15) != 0:

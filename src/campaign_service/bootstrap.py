@@ -329,7 +329,7 @@ def build_events(
             session_timeout_ms=settings.kafka_session_timeout_ms,
         ),
         topics.CUSTOMER_DELETED,
-        relay.codec,
+        relay.codec.reader(topics.CUSTOMER_DELETED),
         relay.producer,
         topics.CUSTOMER_DELETED_DLQ,
         batch_size=settings.consumer_batch_size,

@@ -16,7 +16,8 @@ import pytest
 from confluent_kafka import Producer
 
 from campaign_service import topics
-from campaign_service.adapters.kafka.wire import AvroWireCodec
+from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
+from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
 from tests.conftest import required_env
@@ -27,8 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.kafka
 
 
-async def produce_deleted(codec: AvroWireCodec, merchant: uuid.UUID, customer: uuid.UUID) -> uuid.UUID:
+async def produce_deleted(merchant: uuid.UUID, customer: uuid.UUID) -> uuid.UUID:
+    """Plays the Core Service, the owner of customer.deleted and its subject."""
     event_id = uuid.uuid4()
+    codec = AvroWireCodec(
+        registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL")),
+        produces={topics.CUSTOMER_DELETED: schema_text(topics.CUSTOMER_DELETED)},
+    )
     value = await codec.encode(
         topics.CUSTOMER_DELETED,
         {
@@ -38,6 +44,7 @@ async def produce_deleted(codec: AvroWireCodec, merchant: uuid.UUID, customer: u
             "deleted_at": int(time.time() * 1000),
         },
     )
+    await codec.close()
     producer = Producer({"bootstrap.servers": required_env("KAFKA_BROKER"), "acks": "all"})
     producer.produce(topics.CUSTOMER_DELETED, value, f"{merchant}:{customer}".encode())
     assert await asyncio.to_thread(producer.flush, 15) == 0
@@ -53,7 +60,7 @@ async def test_customer_deleted_erases_and_is_audited(
     created = await customer_events.created(merchant, customer)
     await assigned.wait_for(lambda rs: any(str((r.payload or {}).get("cause_event_id")) == str(created) for r in rs))
     erased = read_topic(topics.VIP_TIER_CUSTOMER_ERASED)
-    event_id = await produce_deleted(avro_codec, merchant, customer)
+    event_id = await produce_deleted(merchant, customer)
     [msg] = [
         r
         for r in await erased.wait_for(lambda rs: any(r.key == f"{merchant}:{customer}" for r in rs))
@@ -73,7 +80,7 @@ async def test_customer_deleted_of_an_unknown_merchant_is_dead_lettered(
 ) -> None:
     dlq = read_topic(topics.CUSTOMER_DELETED_DLQ)
     stranger, customer = uuid.uuid4(), uuid.uuid4()
-    await produce_deleted(avro_codec, stranger, customer)
+    await produce_deleted(stranger, customer)
     key = f"{stranger}:{customer}"
     [dead] = [r for r in await dlq.wait_for(lambda rs: any(r.key == key for r in rs)) if r.key == key]
     assert dead.headers["dlq_reason"] == "unknown_merchant"

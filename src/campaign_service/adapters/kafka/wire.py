@@ -55,7 +55,12 @@ SCHEMA_FILES: Mapping[str, str] = {
     topics.VIP_TIER_DOWNGRADE_SCHEDULED: "vip_tier_downgrade_scheduled.avsc",
 }
 # The topics whose schema this service owns and registers; a new produced topic goes here.
-PRODUCED: tuple[str, ...] = (topics.VIP_TIER_ASSIGNED, topics.VIP_TIER_UPDATED)
+PRODUCED: tuple[str, ...] = (
+    topics.VIP_TIER_ASSIGNED,
+    topics.VIP_TIER_UPDATED,
+    topics.VIP_TIER_CUSTOMER_ERASED,
+    topics.VIP_TIER_DOWNGRADE_SCHEDULED,
+)
 
 
 class Undecodable(Exception):
