@@ -367,3 +367,36 @@ async def test_scopes_of_the_customer_rpcs(stub: Any, stub_for: Any, new_merchan
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
     other = stub_for(await new_merchant(), scopes=[SCOPE_READ])
     assert (await rpc_error(status(other, merchant, customer))).code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_programme_change_reschedules_existing_customers(
+    stub: Any, new_merchant: Any, superuser_conn: Any
+) -> None:
+    merchant, customer = await new_merchant(), uuid.uuid4()
+    await ladder(stub, merchant)
+    await set_tier(stub, merchant, customer, "gold")  # under the defaults: never re-assessed
+
+    async def deadline() -> Any:
+        return await superuser_conn.fetchval(
+            "SELECT deadline FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2", merchant, customer
+        )
+
+    assert await deadline() is None
+    before = await outbox_count(superuser_conn, merchant)
+    await update_program(
+        stub, merchant, "window", "downgrade_policy", window="calendar_year", downgrade_policy="to_qualified"
+    )
+    next_year = datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)
+    assert await deadline() == next_year
+    await update_program(stub, merchant, "grace_days", grace_days=10)
+    assert await deadline() == next_year + timedelta(days=10)
+    got = await status(stub, merchant, customer)
+    assert got.deadline.ToDatetime(tzinfo=UTC) == next_year + timedelta(days=10)
+    await update_program(stub, merchant, "downgrade_policy", downgrade_policy="never")
+    assert await deadline() is None
+    # Re-timing moves no tier: only the three programme events were written.
+    assert await outbox_count(superuser_conn, merchant) == before + 3
+    assert (
+        await superuser_conn.fetchval("SELECT count(*) FROM customer_tier_history WHERE merchant_id = $1", merchant)
+        == 1
+    )

@@ -153,7 +153,12 @@ class ProgressionApi:
             return await tx.programme()
 
     async def update_programme(
-        self, merchant_id: UUID, values: Programme, mask: list[str], expected_version: int = 0
+        self,
+        merchant_id: UUID,
+        values: Programme,
+        mask: list[str],
+        expected_version: int = 0,
+        now: datetime | None = None,
     ) -> tuple[StoredProgramme, list[str]]:
         paths = program_mask(mask)
         if expected_version < 0:
@@ -169,6 +174,7 @@ class ProgressionApi:
             if not changed:
                 return current, []
             saved = await tx.save_programme(new)
+            rescheduled = await _reschedule(tx, current.programme, saved.programme, changed, now or datetime.now(UTC))
             await tx.add_outbox(
                 [
                     events.tier_updated(
@@ -183,7 +189,7 @@ class ProgressionApi:
                     )
                 ]
             )
-        log.info("tier programme changed", fields=changed, version=saved.programme.version)
+        log.info("tier programme changed", fields=changed, version=saved.programme.version, rescheduled=rescheduled)
         return saved, changed
 
     # -- customer status ------------------------------------------------------------------------
@@ -289,6 +295,26 @@ class ProgressionApi:
         if moved:
             metrics.TIER_MOVES.labels("manual", "manual").inc()
         return AssignResult(moved, previous, tier_id)
+
+
+# Fields whose change re-times every customer's period (a grace change only moves the deadlines).
+_PERIOD_FIELDS = frozenset({"window", "rolling_months", "time_zone", "downgrade_policy"})
+
+
+async def _reschedule(
+    tx: ProgressionApiTransaction, old: Programme, new: Programme, changed: list[str], now: datetime
+) -> int:
+    """Customers' deadlines under a changed programme. A change of window, time zone or policy
+    starts a fresh period for everyone at the change (held under the new rules for a whole
+    period: nobody is downgraded by surprise, and a lifetime/never programme that gets deadlines
+    reaches every existing customer); a grace change keeps the periods and moves the deadlines.
+    Tiers do not move here (no history, no event): the next evaluation applies the new rules."""
+    if _PERIOD_FIELDS & set(changed):
+        period_end = new.period_end(now) if new.has_deadlines else None
+        return await tx.reschedule(period_end, new.deadline(period_end), new.version)
+    if "grace_days" in changed and new.has_deadlines:
+        return await tx.regrace(new.grace_days, new.version)
+    return 0
 
 
 async def _period_points(

@@ -63,6 +63,14 @@ class ProgressionApiTransaction(Protocol):
 
     async def tiers(self) -> list[VIPTier]: ...
 
+    async def reschedule(self, period_end: datetime | None, deadline: datetime | None, version: int) -> int:
+        """Every customer of the merchant: a new period and deadline (no tier change, no history)."""
+        ...
+
+    async def regrace(self, grace_days: int, version: int) -> int:
+        """Every customer with a period: deadline = period end + `grace_days`."""
+        ...
+
     async def state(self, customer_id: UUID, *, for_update: bool = False) -> TierState | None: ...
 
     async def points(self, customer_id: UUID, first: date | None, end: date | None) -> int:

@@ -88,6 +88,26 @@ class PgProgressionApiTransaction:
         )
         return _stored(row)
 
+    async def reschedule(self, period_end: datetime | None, deadline: datetime | None, version: int) -> int:
+        status = await self._conn.execute(
+            "UPDATE customer_tiers SET period_end = $2, deadline = $3, program_version = $4 WHERE merchant_id = $1",
+            self._merchant,
+            period_end,
+            deadline,
+            version,
+        )
+        return _count(status)
+
+    async def regrace(self, grace_days: int, version: int) -> int:
+        status = await self._conn.execute(
+            "UPDATE customer_tiers SET deadline = period_end + make_interval(days => $2), program_version = $3"
+            " WHERE merchant_id = $1 AND period_end IS NOT NULL",
+            self._merchant,
+            grace_days,
+            version,
+        )
+        return _count(status)
+
     async def tiers(self) -> list[VIPTier]:
         return await PgTierRepository(self._conn, self._merchant).all()
 
