@@ -10,16 +10,14 @@ from datetime import UTC
 
 import grpc
 
-from campaign_service.api.mapping import (
+from campaign_service.api.mapping import parse_uuid, spec_from_proto, tier_to_proto
+from campaign_service.api.pb import campaign_pb2 as pb
+from campaign_service.api.progression_mapping import (
     history_to_proto,
-    parse_uuid,
     programme_from_proto,
     programme_to_proto,
-    spec_from_proto,
     status_to_proto,
-    tier_to_proto,
 )
-from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.locales import check_requested
 from campaign_service.service.errors import Unavailable
