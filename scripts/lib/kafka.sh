@@ -376,7 +376,7 @@ _kafka_write_env() {
 kafka_up() {
   local state="${1:?usage: kafka_up <state_dir>}" deadline ports bp cp attempt rc fresh=0 t0
   # shellcheck disable=SC2206
-  local topics=(${KAFKA_TOPICS-customer.created:3 vip_tier.assigned:3 vip_tier.updated:3 customer.created.dlq:1 points.recorded:3 points.recorded.dlq:1})
+  local topics=(${KAFKA_TOPICS-customer.created:3 vip_tier.assigned:3 vip_tier.updated:3 customer.created.dlq:1 points.recorded:3 points.recorded.dlq:1 customer.deleted:3 customer.deleted.dlq:1 vip_tier.customer_erased:3 vip_tier.downgrade_scheduled:3})
   t0="$(_kafka_now)"
   kafka_fetch || return 1
   mkdir -p "$state" || return 1
@@ -436,7 +436,7 @@ kafka_start_again() {
   fi
   # ready = metadata served and the default topics (those that exist) have leaders again
   # shellcheck disable=SC2206
-  local topics=(${KAFKA_TOPICS-customer.created:3 vip_tier.assigned:3 vip_tier.updated:3 customer.created.dlq:1 points.recorded:3 points.recorded.dlq:1})
+  local topics=(${KAFKA_TOPICS-customer.created:3 vip_tier.assigned:3 vip_tier.updated:3 customer.created.dlq:1 points.recorded:3 points.recorded.dlq:1 customer.deleted:3 customer.deleted.dlq:1 vip_tier.customer_erased:3 vip_tier.downgrade_scheduled:3})
   if ! _kafka_wait_ready "$state" "$deadline" "${topics[@]}"; then
     _kafka_log "broker restarted but not ready; last log lines:"; tail -n 30 "$state/kafka.log" >&2
     kafka_kill "$state" || true

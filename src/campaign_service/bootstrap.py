@@ -17,6 +17,7 @@ from typing import Protocol
 import structlog
 from grpc_health.v1 import health
 
+from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check
@@ -26,11 +27,12 @@ from campaign_service.api.server import set_serving
 from campaign_service.api.servicer import CampaignServicer
 from campaign_service.config import Settings
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
+from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
 from campaign_service.service.unit_of_work import UnitOfWork
 from campaign_service.wiring import auth, database, redis, servers, tracing
-from campaign_service.wiring.events import pipeline, scheduler
+from campaign_service.wiring.events import downgrade_warnings, pipeline, scheduler
 
 log = structlog.get_logger(__name__)
 
@@ -134,17 +136,20 @@ async def build_app(
         if pool is not None and relay_pool is not None:
             await stack.enter_async_context(database.tier_counts(relay_pool, settings))
             await stack.enter_async_context(scheduler(settings, pool))
+            await stack.enter_async_context(downgrade_warnings(settings, pool))
         await stack.enter_async_context(redis.confirmation(cache))
 
         tiers = TierService(uow, [cache])
         reads = TierReads(tiers, cache, render_tier, render_tiers)
+        # Progression reads and programme writes (issue 13) need the database; on fakes they answer UNAVAILABLE.
+        progression = ProgressionApi(PgProgressionApi(pool, settings.db_connect_timeout_s)) if pool else None
         # Authentication first: only callers allowed for a merchant spend its request budget.
         interceptors: list[MethodInterceptor] = [AuthInterceptor(verifier)]
         if limiter is not None:
             interceptors.append(RateLimitInterceptor(limiter))
         http_port = await probes.listen()
         grpc = await stack.enter_async_context(
-            servers.grpc_server(settings, tls, CampaignServicer(tiers, reads), interceptors, tracer)
+            servers.grpc_server(settings, tls, CampaignServicer(tiers, reads, progression), interceptors, tracer)
         )
         lifetime = stack.pop_all()  # started: from here the App owns what was opened
     log.info(

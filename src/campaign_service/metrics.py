@@ -201,4 +201,12 @@ SCHEDULER_CHUNK_SECONDS = Histogram(
     "Time to claim and re-assess one chunk of due customers.",
     buckets=LATENCY_BUCKETS,
 )
+DUE_BACKLOG = Gauge("campaign_tier_due_backlog", "Customers past their tier deadline, not yet re-assessed.")
+OLDEST_OVERDUE_SECONDS = Gauge(
+    "campaign_tier_oldest_overdue_seconds", "Age of the earliest passed tier deadline not yet re-assessed (0: none)."
+)
+DOWNGRADE_WARNINGS = Counter(
+    "campaign_tier_downgrade_warnings",
+    "vip_tier.downgrade_scheduled warnings emitted (once per customer and deadline).",
+)
 SCHEDULER_REASSESSED = Counter("campaign_scheduler_reassessed", "Due customers re-assessed by the deadline scheduler.")

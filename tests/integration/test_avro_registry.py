@@ -234,3 +234,41 @@ async def test_points_recorded_round_trips_through_the_registry(codec: AvroWireC
     assert decoded["type"] == "reverse"
     assert decoded["occurred_at"] == payload["occurred_at"]
     assert str(decoded["reverses_entry_id"]) == payload["reverses_entry_id"]
+
+
+async def test_progression_audit_and_warning_events_round_trip(codec: AvroWireCodec) -> None:
+    """vip_tier.customer_erased and vip_tier.downgrade_scheduled as the builders make them, and
+    customer.deleted as its owner (the Core Service) would write it."""
+    merchant, customer, cause = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    erased = events.customer_erased(
+        event_id=uuid.uuid4(), merchant_id=merchant, customer_id=customer, cause_event_id=cause,
+        erased_at=at, correlation_id="c-3",
+    )  # fmt: skip
+    warning = events.downgrade_scheduled(
+        event_id=uuid.uuid4(), merchant_id=merchant, customer_id=customer, tier_id="gold",
+        target_tier_id="silver", deadline=at, points_needed=700, program_version=3, correlation_id="c-4",
+    )  # fmt: skip
+    core = AvroWireCodec(
+        registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL")),
+        produces={topics.CUSTOMER_DELETED: schema_text(topics.CUSTOMER_DELETED)},
+    )
+    deleted = {
+        "event_id": str(uuid.uuid4()),
+        "merchant_id": str(merchant),
+        "customer_id": str(customer),
+        "deleted_at": int(at.timestamp() * 1000),
+    }
+    try:
+        cases = [
+            (erased.topic, await codec.encode(erased.topic, erased.payload), erased.payload, "erased_at"),
+            (warning.topic, await codec.encode(warning.topic, warning.payload), warning.payload, "deadline"),
+            (topics.CUSTOMER_DELETED, await core.encode(topics.CUSTOMER_DELETED, deleted), deleted, "deleted_at"),
+        ]
+    finally:
+        await core.close()
+    for topic, data, payload, stamp in cases:
+        decoded = await codec.reader(topic).decode(data)
+        expected = dict(payload)
+        assert (decoded.pop(stamp), expected.pop(stamp)) == (at, int(at.timestamp() * 1000))
+        assert decoded == expected

@@ -75,6 +75,20 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "updated_at",
     },
     "qualifying_points_daily": {"merchant_id", "customer_id", "day", "points"},
+    "tier_downgrade_warnings": {"merchant_id", "customer_id", "deadline", "warned_at"},
+    # reason: a code (CHECK: [a-z0-9_.-]{1,64}, no free text); actor: the token's subject, as in history
+    "tier_manual_assignments": {
+        "merchant_id",
+        "customer_id",
+        "id",
+        "tier_id",
+        "moved",
+        "floor_tier_id",
+        "floor_until",
+        "reason",
+        "actor",
+        "at",
+    },
     "processed_events": {"event_id", "merchant_id", "event_type", "created_at"},
     "outbox_events": {
         "event_id",
@@ -115,6 +129,8 @@ async def test_no_table_or_column_outside_the_allow_list(owner_conn: Any) -> Non
         ("customer_tier_history", "customer_id"): "uuid",
         ("customer_tier_history", "cause_event_id"): "uuid",
         ("qualifying_points_daily", "customer_id"): "uuid",
+        ("tier_manual_assignments", "customer_id"): "uuid",
+        ("tier_downgrade_warnings", "customer_id"): "uuid",
     }
 
 

@@ -24,6 +24,8 @@ TENANT_TABLES = [
     "outbox_events",
     "tier_programs",
     "qualifying_points_daily",
+    "tier_manual_assignments",
+    "tier_downgrade_warnings",
 ]
 
 

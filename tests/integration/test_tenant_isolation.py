@@ -54,6 +54,17 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
         m,
         uuid.uuid4(),
     ),
+    "tier_manual_assignments": lambda c, m: c.execute(
+        "INSERT INTO tier_manual_assignments (merchant_id, customer_id, tier_id, moved, reason, actor)"
+        " VALUES ($1, $2, 'gold', true, 'goodwill', 'ops')",
+        m,
+        uuid.uuid4(),
+    ),
+    "tier_downgrade_warnings": lambda c, m: c.execute(
+        "INSERT INTO tier_downgrade_warnings (merchant_id, customer_id, deadline) VALUES ($1, $2, now())",
+        m,
+        uuid.uuid4(),
+    ),
 }
 
 
@@ -78,6 +89,8 @@ async def populate(app_pool: Any, merchant: uuid.UUID) -> None:
         await INSERT_FOR["outbox_events"](conn, merchant)
         await INSERT_FOR["tier_programs"](conn, merchant)
         await INSERT_FOR["qualifying_points_daily"](conn, merchant)
+        await INSERT_FOR["tier_manual_assignments"](conn, merchant)
+        await INSERT_FOR["tier_downgrade_warnings"](conn, merchant)
 
 
 async def snapshot(superuser_conn: Any, merchant: uuid.UUID) -> dict[str, list[str]]:

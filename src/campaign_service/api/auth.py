@@ -22,12 +22,15 @@ from campaign_service.logs import caller_input_warning
 from campaign_service.service.errors import Unauthenticated
 from campaign_service.service.ports import TokenVerifier
 
-# Methods not listed here need the admin scope: a new RPC is closed until someone decides.
+# Methods not listed here need the admin scope: a new RPC is closed until someone decides
+# (GetTierProgram, UpdateTierProgram and SetCustomerTier are admin on purpose).
 METHOD_ACCESS: Mapping[str, Access] = {
     "GetVIPTier": Access.READ,
     "ListVIPTiers": Access.READ,
     "EvaluateTier": Access.READ,
     "GetCustomerTier": Access.READ,
+    "GetCustomerTierStatus": Access.READ,
+    "ListCustomerTierHistory": Access.READ,
     "CreateVIPTier": Access.WRITE,
     "UpdateVIPTier": Access.WRITE,
     "DeleteVIPTier": Access.WRITE,

@@ -11,6 +11,8 @@ from uuid import UUID
 # defined here so the domain needs nothing outside it, listed with the others in topics.py.
 VIP_TIER_ASSIGNED = "vip_tier.assigned"
 VIP_TIER_UPDATED = "vip_tier.updated"
+VIP_TIER_CUSTOMER_ERASED = "vip_tier.customer_erased"
+VIP_TIER_DOWNGRADE_SCHEDULED = "vip_tier.downgrade_scheduled"
 
 
 @dataclass(frozen=True)
@@ -103,4 +105,65 @@ def tier_assigned(
         },
         headers=headers,
         traceparent=traceparent,
+    )
+
+
+def customer_erased(
+    *,
+    event_id: UUID,
+    merchant_id: UUID,
+    customer_id: UUID,
+    cause_event_id: UUID,
+    erased_at: datetime,
+    correlation_id: str,
+    traceparent: str | None = None,
+) -> OutboxMessage:
+    """Audit of an erasure (customer.deleted): ids only."""
+    return OutboxMessage(
+        event_id=event_id,
+        merchant_id=merchant_id,
+        topic=VIP_TIER_CUSTOMER_ERASED,
+        key=f"{merchant_id}:{customer_id}",
+        payload={
+            "event_id": str(event_id),
+            "merchant_id": str(merchant_id),
+            "customer_id": str(customer_id),
+            "cause_event_id": str(cause_event_id),
+            "erased_at": _ts_millis(erased_at),
+        },
+        headers={"correlation_id": correlation_id, "cause_event_id": str(cause_event_id)},
+        traceparent=traceparent,
+    )
+
+
+def downgrade_scheduled(
+    *,
+    event_id: UUID,
+    merchant_id: UUID,
+    customer_id: UUID,
+    tier_id: str,
+    target_tier_id: str,
+    deadline: datetime,
+    points_needed: int,
+    program_version: int,
+    correlation_id: str,
+) -> OutboxMessage:
+    """A warning that the customer will move down at `deadline` without `points_needed` more."""
+    return OutboxMessage(
+        event_id=event_id,
+        merchant_id=merchant_id,
+        topic=VIP_TIER_DOWNGRADE_SCHEDULED,
+        key=f"{merchant_id}:{customer_id}",
+        payload={
+            "event_id": str(event_id),
+            "merchant_id": str(merchant_id),
+            "customer_id": str(customer_id),
+            "tier_id": tier_id,
+            "target_tier_id": target_tier_id,
+            "deadline": _ts_millis(deadline),
+            "points_needed": points_needed,
+            "program_version": program_version,
+            "correlation_id": correlation_id,
+        },
+        headers={"correlation_id": correlation_id},
     )

@@ -21,6 +21,7 @@ from campaign_service.adapters.kafka.publisher import KafkaEventPublisher
 from campaign_service.adapters.kafka.wire import AvroWireCodec
 from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.progression import PgProgression
+from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
@@ -29,11 +30,13 @@ from campaign_service.api.http import Check
 from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
+from campaign_service.events.customer_deleted import CustomerDeletedHandler
 from campaign_service.events.points_recorded import PointsRecordedHandler
 from campaign_service.events.ports import BatchHandler, EventPublisher
 from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.events.tracing import TracedPublisher, traced_batches
+from campaign_service.service.downgrade_warnings import DowngradeWarnings
 from campaign_service.wiring import lifetime
 
 log = structlog.get_logger(__name__)
@@ -104,14 +107,22 @@ async def register_schemas(codec: AvroWireCodec) -> None:
         log.warning("schema registration failed; publishing retries it", error=str(exc))
 
 
-@dataclass
-class EventPipeline:
-    """Relay and the customer.created and points.recorded consumers running in the service process."""
+@dataclass(frozen=True)
+class Consumer:
+    """One consumed topic: its subscriber and the batch handler it feeds."""
 
-    relay: Relay
+    name: str
     subscriber: KafkaEventSubscriber
     handler: BatchHandler
-    points: tuple[KafkaEventSubscriber, BatchHandler] | None = None
+
+
+@dataclass
+class EventPipeline:
+    """The relay and the consumers (customer.created, points.recorded, customer.deleted) running
+    in the service process."""
+
+    relay: Relay
+    consumers: list[Consumer]
 
     def checks(self) -> list[Check]:
         return [Check("kafka", self.relay.kafka_check, critical=False)]
@@ -122,12 +133,14 @@ class EventPipeline:
         the consumers finish the batch in hand, commit their offsets and leave their groups; then
         the relay stops and makes one last pass for the rows the consumers just wrote."""
         stop_consumer, stop_relay = asyncio.Event(), asyncio.Event()
-        consume = functools.partial(self.subscriber.run, self.handler, stop_consumer)
+        consumers = [
+            asyncio.create_task(
+                supervise(c.name, functools.partial(c.subscriber.run, c.handler, stop_consumer), stop_consumer),
+                name=c.name,
+            )
+            for c in self.consumers
+        ]
         relay = functools.partial(self.relay.run, stop_relay)
-        consumers = [asyncio.create_task(supervise("consumer", consume, stop_consumer), name="consumer")]
-        if self.points is not None:
-            points = functools.partial(self.points[0].run, self.points[1], stop_consumer)
-            consumers.append(asyncio.create_task(supervise("points", points, stop_consumer), name="points"))
         relay_task = asyncio.create_task(supervise("relay", relay, stop_relay), name="relay")
         try:
             yield
@@ -161,7 +174,7 @@ async def pipeline(
     pool: asyncpg.Pool[asyncpg.Record],
     tracer: Tracer | None = None,
 ) -> AsyncIterator[EventPipeline]:
-    """The relay and the consumer, built (the producer's thread runs from here) with the schemas
+    """The relay and the consumers, built (the producer's thread runs from here) with the schemas
     registered; leaving flushes the producer (bounded) and closes the registry client. The relay
     runs on its own role's pool (`relay_pool`, LISTEN on `listen_dsn`), the consumers on the
     service's `pool`. `redis`
@@ -170,47 +183,62 @@ async def pipeline(
     relay = build_relay(settings, relay_pool, listen_dsn, tracer)
     try:
         broker, _ = settings.kafka()
-        subscriber = KafkaEventSubscriber(
-            consumer_config(
+
+        def consumer(name: str, topic: str, dlq: str, group: str, batch_size: int, handler: BatchHandler) -> Consumer:
+            config = consumer_config(
                 broker,
-                group_id=settings.kafka_consumer_group,
+                group_id=group,
                 client_id=settings.kafka_client_id,
                 session_timeout_ms=settings.kafka_session_timeout_ms,
-            ),
-            topics.CUSTOMER_CREATED,
-            relay.codec.reader(topics.CUSTOMER_CREATED),
-            relay.producer,
-            topics.CUSTOMER_CREATED_DLQ,
-            batch_size=settings.consumer_batch_size,
-            retry=Backoff(0.2, 5.0),
-        )
+            )
+            subscriber = KafkaEventSubscriber(
+                config,
+                topic,
+                relay.codec.reader(topic),
+                relay.producer,
+                dlq,
+                batch_size=batch_size,
+                retry=Backoff(0.2, 5.0),
+            )
+            if tracer is not None:
+                handler = traced_batches(handler, tracer, system="kafka")
+            return Consumer(name, subscriber, handler)
+
+        group = settings.kafka_consumer_group
         processed = RedisProcessedEvents(redis, breaker) if redis is not None and breaker is not None else None
-        handler: BatchHandler = CustomerCreatedHandler(
-            PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency
-        ).batch
-        if tracer is not None:
-            handler = traced_batches(handler, tracer, system="kafka")
-        points = KafkaEventSubscriber(
-            consumer_config(
-                broker,
-                group_id=f"{settings.kafka_consumer_group}.points",
-                client_id=settings.kafka_client_id,
-                session_timeout_ms=settings.kafka_session_timeout_ms,
+        created = CustomerCreatedHandler(PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency)
+        # No Redis fast path for points: the database dedupes each batch in one INSERT anyway; the
+        # fast path would add two Redis round trips of up to a batch of keys each.
+        points = PointsRecordedHandler(PgProgression(pool))
+        deleted = CustomerDeletedHandler(PgProgressionApi(pool))
+        consumers = [
+            consumer(
+                "consumer",
+                topics.CUSTOMER_CREATED,
+                topics.CUSTOMER_CREATED_DLQ,
+                group,
+                settings.consumer_batch_size,
+                created.batch,
             ),
-            topics.POINTS_RECORDED,
-            relay.codec.reader(topics.POINTS_RECORDED),
-            relay.producer,
-            topics.POINTS_RECORDED_DLQ,
-            batch_size=settings.points_batch_size,
-            retry=Backoff(0.2, 5.0),
-        )
-        # No Redis fast path: the database dedupes each batch in one INSERT anyway; the fast path
-        # would add two Redis round trips of up to a batch of keys each.
-        points_handler: BatchHandler = PointsRecordedHandler(PgProgression(pool)).batch
-        if tracer is not None:
-            points_handler = traced_batches(points_handler, tracer, system="kafka")
+            consumer(
+                "points",
+                topics.POINTS_RECORDED,
+                topics.POINTS_RECORDED_DLQ,
+                f"{group}.points",
+                settings.points_batch_size,
+                points.batch,
+            ),
+            consumer(
+                "erasure",
+                topics.CUSTOMER_DELETED,
+                topics.CUSTOMER_DELETED_DLQ,
+                f"{group}.erasure",
+                settings.consumer_batch_size,
+                deleted.batch,
+            ),
+        ]
         await register_schemas(relay.codec)
-        yield EventPipeline(relay, subscriber, handler, (points, points_handler))
+        yield EventPipeline(relay, consumers)
     finally:
         await lifetime.bounded("event producer", functools.partial(relay.close, flush_s=2.0))
 
@@ -229,3 +257,16 @@ def scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> context
     stop = asyncio.Event()
     run = functools.partial(deadlines.run, stop)
     return lifetime.background("deadline-scheduler", supervise("scheduler", run, stop))
+
+
+def downgrade_warnings(
+    settings: Settings, pool: asyncpg.Pool[asyncpg.Record]
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """vip_tier.downgrade_scheduled warnings and the due-backlog gauges, on the scheduler's
+    interval (off with it), while the block runs."""
+    if not settings.scheduler_interval_s:
+        return contextlib.nullcontext()
+    warnings = DowngradeWarnings(PgProgressionApi(pool), interval_s=settings.scheduler_interval_s)
+    stop = asyncio.Event()
+    run = functools.partial(warnings.run, stop)
+    return lifetime.background("downgrade-warnings", supervise("downgrade-warnings", run, stop))

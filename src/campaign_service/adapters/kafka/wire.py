@@ -50,9 +50,17 @@ SCHEMA_FILES: Mapping[str, str] = {
     topics.VIP_TIER_UPDATED: "vip_tier_updated.avsc",
     topics.CUSTOMER_CREATED: "customer_created.avsc",
     topics.POINTS_RECORDED: "points_recorded.avsc",
+    topics.CUSTOMER_DELETED: "customer_deleted.avsc",
+    topics.VIP_TIER_CUSTOMER_ERASED: "vip_tier_customer_erased.avsc",
+    topics.VIP_TIER_DOWNGRADE_SCHEDULED: "vip_tier_downgrade_scheduled.avsc",
 }
 # The topics whose schema this service owns and registers; a new produced topic goes here.
-PRODUCED: tuple[str, ...] = (topics.VIP_TIER_ASSIGNED, topics.VIP_TIER_UPDATED)
+PRODUCED: tuple[str, ...] = (
+    topics.VIP_TIER_ASSIGNED,
+    topics.VIP_TIER_UPDATED,
+    topics.VIP_TIER_CUSTOMER_ERASED,
+    topics.VIP_TIER_DOWNGRADE_SCHEDULED,
+)
 
 
 class Undecodable(Exception):
