@@ -46,8 +46,9 @@ def programme_from_row(row: Mapping[str, Any] | None) -> Programme:
     )
 
 
-def _state(row: Mapping[str, Any]) -> TierState | None:
-    if row["tier_id"] is None:
+def state_from_row(row: Mapping[str, Any] | None) -> TierState | None:
+    """A customer's tier state from the _STATE_COLUMNS of a row; None without a row or a tier."""
+    if row is None or row["tier_id"] is None:
         return None
     return TierState(
         tier_id=row["tier_id"],
@@ -139,7 +140,7 @@ class PgProgressionTransaction:
             [customers[k][0] for k in keys],
             [customers[k][1] for k in keys],
         )
-        return {(r["m"], r["c"]): (_state(r), int(r["points"])) for r in rows}
+        return {(r["m"], r["c"]): (state_from_row(r), int(r["points"])) for r in rows}
 
     async def write_states(self, writes: Sequence[StateWrite]) -> None:
         """Inserts or updates the customers' tier rows in one statement; the history triggers
@@ -239,7 +240,7 @@ class PgProgressionTransaction:
         )
         out = []
         for r in rows:
-            state = _state(r)
+            state = state_from_row(r)
             assert state is not None
             out.append(((r["merchant_id"], r["customer_id"]), state))
         return out

@@ -13,7 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from campaign_service.adapters.postgres.errors import translated
-from campaign_service.adapters.postgres.progression import programme_from_row
+from campaign_service.adapters.postgres.progression import programme_from_row, state_from_row
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository
@@ -35,22 +35,6 @@ _PROGRAMME = (
 
 def _stored(row: Mapping[str, Any] | None) -> StoredProgramme:
     return StoredProgramme(programme_from_row(row), row["updated_at"] if row else None)
-
-
-def _state(row: Mapping[str, Any] | None) -> TierState | None:
-    if row is None:
-        return None
-    return TierState(
-        tier_id=row["tier_id"],
-        since=row["assigned_at"],
-        qualifying_points=row["qualifying_points"],
-        period_end=row["period_end"],
-        deadline=row["deadline"],
-        floor_tier_id=row["floor_tier_id"],
-        floor_until=row["floor_until"],
-        held_tiers=frozenset(row["held_tiers"]),
-        program_version=row["program_version"],
-    )
 
 
 class PgProgressionApiTransaction:
@@ -119,7 +103,7 @@ class PgProgressionApiTransaction:
             self._merchant,
             customer_id,
         )
-        return _state(row)
+        return state_from_row(row)
 
     async def points(self, customer_id: UUID, first: date | None, end: date | None) -> int:
         value = await self._conn.fetchval(
@@ -257,7 +241,7 @@ class PgProgressionApiTransaction:
             after,
             limit,
         )
-        return [(r["customer_id"], state, 0) for r in rows if (state := _state(r)) is not None]
+        return [(r["customer_id"], state, 0) for r in rows if (state := state_from_row(r)) is not None]
 
     async def period_points(self, windows: Sequence[tuple[UUID, date, date]]) -> dict[UUID, int]:
         """Each customer's points over the local days [first, end)."""
