@@ -48,9 +48,11 @@ class Finding:
 
     def entry(self) -> str:
         """A ready-to-paste entry for security-accepted.toml."""
-        fragment = self.source.split("  #")[0].strip().replace("'", "\\'")
+        fragment = self.source.split("  #")[0].strip()
+        # A TOML literal string cannot escape a quote: a fragment holding one goes in triple quotes.
+        quote = "'''" if "'" in fragment else "'"
         return (
-            f"[[bandit]]\ntest = \"{self.test}\"\npath = \"{self.path}\"\ncode = '{fragment}'\n"
+            f"[[bandit]]\ntest = \"{self.test}\"\npath = \"{self.path}\"\ncode = {quote}{fragment}{quote}\n"
             f"reason = \"TODO: why this is safe\"  # {self.text}\n"
         )
 

@@ -103,3 +103,16 @@ def test_an_unreachable_database_is_said_and_fails_only_where_required(tmp_path:
     in_ci = _gate(tmp_path, "audit", skipped, "", required=True)
     assert in_ci.returncode == 1
     assert "VULNERABILITY DATABASE NOT REACHABLE" in in_ci.stderr
+
+
+def test_the_printed_entry_for_a_line_with_quotes_is_valid_toml_that_accepts_the_finding(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    line = "sql = f\"SELECT {', '.join('p.' + c for c in COLUMNS.split(','))}\""
+    (tmp_path / "src" / "q.py").write_text(f"COLUMNS = 'a,b'\n{line}\n")
+    report = {"errors": [], "results": [
+        {"filename": "src/q.py", "line_number": 2, "test_id": "B608", "issue_text": "sql"},
+    ]}
+    printed = _gate(tmp_path, "bandit", report, "").stderr
+    entry = printed[printed.index("[[bandit]]"):].split("\n\n")[0].replace("TODO: why this is safe", "constant")
+    result = _gate(tmp_path, "bandit", report, entry + "\n")
+    assert result.returncode == 0, result.stderr
