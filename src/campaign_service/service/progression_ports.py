@@ -52,32 +52,13 @@ class ProgressionTransaction(Protocol):
         """Inserts or updates the customers' rows (history rows for the moves come with them)."""
         ...
 
-    async def update_states(self, writes: Sequence[StateWrite]) -> None:
-        """As write_states, for customers known to have a row."""
-        ...
-
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
-
-    async def window_sums(
-        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
-    ) -> dict[CustomerKey, int]: ...
-
-    async def extend_periods(self, kept: Sequence[tuple[CustomerKey, TierState]]) -> None:
-        """Re-assessed customers who keep their tier: new period, deadline and points, no history."""
-        ...
 
     async def reassess_due(
         self, merchants: Sequence[UUID], at: datetime, stamp: datetime, limit: int, after: CustomerKey | None
     ) -> tuple[int, CustomerKey | None, list[tuple[str, str, int]]]:
         """Claims, re-assesses and writes one chunk of due customers: (claimed, last key, moves
         per (direction, reason))."""
-        ...
-
-    async def claim_due(
-        self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
-    ) -> list[tuple[CustomerKey, TierState]]:
-        """Locks up to `limit` customers of `merchants` due at `at`, in key order after `after`,
-        skipping rows another transaction holds."""
         ...
 
 

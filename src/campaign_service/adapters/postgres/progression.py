@@ -180,78 +180,14 @@ class PgProgressionTransaction:
             [m.headers for m in messages],
         )
 
-    async def window_sums(
-        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
-    ) -> dict[CustomerKey, int]:
-        """Each customer's points over the local days [first, end) (None: unbounded)."""
-        if not customers:
-            return {}
-        keys = list(customers)
-        rows = await self._conn.fetch(
-            "SELECT x.m, x.c, (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
-            "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
-            "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS points"
-            " FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [customers[k][0] for k in keys],
-            [customers[k][1] for k in keys],
-        )
-        return {(r["m"], r["c"]): int(r["points"]) for r in rows}
-
-    async def extend_periods(self, kept: Sequence[tuple[CustomerKey, TierState]]) -> None:
-        """Customers re-assessed without a move: their new period, deadline and points (no history)."""
-        if not kept:
-            return
-        await self._conn.execute(
-            "UPDATE customer_tiers ct SET period_end = x.pe, deadline = x.d, qualifying_points = x.q,"
-            " program_version = x.v"
-            " FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[], $6::bigint[])"
-            " AS x(m, c, pe, d, q, v) WHERE ct.merchant_id = x.m AND ct.customer_id = x.c",
-            [k[0] for k, _ in kept],
-            [k[1] for k, _ in kept],
-            [s.period_end for _, s in kept],
-            [s.deadline for _, s in kept],
-            [s.qualifying_points for _, s in kept],
-            [s.program_version for _, s in kept],
-        )
-
-    async def claim_due(
-        self, merchants: Sequence[UUID], at: datetime, limit: int, after: CustomerKey | None
-    ) -> list[tuple[CustomerKey, TierState]]:
-        """Locks up to `limit` customers of `merchants` whose deadline is <= `at`, in key order after
-        `after`, skipping rows another transaction holds (another replica, or a points batch).
-
-        The merchants are given as their key range (RLS hides any other merchant in it): an
-        index range scan in key order that stops after `limit` rows. `merchant_id = ANY(...)`
-        made the planner sort every due row of the group for each chunk."""
-        first, last = min(merchants), max(merchants)
-        after_m, after_c = after if after is not None else (first, UUID(int=0))
-        rows = await self._conn.fetch(
-            f"SELECT ct.merchant_id, ct.customer_id, {_STATE_COLUMNS} FROM customer_tiers ct"
-            " WHERE ct.merchant_id BETWEEN $3 AND $5 AND ct.deadline <= $1"
-            " AND (ct.merchant_id, ct.customer_id) > ($3, $4)"
-            " ORDER BY ct.merchant_id, ct.customer_id LIMIT $2 FOR UPDATE OF ct SKIP LOCKED",
-            at,
-            limit,
-            after_m,
-            after_c,
-            last,
-        )
-        out = []
-        for r in rows:
-            state = state_from_row(r)
-            assert state is not None
-            out.append(((r["merchant_id"], r["customer_id"]), state))
-        return out
-
     async def reassess_due(
         self, merchants: Sequence[UUID], at: datetime, stamp: datetime, limit: int, after: CustomerKey | None
     ) -> tuple[int, CustomerKey | None, list[tuple[str, str, int]]]:
-        """The scheduler's chunk in ONE statement: claims up to `limit` due customers (as
-        claim_due), applies domain.progression.at_deadline to each in SQL (_REASSESS, the same
-        rules set-based), writes the moves (history from the table's triggers), their
-        `vip_tier.assigned` outbox rows and the kept customers' next period.
+        """The scheduler's chunk in ONE statement: claims up to `limit` due customers of
+        `merchants` (FOR UPDATE SKIP LOCKED, key order after `after`), applies
+        domain.progression.at_deadline to each in SQL (_REASSESS, the same rules set-based),
+        writes the moves (history from the table's triggers), their `vip_tier.assigned` outbox
+        rows and the kept customers' next period.
         (claimed, last claimed key, [(direction, reason, moves)])."""
         first, last = min(merchants), max(merchants)
         after_m, after_c = after if after is not None else (first, UUID(int=0))
@@ -262,24 +198,6 @@ class PgProgressionTransaction:
         last_key = next((r["last_m"], r["last_c"]) for r in rows if r["last_m"] is not None)
         moves = [(r["dir"], r["reason"], int(r["n"])) for r in rows if r["dir"] is not None]
         return claimed, last_key, moves
-
-    async def update_states(self, writes: Sequence[StateWrite]) -> None:
-        """Like write_states for customers known to have a row (the scheduler's moves): a plain
-        UPDATE, cheaper than INSERT ... ON CONFLICT on a partitioned table."""
-        if not writes:
-            return
-        ws = sorted(writes, key=lambda w: (w.merchant_id, w.customer_id))
-        await self._conn.execute(
-            "UPDATE customer_tiers ct SET tier_id = x.t, assigned_at = x.a, source = x.s, cause_event_id = x.e,"
-            " qualifying_points = x.q, period_end = x.pe, deadline = x.d, held_tiers = string_to_array(x.h, ','),"
-            " program_version = x.v, change_direction = x.dir, change_reason = x.r, changed_by = x.actor"
-            " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[], $6::uuid[],"
-            " $7::bigint[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::bigint[], $12::text[],"
-            " $13::text[], $14::text[]) AS x(m, c, t, a, s, e, q, pe, d, h, v, dir, r, actor)"
-            " WHERE ct.merchant_id = x.m AND ct.customer_id = x.c",
-            *_state_columns(ws),
-        )
-
 
 def _state_columns(ws: Sequence[StateWrite]) -> list[list[Any]]:
     return [
