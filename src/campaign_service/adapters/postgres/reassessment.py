@@ -233,8 +233,9 @@ async def evaluate_chunk(
     after: CustomerKey | None,
 ) -> list[Decision]:
     """EVALUATE over the next `limit` customers (key order after `after`) of `merchants`, due or
-    not, writing and locking nothing: per customer the tier it would hold if its period_end were
-    its deadline now. The last Decision's key continues the keyset; fewer than `limit`: done."""
+    not, writing and locking nothing: per customer, the tier the programme's policy gives on the
+    points of its current period (those recorded so far) if that period ended now, and why.
+    The last Decision's key continues the keyset; fewer than `limit` Decisions: the end."""
     first, last = min(merchants), max(merchants)
     after_m, after_c = after if after is not None else (first, UUID(int=0))
     rows = await conn.fetch(_EVALUATE_CHUNK, stamp, after_m, last, after_c, limit)
