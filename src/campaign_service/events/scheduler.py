@@ -51,6 +51,7 @@ class SchedulerSettings:
     merchants_per_group: int = 1000  # merchants per transaction scope
     max_merchants: int = 100_000  # due merchants taken per pass
     interval_s: float = 60.0
+    concurrency: int = 2  # chunks in flight at once (one connection each), over disjoint merchant groups
 
 
 @dataclass
@@ -87,29 +88,38 @@ class DeadlineScheduler:
                     await asyncio.wait_for(stop.wait(), self._settings.interval_s)
 
     async def run_once(self, now: datetime | None = None) -> PassResult:
-        """One pass over everything due at `now` (the clock when None)."""
+        """One pass over everything due at `now` (the clock when None): the due merchants in
+        groups, `concurrency` groups at a time, each group chunk after chunk in key order."""
         at = now or self._clock()
         result = PassResult()
         due = await self._due.due_merchants(at, self._settings.max_merchants)
         merchants = sorted(m for m, _ in due)
         step = self._settings.merchants_per_group
-        for start in range(0, len(merchants), step):
-            group = merchants[start : start + step]
-            after: CustomerKey | None = None
-            while True:
-                started = time.perf_counter()
-                claimed, moves, after = await self._chunk(group, at, after)
-                metrics.SCHEDULER_CHUNK_SECONDS.observe(time.perf_counter() - started)
-                if claimed:
-                    result.chunks += 1
-                    result.reassessed += claimed
-                    result.moved += moves
-                    metrics.SCHEDULER_REASSESSED.inc(claimed)
-                if after is None:
-                    break
+        groups = [merchants[start : start + step] for start in range(0, len(merchants), step)]
+        pending = iter(groups)
+
+        async def worker() -> None:
+            for group in pending:  # shared: each group goes to one worker
+                await self._group(group, at, result)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(self._settings.concurrency, len(groups))))))
         if result.reassessed:
             log.info("deadline pass", reassessed=result.reassessed, moved=result.moved, chunks=result.chunks)
         return result
+
+    async def _group(self, group: Sequence[UUID], at: datetime, result: PassResult) -> None:
+        after: CustomerKey | None = None
+        while True:
+            started = time.perf_counter()
+            claimed, moves, after = await self._chunk(group, at, after)
+            metrics.SCHEDULER_CHUNK_SECONDS.observe(time.perf_counter() - started)
+            if claimed:
+                result.chunks += 1
+                result.reassessed += claimed
+                result.moved += moves
+                metrics.SCHEDULER_REASSESSED.inc(claimed)
+            if after is None:
+                return
 
     async def _chunk(
         self, merchants: Sequence[UUID], at: datetime, after: CustomerKey | None

@@ -69,7 +69,7 @@ EVALUATE = """, ms AS MATERIALIZED (
                          ORDER BY t.min_points, t.tier_id COLLATE "C") AS bonuses
         FROM vip_tiers t WHERE t.merchant_id = ms.merchant_id
     ) l ON true
-), summed AS MATERIALIZED (
+), summed AS (
     SELECT c.*, s.has_deadlines AND c.period_end IS NOT NULL AS live, s.grace_days, s.downgrade_policy,
            s.entry_bonus, s.version, s.ids, s.mins, s.bonuses,
            w.next_end,
@@ -84,25 +84,30 @@ EVALUATE = """, ms AS MATERIALIZED (
                ((e.end_day + make_interval(months => s.months))::timestamp AT TIME ZONE s.time_zone) AS next_end
         FROM (SELECT (c.period_end AT TIME ZONE s.time_zone)::date AS end_day) e
     ) w ON s.has_deadlines AND c.period_end IS NOT NULL
-), ranked AS MATERIALIZED (
+    OFFSET 0
+), ranked AS (
+    -- reached: how many thresholds (ascending) the points reach, minus one (width_bucket counts them)
     SELECT x.*,
            coalesce(array_position(x.ids, x.tier_id) - 1, -1) AS cur,
-           (SELECT count(*) FROM unnest(x.mins) m WHERE m <= greatest(x.pts, 0))::int - 1 AS reached,
+           coalesce(width_bucket(greatest(x.pts, 0), x.mins), 0) - 1 AS reached,
            CASE WHEN x.floor_tier_id IS NULL OR (x.floor_until IS NOT NULL AND x.floor_until <= $STAMP) THEN -1
                 ELSE coalesce(array_position(x.ids, x.floor_tier_id) - 1, -1) END AS floor_rank
     FROM summed x
-), targeted AS MATERIALIZED (
+    OFFSET 0
+), targeted AS (
     SELECT r.*,
            greatest(CASE WHEN r.downgrade_policy = 'one_down' THEN greatest(r.reached, r.cur - 1, 0)
                          ELSE greatest(r.reached, 0) END, r.floor_rank, 0) AS down_rank
     FROM ranked r
-), decided AS MATERIALIZED (
+    OFFSET 0
+), decided AS (
     SELECT r.*,
            CASE WHEN NOT r.live THEN NULL
                 WHEN r.reached >= 0 AND r.reached > r.cur THEN r.reached
                 WHEN r.cur >= 0 AND cardinality(r.ids) > 0 AND r.down_rank < r.cur THEN r.down_rank
            END AS to_rank
     FROM targeted r
+    OFFSET 0
 ), moves AS MATERIALIZED (
     SELECT d.merchant_id, d.customer_id, d.live, d.pts, d.next_end, d.grace_days, d.version,
            d.to_rank IS NOT NULL AS moving,
@@ -113,8 +118,9 @@ EVALUATE = """, ms AS MATERIALIZED (
            CASE WHEN d.to_rank > d.cur
                      AND NOT (d.entry_bonus = 'once_ever' AND d.ids[d.to_rank + 1] = ANY(d.held_tiers))
                 THEN d.bonuses[d.to_rank + 1] ELSE 0 END AS bonus,
-           CASE WHEN d.to_rank IS NOT NULL THEN
-               ARRAY(SELECT DISTINCT h COLLATE "C" FROM unnest(d.held_tiers || d.ids[d.to_rank + 1]) h ORDER BY 1)
+           CASE WHEN d.to_rank IS NULL THEN NULL
+                WHEN d.ids[d.to_rank + 1] = ANY(d.held_tiers) THEN d.held_tiers
+                ELSE ARRAY(SELECT DISTINCT h COLLATE "C" FROM unnest(d.held_tiers || d.ids[d.to_rank + 1]) h ORDER BY 1)
            END AS held,
            CASE WHEN d.to_rank IS NOT NULL THEN gen_random_uuid() END AS event_id,
            CASE WHEN d.to_rank IS NOT NULL THEN gen_random_uuid()::text END AS correlation_id
@@ -167,6 +173,23 @@ def evaluation(stamp_param: str) -> str:
 _REASSESS = CLAIM_DUE + evaluation("$6") + WRITE
 
 
+# Planner settings of the chunk statement, local to the transaction and undone after it (migration
+# 0023 says why): the claim must walk the due index in key order (a merge of the partitions'
+# index scans, never a sort of every due row of the group) and the UPDATE must find each claimed
+# row by key (one pruned index probe, never a hash of every partition's rows).
+_PLAN_FOR_CHUNKS = "SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)"
+_PLAN_AS_USUAL = "SELECT set_config('enable_sort', 'on', true), set_config('enable_seqscan', 'on', true)"
+
+
+def chunk_statement(
+    merchants: Sequence[UUID], at: datetime, stamp: datetime, limit: int, after: CustomerKey | None
+) -> tuple[Any, ...]:
+    """The scheduler chunk's statement and its arguments (bench.scheduler explains it)."""
+    first, last = min(merchants), max(merchants)
+    after_m, after_c = after if after is not None else (first, UUID(int=0))
+    return (_REASSESS, at, limit, after_m, after_c, last, stamp, VIP_TIER_ASSIGNED)
+
+
 async def reassess_due(
     conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any],
     merchants: Sequence[UUID],
@@ -181,9 +204,11 @@ async def reassess_due(
     (history from the table's triggers), their `vip_tier.assigned` outbox rows and the kept
     customers' next period.
     (claimed, last claimed key, [(direction, reason, moves)])."""
-    first, last = min(merchants), max(merchants)
-    after_m, after_c = after if after is not None else (first, UUID(int=0))
-    rows = await conn.fetch(_REASSESS, at, limit, after_m, after_c, last, stamp, VIP_TIER_ASSIGNED)
+    await conn.execute(_PLAN_FOR_CHUNKS)
+    try:
+        rows = await conn.fetch(*chunk_statement(merchants, at, stamp, limit, after))
+    finally:
+        await conn.execute(_PLAN_AS_USUAL)
     claimed = sum(int(r["n"]) for r in rows)
     if not claimed:
         return 0, None, []
