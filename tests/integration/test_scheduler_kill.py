@@ -12,6 +12,7 @@ import sys
 import uuid
 from typing import Any
 
+from campaign_service.domain.tiers import TierSpec
 from tests.integration.test_deadline_scheduler import JAN_2027, JAN_2028, scheduler
 from tests.integration.test_points_recorded import announced, entry, handler, history, tier_of
 
@@ -25,10 +26,24 @@ async def start(database: Any, pause_at: int) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def test_a_scheduler_killed_mid_chunk_loses_and_duplicates_nothing_after_restart(
-    app_pool: Any, ladder_merchant: Any, superuser_conn: Any, database: Any
-) -> None:
-    merchants = [await ladder_merchant(window_kind="calendar_year", downgrade_policy="to_qualified") for _ in range(2)]
+async def ladder_merchant(own: Any) -> uuid.UUID:
+    """A merchant of the test's own database with basic < silver < gold and a calendar-year,
+    to_qualified programme."""
+    merchant = await own.merchant()
+    for tier_id, name, points in (("basic", "Basic", 0), ("silver", "Silver", 1000), ("gold", "Gold", 5000)):
+        await own.tiers.create(merchant, tier_id, TierSpec(name=name, min_points=points, is_default=not points))
+    await own.su.execute(
+        "INSERT INTO tier_programs (merchant_id, window_kind, downgrade_policy, version)"
+        " VALUES ($1, 'calendar_year', 'to_qualified', 2)",
+        merchant,
+    )
+    return merchant
+
+
+async def test_a_scheduler_killed_mid_chunk_loses_and_duplicates_nothing_after_restart(own_db: Any) -> None:
+    """(A database of its own: the process re-assesses every merchant's due customers.)"""
+    app_pool, superuser_conn, database = own_db.pool, own_db.su, own_db.db
+    merchants = [await ladder_merchant(own_db) for _ in range(2)]
     customers = [(m, uuid.uuid4()) for m in merchants for _ in range(20)]
     await handler(app_pool).batch([entry(m, c, 5200) for m, c in customers])
     await scheduler(app_pool).run_once(JAN_2027)  # kept on 2026's points; due again at JAN_2028

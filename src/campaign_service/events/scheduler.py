@@ -47,7 +47,8 @@ def system_clock() -> datetime:
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    chunk_size: int = 5000  # customers per transaction
+    # customers per transaction (bench.scheduler: PostgreSQL 0.078 ms/customer at 20,000, 0.095 at 5,000)
+    chunk_size: int = 20000
     merchants_per_group: int = 1000  # merchants per transaction scope
     max_merchants: int = 100_000  # due merchants taken per pass
     interval_s: float = 60.0
