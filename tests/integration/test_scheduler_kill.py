@@ -29,7 +29,7 @@ async def start(database: Any, pause_at: int) -> asyncio.subprocess.Process:
 async def ladder_merchant(own: Any) -> uuid.UUID:
     """A merchant of the test's own database with basic < silver < gold and a calendar-year,
     to_qualified programme."""
-    merchant = await own.merchant()
+    merchant: uuid.UUID = await own.merchant()
     for tier_id, name, points in (("basic", "Basic", 0), ("silver", "Silver", 1000), ("gold", "Gold", 5000)):
         await own.tiers.create(merchant, tier_id, TierSpec(name=name, min_points=points, is_default=not points))
     await own.su.execute(
