@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     # customers per chunk transaction. 0 = off.
     scheduler_interval_s: float = Field(60.0, ge=0, le=86_400)
     scheduler_chunk_size: int = Field(20_000, ge=1, le=100_000)
+    scheduler_concurrency: int = Field(2, ge=1, le=16)  # chunks in flight at once, one pool connection each
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)

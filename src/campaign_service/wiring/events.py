@@ -252,7 +252,11 @@ def scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> context
     deadlines = DeadlineScheduler(
         progression,
         progression,
-        SchedulerSettings(chunk_size=settings.scheduler_chunk_size, interval_s=settings.scheduler_interval_s),
+        SchedulerSettings(
+            chunk_size=settings.scheduler_chunk_size,
+            interval_s=settings.scheduler_interval_s,
+            concurrency=settings.scheduler_concurrency,
+        ),
     )
     stop = asyncio.Event()
     run = functools.partial(deadlines.run, stop)
