@@ -45,7 +45,6 @@ from campaign_service.domain.events import VIP_TIER_ASSIGNED
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.service.progression import millis
 
-PERIOD_END = datetime(2027, 1, 1, tzinfo=UTC)
 NOW = datetime(2027, 1, 2, tzinfo=UTC)
 
 _SEED = [
