@@ -15,7 +15,6 @@ caches; the figures are the later passes'. `--profile FILE` writes a cProfile of
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import io
 import json
