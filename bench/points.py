@@ -5,7 +5,7 @@ the default tier), then runs the service (consumers + relay in-process, Redis fa
 measures:
   1. throughput: a backlog of points.recorded (random customers, earns of 1..400 points: a few
      move up) produced while the service is stopped, then the service started: consumer
-     events/s while draining (from its metrics), CPU, peak RSS;
+     events/s while draining (from its committed offsets), CPU, peak RSS;
   2. latency: points.recorded at a fixed rate for customers new to the service (each one
      assigned a tier, so each one announced); time from produce() until the vip_tier.assigned
      carrying its id as cause_event_id is read back (p50/p99/max), after a warm-up at that rate.
