@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--merchants", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--backlog", type=int, default=200_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=1000)
