@@ -125,7 +125,9 @@ class Settings(BaseSettings):
     # Merchant transactions of a batch at once; each holds a database connection while it runs.
     consumer_concurrency: int = Field(8, ge=1, le=100)
     # points.recorded messages per batch; a batch is one transaction over all its merchants.
-    points_batch_size: int = Field(1000, ge=1, le=10_000)
+    # bench.points on a quiet host: 1000 drained 4,390/s with the service at 54 % of a core (waiting
+    # on the batch's round trips), 3000 drained 5,163/s at 65 %; CPU per event the same.
+    points_batch_size: int = Field(3000, ge=1, le=10_000)
     # Deadline scheduler (tier downgrades): seconds between passes when nothing was due, and
     # customers per chunk transaction. 0 = off.
     scheduler_interval_s: float = Field(60.0, ge=0, le=86_400)

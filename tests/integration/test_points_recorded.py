@@ -221,3 +221,19 @@ async def test_one_batch_over_many_merchants_is_applied_per_merchant(
     assert await handler(app_pool).batch(batch) == [None] * 5
     tiers = [await tier_of(superuser_conn, m, customers[m]) for m in merchants]
     assert tiers == ["silver", "silver", "silver", "silver", "gold"]
+
+
+async def test_a_tier_changed_between_batches_counts_at_once(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any
+) -> None:
+    """The handler reuses each merchant's programme and ladder objects across batches only while
+    the rows read in the batch's transaction are the same."""
+    merchant, customer = await ladder_merchant(), uuid.uuid4()
+    h = handler(app_pool)
+    assert await h.batch([entry(merchant, customer, 600)]) == [None]
+    assert await tier_of(superuser_conn, merchant, customer) == "basic"
+    await superuser_conn.execute(
+        "UPDATE vip_tiers SET min_points = 700 WHERE merchant_id = $1 AND tier_id = 'silver'", merchant
+    )
+    assert await h.batch([entry(merchant, customer, 200)]) == [None]
+    assert await tier_of(superuser_conn, merchant, customer) == "silver"  # 800 >= the new 700
