@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -95,7 +95,7 @@ class PgOutbox:
         self._hold_ms = str(int(claim_hold_s * 1000))
         self._shards_per_claim = max(1, min(SHARDS, shards_per_claim))
         # Where the next claim starts looking: rotated, so that every shard gets its turn.
-        self._next_shard = random.randrange(SHARDS)  # noqa: S311 - spreads replicas, not a secret
+        self._next_shard = os.urandom(1)[0] % SHARDS  # replicas start apart
 
     @asynccontextmanager
     async def _as_relay(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
@@ -122,8 +122,7 @@ class PgOutbox:
                 self._shards_per_claim,
                 self._hold_ms,
             )
-            assert lock is not None
-            shards: list[int] = lock["locked"]
+            shards: list[int] = lock["locked"] if lock is not None else []
             rows = []
             if shards:
                 per_shard = -(-limit // len(shards))
@@ -136,7 +135,7 @@ class PgOutbox:
                     per_shard,
                 )
             full = any(n >= per_shard for n in Counter(r["shard"] for r in rows).values()) if rows else False
-            more = lock["busy"] > 0 or full
+            more = (lock is not None and lock["busy"] > 0) or full
             yield PgClaim(conn, [_message(r) for r in rows], more)
 
     async def stats(self) -> OutboxStats:
