@@ -132,7 +132,13 @@ async def lookups(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> l
             for p in procs:
                 p.stop()
         per = [
-            {"rps": r["count"] / wall, "cpu_cores": c / wall, "rps_per_cpu_s": r["count"] / max(c, 1e-9), "errors": r["errors"]}
+            {
+                "rps": r["count"] / wall,
+                "cpu_cores": c / wall,
+                "rps_per_cpu_s": r["count"] / max(c, 1e-9),
+                "errors": r["errors"],
+                "codes": r["codes"],
+            }
             for r, c in zip(results, cpu, strict=True)
         ]  # fmt: skip
         total = sum(r["count"] for r in results)
