@@ -133,7 +133,12 @@ class Settings(BaseSettings):
     scheduler_interval_s: float = Field(60.0, ge=0, le=86_400)
     scheduler_chunk_size: int = Field(20_000, ge=1, le=100_000)
     scheduler_concurrency: int = Field(2, ge=1, le=16)  # chunks in flight at once, one pool connection each
-    outbox_batch_size: int = Field(200, ge=1, le=10_000)
+    # Outbox relay: rows per claim, claims in flight per relay, and the outbox's 16 shards by key
+    # (migration 0050) one claim may hold; claims of other shards run in parallel (README "How a
+    # deployment grows").
+    outbox_batch_size: int = Field(1000, ge=1, le=10_000)
+    outbox_concurrency: int = Field(2, ge=1, le=16)
+    outbox_shards_per_claim: int = Field(4, ge=1, le=16)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)
     outbox_purge_interval_s: float = Field(600.0, gt=0, le=86_400)

@@ -82,20 +82,20 @@ async def test_failed_publication_leaves_rows_pending_with_the_error(
     assert "timed out" in row["last_error"].lower()
 
 
-async def test_one_relay_publishes_at_a_time_so_keys_stay_in_order(own_db: OwnDatabase) -> None:
-    for _ in range(2):
-        await merchant_with_changes(own_db, updates=1)
+async def test_a_claim_continues_each_key_from_its_oldest_unpublished_row(own_db: OwnDatabase) -> None:
+    merchant = await merchant_with_changes(own_db, updates=3)  # 4 events of one key
     store = PgOutbox(own_db.relay_pool)
     async with store.claim(2) as first, store.claim(10) as second:
         a = [m.event_id for m in first.messages]
         b = [m.event_id for m in second.messages]
-    # a second relay (another replica) claims nothing while the first holds its claim ...
+        await first.mark_published(a)
+    # another claim (another replica) gets nothing of the key while the first holds its shard ...
     assert (len(a), b) == (2, [])
     # ... and once it is released, claims again from the oldest unpublished row, in outbox order
     async with store.claim(10) as third:
         c = [m.event_id for m in third.messages]
-    ordered = [r["event_id"] for r in await own_db.su.fetch("SELECT event_id FROM outbox_events ORDER BY seq")]
-    assert (a, c) == (ordered[:2], ordered)
+    ordered = [r["event_id"] for r in await own_db.outbox(merchant)]
+    assert (a, c) == (ordered[:2], ordered[2:])
 
 
 async def test_purge_removes_only_published_rows_past_retention(own_db: OwnDatabase) -> None:

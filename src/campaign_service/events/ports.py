@@ -79,10 +79,17 @@ class EventSubscriber(Protocol):
 
 
 class ClaimedOutbox(Protocol):
-    """Outbox rows held by one relay until the claim ends; nobody else publishes them meanwhile."""
+    """Outbox rows held by one claim until it ends; nobody else publishes them, nor later rows of
+    their keys, meanwhile. Claims of other keys may run at the same time (the outbox is sharded
+    by key), so `EventPublisher.publish` may be called for several claims at once."""
 
     @property
     def messages(self) -> Sequence[OutboxMessage]: ...
+
+    @property
+    def more(self) -> bool:
+        """Rows are pending that this claim left (past its limit, or held by another claim)."""
+        ...
 
     async def mark_published(self, event_ids: Sequence[UUID]) -> None: ...
     async def mark_failed(self, event_ids: Sequence[UUID], error: str) -> None: ...

@@ -1,5 +1,10 @@
 """The outbox relay: claims unpublished rows, publishes them, waits for delivery, then marks them.
 
+The outbox is sharded by key (migration 0050); a claim holds a few shards, and a relay keeps
+`concurrency` claims in flight, so that the database, the Python work and the broker's
+acknowledgements of different claims overlap, and N replicas publish in parallel. The events of
+one key are in one shard, which one claim at a time publishes, oldest first: per-key order holds.
+
 At-least-once: a relay that dies after publishing and before marking leaves the rows
 unpublished, so they go out again; consumers deduplicate on `event_id`. It sleeps until a
 NOTIFY wakes it (or a slow safety poll), backs off (bounded) while publishing fails, and purges
@@ -26,7 +31,10 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class RelaySettings:
-    batch_size: int = 200
+    batch_size: int = 1000  # rows per claim
+    concurrency: int = 2  # claims in flight
+    # Rows are pending but other claims hold their shards: look again this soon.
+    busy_retry_s: float = 0.05
     poll_interval_s: float = 5.0
     retention_s: float = 3 * 24 * 3600.0
     purge_interval_s: float = 600.0
@@ -42,6 +50,16 @@ class BatchResult:
     claimed: int
     published: int
     error: str | None = None
+    more: bool = False  # rows are pending that the claim left (past its limit, or held elsewhere)
+
+    @staticmethod
+    def of(results: list[BatchResult]) -> BatchResult:
+        return BatchResult(
+            sum(r.claimed for r in results),
+            sum(r.published for r in results),
+            next((r.error for r in results if r.error), None),
+            any(r.more for r in results),
+        )
 
 
 class OutboxRelay:
@@ -63,8 +81,9 @@ class OutboxRelay:
         failed: dict[str, list[OutboxMessage]] = {}
         async with self._store.claim(self._settings.batch_size) as claim:
             batch = claim.messages
+            more = claim.more
             if not batch:
-                return BatchResult(0, 0)
+                return BatchResult(0, 0, more=more)
             results = await self._publisher.publish(batch)
             for message, error in zip(batch, results, strict=True):
                 if error is None:
@@ -87,20 +106,31 @@ class OutboxRelay:
                 delivered=len(delivered),
                 error=first_error,
             )
-        return BatchResult(len(batch), len(delivered), first_error)
+        return BatchResult(len(batch), len(delivered), first_error, more)
+
+    async def _publish_one(self) -> BatchResult:
+        try:
+            return await self.publish_batch()
+        except Exception as exc:  # the store or transport failed: back off and retry
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            log.warning("outbox relay cycle failed", error=error)
+            return BatchResult(0, 0, error)
+
+    async def publish_round(self) -> BatchResult:
+        """`concurrency` claims at once (each of other shards), published and marked."""
+        n = self._settings.concurrency
+        if n == 1:
+            return await self._publish_one()
+        return BatchResult.of(list(await asyncio.gather(*(self._publish_one() for _ in range(n)))))
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
         next_purge = time.monotonic() + 30.0  # not while the service is still starting up
         next_stats = 0.0
-        log.info("outbox relay started", batch_size=s.batch_size)
+        log.info("outbox relay started", batch_size=s.batch_size, concurrency=s.concurrency)
         while not stop.is_set():
             self._wake.clear()
-            try:
-                result = await self.publish_batch()
-            except Exception as exc:  # the store or transport failed: back off and retry
-                result = BatchResult(0, 0, f"{type(exc).__name__}: {exc}"[:300])
-                log.warning("outbox relay cycle failed", error=result.error)
+            result = await self.publish_round()
             if self.last_error and not result.error:
                 log.info("outbox publishing recovered", published=result.published)
             self.last_error = result.error
@@ -116,8 +146,11 @@ class OutboxRelay:
                 await sleep_unless(stop, self._backoff.next())
                 continue
             self._backoff.reset()
-            if result.claimed >= s.batch_size:
+            if result.more and result.claimed:
                 continue  # more is waiting
+            if result.more:  # waiting, in shards that other claims hold
+                await first_of(stop.wait(), self._wake.wait(), within=s.busy_retry_s)
+                continue
             await first_of(stop.wait(), self._wake.wait(), within=s.poll_interval_s)
         log.info("outbox relay stopped")
 
@@ -130,7 +163,7 @@ class OutboxRelay:
             except Exception as exc:  # best effort; rows stay in the outbox
                 log.warning("outbox drain stopped", error=type(exc).__name__)
                 return
-            if result.error or result.claimed < self._settings.batch_size:
+            if result.error or not (result.more and result.claimed):
                 return
 
     async def _refresh_stats(self) -> None:

@@ -105,7 +105,9 @@ async def relay_pool(settings: Settings, dsn: str) -> AsyncIterator[Pool]:
     """The relay's own small pool (outbox relay, outbox list, tier counts), logged in as its own role."""
     async with contextlib.AsyncExitStack() as stack:
         try:
-            opened = await stack.enter_async_context(pool(dsn, settings, min_size=1, max_size=3))
+            # a connection per claim in flight, one for stats and purges, one for tier counts
+            size = settings.outbox_concurrency + 2
+            opened = await stack.enter_async_context(pool(dsn, settings, min_size=1, max_size=size))
         except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
             raise ConfigError(
                 f"CAMPAIGN_RELAY_DB_USER: cannot log in as the relay's role ({type(exc).__name__}); provision"

@@ -84,10 +84,11 @@ def build_relay(
     if tracer is not None:
         publisher = TracedPublisher(publisher, tracer, system="kafka")
     relay = OutboxRelay(
-        PgOutbox(pool, claim_hold_s=delivery_s + 15),
+        PgOutbox(pool, claim_hold_s=delivery_s + 15, shards_per_claim=settings.outbox_shards_per_claim),
         publisher,
         RelaySettings(
             batch_size=settings.outbox_batch_size,
+            concurrency=settings.outbox_concurrency,
             poll_interval_s=settings.outbox_poll_interval_s,
             retention_s=settings.outbox_retention_hours * 3600,
             purge_interval_s=settings.outbox_purge_interval_s,

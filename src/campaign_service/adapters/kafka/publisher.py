@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
-from campaign_service.adapters.kafka.producer import DeliveryFailed, KafkaProducer
+from campaign_service.adapters.kafka.producer import KafkaProducer, Outgoing
 from campaign_service.adapters.kafka.wire import AvroWireCodec, UnencodablePayload
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable
 from campaign_service.domain.events import OutboxMessage
@@ -27,29 +26,23 @@ class KafkaEventPublisher:
 
     async def publish(self, batch: Sequence[OutboxMessage]) -> list[str | None]:
         results: list[str | None] = [None] * len(batch)
-        pending: list[tuple[int, asyncio.Future[None]]] = []
+        outgoing: list[Outgoing] = []
+        sent_at: list[int] = []  # index in `batch` of each outgoing message
         for i, message in enumerate(batch):
             try:
                 value = await self._codec.encode(message.topic, message.payload)
-                sent = await self._producer.send(
-                    message.topic, value, key=message.key.encode(), headers=kafka_headers(message)
-                )
             except RegistryUnavailable as exc:
                 # Every later message needs the registry too: fail them now rather than one timeout each.
                 results[i:] = [str(exc)] * (len(batch) - i)
                 break
-            except (UnencodablePayload, RegistryRejected, DeliveryFailed) as exc:
+            except (UnencodablePayload, RegistryRejected) as exc:
                 results[i] = str(exc)
                 continue
-            pending.append((i, sent))
-        if pending:
-            await asyncio.wait([f for _, f in pending], timeout=self._wait_s)
-        for i, sent in pending:
-            if not sent.done():
-                sent.cancel()
-                results[i] = "no delivery report in time"
-            elif sent.exception() is not None:
-                results[i] = str(sent.exception())
+            outgoing.append(Outgoing(message.topic, value, message.key.encode(), kafka_headers(message)))
+            sent_at.append(i)
+        delivered = await self._producer.send_batch(outgoing, self._wait_s)
+        for i, error in zip(sent_at, delivered, strict=True):
+            results[i] = error
         return results
 
     async def close(self) -> None:
