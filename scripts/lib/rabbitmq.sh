@@ -102,8 +102,9 @@ rabbitmq_down() {
     local state="$1"
     [ -d "$state" ] || return 0
     state="$(cd "$state" && pwd)"
-    # SIGTERM to the node itself is a graceful shutdown (the wrapper shell then exits too).
-    proc_down "$state" rabbitmq.pid "rabbit-$(cat "$state/amqp.port" 2>/dev/null)@localhost" TERM 30 rabbitmq
+    # The node's command line names its $HOME (the marker against pid reuse). SIGTERM to the
+    # node itself is a graceful shutdown (the wrapper shell then exits too).
+    proc_down "$state" rabbitmq.pid "%s/home" TERM 30 rabbitmq
     proc_down "$state" wrapper.pid "rabbitmq-server" TERM 10 rabbitmq-wrapper
     proc_down "$state" epmd.pid "-port $(cat "$state/epmd.port" 2>/dev/null)" TERM 5 epmd
 }
@@ -111,7 +112,7 @@ rabbitmq_down() {
 rabbitmq_kill() {
     local state="$1"
     state="$(cd "$state" && pwd)"
-    proc_down "$state" rabbitmq.pid "rabbit-$(cat "$state/amqp.port")@localhost" KILL 10 rabbitmq
+    proc_down "$state" rabbitmq.pid "%s/home" KILL 10 rabbitmq
     proc_down "$state" wrapper.pid "rabbitmq-server" TERM 10 rabbitmq-wrapper
 }
 
