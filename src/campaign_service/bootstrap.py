@@ -98,8 +98,8 @@ async def build_app(
     # Without a verifier given, a production configuration that names none is refused here.
     auth_mode = settings.auth_mode() if verifier is None else None
     tls = servers.tls_credentials(settings)
-    if settings.kafka_broker:
-        settings.kafka()  # refuse an incomplete event configuration before starting anything
+    if settings.events_on:
+        settings.event_bus_address()  # refuse an incomplete event configuration before starting anything
     draining = asyncio.Event()
     async with AsyncExitStack() as stack:
         tracer = await stack.enter_async_context(tracing.tracer(settings))  # closed last: drains' spans go out
@@ -109,7 +109,7 @@ async def build_app(
         checks: list[Check] = []
         pool = relay_pool = None
         listen_dsn = ""
-        if uow is None or (events is None and settings.kafka_broker):
+        if uow is None or (events is None and settings.events_on):
             target = await stack.enter_async_context(database.target(settings))
             if settings.migrate_on_start and (applied := await database.migrate(target.owner_dsn)):
                 log.info("migrations applied", migrations=applied)
@@ -125,7 +125,7 @@ async def build_app(
         checks += stores.checks()
         probes = await stack.enter_async_context(servers.http(settings, checks, draining.is_set))
 
-        if events is None and pool is not None and relay_pool is not None and settings.kafka_broker:
+        if events is None and pool is not None and relay_pool is not None and settings.events_on:
             side = pipeline(settings, relay_pool, listen_dsn, stores.client, stores.breaker, pool, tracer)
             events = await stack.enter_async_context(side)
         if events is not None:

@@ -49,7 +49,7 @@ async def _serve(settings: Settings) -> int:
 
 async def _relay(settings: Settings) -> None:
     """The outbox relay alone (no gRPC, no consumer), e.g. as its own deployment."""
-    settings.kafka()
+    settings.event_bus_address()
     async with (
         database.target(settings) as target,
         database.relay_pool(settings, target.relay_dsn) as pool,

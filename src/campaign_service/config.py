@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
     # Events. Without KAFKA_BROKER events stay in the outbox (`campaign-service outbox list`).
+    # The event bus: kafka (KAFKA_BROKER) or rabbitmq (RABBITMQ_URL, amqp://user:password@host:port/vhost,
+    # with the rabbitmq_consistent_hash_exchange plugin enabled); the same Avro, registry and names.
+    event_bus: Literal["kafka", "rabbitmq"] = "kafka"
+    rabbitmq_url: SecretStr | None = Field(None, validation_alias=AliasChoices("RABBITMQ_URL"))
+    # Queues per topic on RabbitMQ (its partitions: keys are hashed onto them), the same everywhere.
+    rabbitmq_queues_per_topic: int = Field(4, ge=1, le=256)
     schema_registry_url: str | None = None
     kafka_client_id: str = "campaign-service"
     kafka_consumer_group: str = "campaign-service"
@@ -285,6 +291,21 @@ class Settings(BaseSettings):
             raise ConfigError("CAMPAIGN_SCHEMA_REGISTRY_URL is required when KAFKA_BROKER is set (events are Avro)")
         return self.kafka_broker, self.schema_registry_url
 
+    @property
+    def events_on(self) -> bool:
+        """Events leave the outbox: the chosen bus has its address."""
+        return bool(self.rabbitmq_url if self.event_bus == "rabbitmq" else self.kafka_broker)
+
+    def event_bus_address(self) -> tuple[str, str]:
+        """(the chosen bus's address: Kafka bootstrap servers or the RabbitMQ URL, schema registry URL)."""
+        if self.event_bus == "kafka":
+            return self.kafka()
+        if self.rabbitmq_url is None:
+            raise ConfigError("RABBITMQ_URL is required when CAMPAIGN_EVENT_BUS=rabbitmq")
+        if not self.schema_registry_url:
+            raise ConfigError("CAMPAIGN_SCHEMA_REGISTRY_URL is required for the event bus (events are Avro)")
+        return self.rabbitmq_url.get_secret_value(), self.schema_registry_url
+
     def app_dsn(self) -> str:
         if self.db_dsn is not None:
             return self.db_dsn.get_secret_value()
@@ -320,6 +341,7 @@ _ENV_NAMES = {
     "kafka_broker": "KAFKA_BROKER",
     "redis_host": "REDIS_HOST",
     "auth_host": "AUTH_HOST",
+    "rabbitmq_url": "RABBITMQ_URL",
 }
 
 

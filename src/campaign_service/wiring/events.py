@@ -1,5 +1,5 @@
-"""The event side: the outbox relay (Kafka producer, schema registry client, LISTEN connection)
-and the customer.created consumer."""
+"""The event side: the outbox relay (the bus's publisher, schema registry client, LISTEN connection)
+and the consumers, on the bus CAMPAIGN_EVENT_BUS chooses (Kafka or RabbitMQ)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -23,6 +24,9 @@ from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.progression import PgProgression
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.rabbitmq.connection import LazyChannel
+from campaign_service.adapters.rabbitmq.consumer import RabbitEventSubscriber
+from campaign_service.adapters.rabbitmq.publisher import RabbitEventPublisher
 from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, registry_client
@@ -32,7 +36,7 @@ from campaign_service.config import Settings
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.customer_deleted import CustomerDeletedHandler
 from campaign_service.events.points_recorded import PointsRecordedHandler
-from campaign_service.events.ports import BatchHandler, EventPublisher
+from campaign_service.events.ports import BatchHandler, EventPublisher, EventSubscriber
 from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
 from campaign_service.events.tracing import TracedPublisher, traced_batches
@@ -42,13 +46,127 @@ from campaign_service.wiring import lifetime
 log = structlog.get_logger(__name__)
 
 
+class Bus(Protocol):
+    """The chosen event bus, as the composition root needs it (selected by CAMPAIGN_EVENT_BUS;
+    nothing outside adapters/ and wiring/ knows which)."""
+
+    @property
+    def name(self) -> str:
+        """The readiness check's name and the spans' messaging.system."""
+        ...
+
+    @property
+    def publisher(self) -> EventPublisher: ...
+
+    def subscriber(self, topic: str, dead_letter_topic: str, group: str, batch_size: int) -> EventSubscriber: ...
+    def down(self) -> bool: ...
+    async def close(self, flush_s: float) -> None: ...
+
+
+@dataclass
+class KafkaBus:
+    settings: Settings
+    broker: str
+    codec: AvroWireCodec
+    producer: KafkaProducer
+    publisher: EventPublisher
+    name: str = "kafka"
+
+    @classmethod
+    def build(cls, settings: Settings, broker: str, codec: AvroWireCodec) -> KafkaBus:
+        producer = KafkaProducer(
+            producer_config(
+                broker,
+                client_id=settings.kafka_client_id,
+                delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
+                linger_ms=settings.kafka_linger_ms,
+            )
+        )
+        delivery_s = settings.kafka_delivery_timeout_ms / 1000
+        return cls(
+            settings, broker, codec, producer, KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s)
+        )
+
+    def subscriber(self, topic: str, dead_letter_topic: str, group: str, batch_size: int) -> EventSubscriber:
+        config = consumer_config(
+            self.broker,
+            group_id=group,
+            client_id=self.settings.kafka_client_id,
+            session_timeout_ms=self.settings.kafka_session_timeout_ms,
+        )
+        return KafkaEventSubscriber(
+            config,
+            topic,
+            self.codec.reader(topic),
+            self.producer,
+            dead_letter_topic,
+            batch_size=batch_size,
+            retry=Backoff(0.2, 5.0),
+        )
+
+    def down(self) -> bool:
+        return self.producer.broker_down
+
+    async def close(self, flush_s: float) -> None:
+        await self.producer.close(flush_s)  # flush: nothing enqueued is dropped on a clean stop
+
+
+@dataclass
+class RabbitBus:
+    """RabbitMQ (adapters/rabbitmq): a topic's queues stand for its partitions and its one
+    queue set for the consumer group (the group name is not used)."""
+
+    settings: Settings
+    url: str
+    codec: AvroWireCodec
+    channel: LazyChannel
+    publisher: RabbitEventPublisher
+    name: str = "rabbitmq"
+
+    @classmethod
+    def build(cls, settings: Settings, url: str, codec: AvroWireCodec) -> RabbitBus:
+        channel = LazyChannel(url)
+        publisher = RabbitEventPublisher(
+            channel,
+            codec,
+            queues_per_topic=settings.rabbitmq_queues_per_topic,
+            confirm_timeout_s=settings.kafka_delivery_timeout_ms / 1000,
+        )
+        return cls(settings, url, codec, channel, publisher)
+
+    def subscriber(self, topic: str, dead_letter_topic: str, group: str, batch_size: int) -> EventSubscriber:
+        del dead_letter_topic, group  # named by the topology (topic + ".dlq"), one queue set per topic
+        return RabbitEventSubscriber(
+            self.url,
+            topic,
+            self.codec.reader(topic),
+            queues_per_topic=self.settings.rabbitmq_queues_per_topic,
+            batch_size=batch_size,
+            retry=Backoff(0.2, 5.0),
+        )
+
+    def down(self) -> bool:
+        return self.publisher.broker_down
+
+    async def close(self, flush_s: float) -> None:
+        del flush_s  # nothing is queued locally: each publish waited for its confirm
+        await self.channel.close()
+
+
+def build_bus(settings: Settings, codec: AvroWireCodec) -> Bus:
+    address, _ = settings.event_bus_address()
+    if settings.event_bus == "rabbitmq":
+        return RabbitBus.build(settings, address, codec)
+    return KafkaBus.build(settings, address, codec)
+
+
 @dataclass
 class Relay:
-    """The outbox relay with what it owns: Kafka producer, schema registry client, LISTEN connection."""
+    """The outbox relay with what it owns: the bus (producer), schema registry client, LISTEN connection."""
 
     relay: OutboxRelay
     listener: PgOutboxListener
-    producer: KafkaProducer
+    bus: Bus
     codec: AvroWireCodec
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -57,32 +175,25 @@ class Relay:
             tasks.create_task(self.relay.run(stop))
 
     async def close(self, flush_s: float = 10.0) -> None:
-        await self.producer.close(flush_s)  # flush: nothing enqueued is dropped on a clean stop
+        await self.bus.close(flush_s)
         await self.codec.close()
 
-    async def kafka_check(self) -> str | None:
+    async def bus_check(self) -> str | None:
         if self.relay.last_error:
             return f"publishing fails: {self.relay.last_error}"[:200]
-        return "all brokers down" if self.producer.broker_down else None
+        return "all brokers down" if self.bus.down() else None
 
 
 def build_relay(
     settings: Settings, pool: asyncpg.Pool[asyncpg.Record], listen_dsn: str, tracer: Tracer | None = None
 ) -> Relay:
-    broker, registry_url = settings.kafka()
+    _, registry_url = settings.event_bus_address()
     delivery_s = settings.kafka_delivery_timeout_ms / 1000
     codec = AvroWireCodec(registry_client(registry_url))
-    producer = KafkaProducer(
-        producer_config(
-            broker,
-            client_id=settings.kafka_client_id,
-            delivery_timeout_ms=settings.kafka_delivery_timeout_ms,
-            linger_ms=settings.kafka_linger_ms,
-        )
-    )
-    publisher: EventPublisher = KafkaEventPublisher(producer, codec, delivery_timeout_s=delivery_s)
+    bus = build_bus(settings, codec)
+    publisher = bus.publisher
     if tracer is not None:
-        publisher = TracedPublisher(publisher, tracer, system="kafka")
+        publisher = TracedPublisher(publisher, tracer, system=bus.name)
     relay = OutboxRelay(
         PgOutbox(pool, claim_hold_s=delivery_s + 15, shards_per_claim=settings.outbox_shards_per_claim),
         publisher,
@@ -96,7 +207,7 @@ def build_relay(
             backoff_max_s=settings.relay_backoff_max_s,
         ),
     )
-    return Relay(relay, PgOutboxListener(listen_dsn), producer, codec)
+    return Relay(relay, PgOutboxListener(listen_dsn), bus, codec)
 
 
 async def register_schemas(codec: AvroWireCodec) -> None:
@@ -113,7 +224,7 @@ class Consumer:
     """One consumed topic: its subscriber and the batch handler it feeds."""
 
     name: str
-    subscriber: KafkaEventSubscriber
+    subscriber: EventSubscriber
     handler: BatchHandler
 
 
@@ -126,7 +237,7 @@ class EventPipeline:
     consumers: list[Consumer]
 
     def checks(self) -> list[Check]:
-        return [Check("kafka", self.relay.kafka_check, critical=False)]
+        return [Check(self.relay.bus.name, self.relay.bus_check, critical=False)]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -183,26 +294,11 @@ async def pipeline(
     `tracer` (tracing on), publishing and consuming make spans (events/tracing.py)."""
     relay = build_relay(settings, relay_pool, listen_dsn, tracer)
     try:
-        broker, _ = settings.kafka()
 
         def consumer(name: str, topic: str, dlq: str, group: str, batch_size: int, handler: BatchHandler) -> Consumer:
-            config = consumer_config(
-                broker,
-                group_id=group,
-                client_id=settings.kafka_client_id,
-                session_timeout_ms=settings.kafka_session_timeout_ms,
-            )
-            subscriber = KafkaEventSubscriber(
-                config,
-                topic,
-                relay.codec.reader(topic),
-                relay.producer,
-                dlq,
-                batch_size=batch_size,
-                retry=Backoff(0.2, 5.0),
-            )
+            subscriber = relay.bus.subscriber(topic, dlq, group, batch_size)
             if tracer is not None:
-                handler = traced_batches(handler, tracer, system="kafka")
+                handler = traced_batches(handler, tracer, system=relay.bus.name)
             return Consumer(name, subscriber, handler)
 
         group = settings.kafka_consumer_group

@@ -1,0 +1,236 @@
+"""One face for both event buses in tests: play the Core Service (produce customer.created), read
+a topic from its end, give a service process the bus, kill and restart the broker.
+
+`Bus("kafka")` uses tests/kafka_support.py; `Bus("rabbitmq")` the same bytes (the Core Service's
+codec, Confluent-framed Avro) on the RabbitMQ topology of adapters/rabbitmq/topology.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from campaign_service import topics
+from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
+from campaign_service.adapters.rabbitmq import topology
+from tests.dependencies import dependency_sh
+from tests.kafka_support import CustomerEvents, Received, TopicReader
+
+# The tests' queue count per topic (the service processes get the same through their environment).
+QUEUES = 3
+
+
+class Reader(Protocol):
+    received: list[Received]
+
+    async def wait_for(self, done: Callable[[list[Received]], bool], within: float = 30.0) -> list[Received]: ...
+    async def settle(self, seconds: float) -> list[Received]: ...
+    def matching(self, **payload_fields: Any) -> list[Received]: ...
+
+
+def created_payload(merchant_id: uuid.UUID, customer_id: uuid.UUID | None, event_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "event_id": str(event_id),
+        "customer_id": str(customer_id or uuid.uuid4()),
+        "merchant_id": str(merchant_id),
+        "created_at": int(time.time() * 1000),
+        "correlation_id": None,
+    }
+
+
+class RabbitTopicReader:
+    """Reads a topic's queues (or a dead-letter queue) from what arrives after it was made: the
+    queues are purged first. It is the topic's downstream consumer while it lives; after a broker
+    restart it reconnects and reads on (what the queues kept)."""
+
+    def __init__(self, url: str, topic: str, codec: AvroWireCodec, queues: int) -> None:
+        self.topic = topic
+        self._url = url
+        self._decoder = codec.reader(None)
+        self._queues = queues
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self.received: list[Received] = []
+
+    async def start(self) -> RabbitTopicReader:
+        await self._subscribe(purge=True)
+        return self
+
+    async def _subscribe(self, *, purge: bool) -> None:
+        self._connection = await aio_pika.connect(self._url, timeout=10)
+        channel = self._channel = await self._connection.channel()
+        await topology.declare(channel, self.topic.removesuffix(".dlq"), self._queues)
+        names = [self.topic] if self.topic.endswith(".dlq") else topology.queue_names(self.topic, self._queues)
+
+        async def arrived(m: AbstractIncomingMessage) -> None:
+            self._inbox.put_nowait(m)
+
+        for name in names:
+            queue = await channel.get_queue(name, ensure=False)
+            if purge:
+                await queue.purge()
+            await queue.consume(arrived, no_ack=True)
+
+    async def poll(self) -> None:
+        # A plain connection's is_closed stays False when the broker goes away; its channel's does not.
+        if self._channel is None or self._channel.is_closed:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._connection.close(), 2)
+            with contextlib.suppress(Exception):  # the broker is still down: try again next poll
+                await self._subscribe(purge=False)
+        with contextlib.suppress(TimeoutError):
+            first = await asyncio.wait_for(self._inbox.get(), 0.2)
+            batch = [first]
+            while not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            for m in batch:
+                try:
+                    payload: dict[str, Any] | None = await self._decoder.decode(m.body)
+                except Undecodable:
+                    payload = None
+                headers = {
+                    k: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                    for k, v in (m.headers or {}).items()
+                }
+                self.received.append(Received(self.topic, 0, m.routing_key, headers, m.body, payload, time.monotonic()))
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+
+    async def wait_for(self, done: Callable[[list[Received]], bool], within: float = 30.0) -> list[Received]:
+        deadline = time.monotonic() + within
+        while not done(self.received):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.topic}: condition not met in {within}s; got {self.received!r}"[:3000])
+            await self.poll()
+        return self.received
+
+    async def settle(self, seconds: float) -> list[Received]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await self.poll()
+        return self.received
+
+    def matching(self, **payload_fields: Any) -> list[Received]:
+        return [
+            r
+            for r in self.received
+            if r.payload is not None and all(str(r.payload.get(k)) == str(v) for k, v in payload_fields.items())
+        ]
+
+
+class Bus:
+    """The broker a parameterised test runs on."""
+
+    def __init__(self, name: str, env: Callable[[str], str], service: AvroWireCodec, core: AvroWireCodec) -> None:
+        self.name = name
+        self._env = env
+        self._service_codec = service
+        self._core = core
+        self._kafka_readers: list[TopicReader] = []
+        self._rabbit_readers: list[RabbitTopicReader] = []
+        self._kafka_producer: CustomerEvents | None = None
+
+    def service_env(self) -> dict[str, str]:
+        """What a service process needs to use this bus (besides the registry)."""
+        if self.name == "kafka":
+            return {"KAFKA_BROKER": self._env("KAFKA_BROKER")}
+        return {
+            "CAMPAIGN_EVENT_BUS": "rabbitmq",
+            "RABBITMQ_URL": self._env("CAMPAIGN_TEST_RABBITMQ_URL"),
+            "CAMPAIGN_RABBITMQ_QUEUES_PER_TOPIC": str(QUEUES),
+        }
+
+    async def reader(self, topic: str) -> Reader:
+        if self.name == "kafka":
+            reader = TopicReader(self._env("KAFKA_BROKER"), topic, self._service_codec)
+            self._kafka_readers.append(reader)
+            return reader
+        rabbit = RabbitTopicReader(self._env("CAMPAIGN_TEST_RABBITMQ_URL"), topic, self._service_codec, QUEUES)
+        self._rabbit_readers.append(rabbit)
+        return await rabbit.start()
+
+    async def created(
+        self,
+        merchant_id: uuid.UUID,
+        customer_id: uuid.UUID | None = None,
+        *,
+        event_id: uuid.UUID | None = None,
+        key: str | None = None,
+        correlation_id: str | None = None,
+    ) -> uuid.UUID:
+        """Produces one customer.created as the Core Service does and waits for the broker's ack."""
+        event_id = event_id or uuid.uuid4()
+        if self.name == "kafka":
+            if self._kafka_producer is None:
+                self._kafka_producer = CustomerEvents(self._env("KAFKA_BROKER"), self._core)
+            return await self._kafka_producer.created(
+                merchant_id, customer_id, event_id=event_id, key=key, correlation_id=correlation_id
+            )
+        value = await self._core.encode(topics.CUSTOMER_CREATED, created_payload(merchant_id, customer_id, event_id))
+        headers = {"correlation_id": correlation_id} if correlation_id else {}
+        await self.raw(value, key=key or str(merchant_id), headers=headers, message_id=str(event_id))
+        return event_id
+
+    async def raw(
+        self, value: bytes, *, key: str, headers: dict[str, str] | None = None, message_id: str | None = None
+    ) -> None:
+        """Produces bytes as customer.created (poison, when they are not a valid record)."""
+        if self.name == "kafka":
+            if self._kafka_producer is None:
+                self._kafka_producer = CustomerEvents(self._env("KAFKA_BROKER"), self._core)
+            await self._kafka_producer.raw(value, key=key, headers=list((headers or {}).items()))
+            return
+        connection = await aio_pika.connect(self._env("CAMPAIGN_TEST_RABBITMQ_URL"), timeout=10)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange, _ = await topology.declare(channel, topics.CUSTOMER_CREATED, QUEUES)
+            message = aio_pika.Message(
+                value,
+                headers=dict(headers or {}),
+                message_id=message_id,
+                correlation_id=(headers or {}).get("correlation_id"),
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await exchange.publish(message, routing_key=key, mandatory=True, timeout=15)
+        finally:
+            await connection.close()
+
+    def kill(self) -> None:
+        dependency_sh(self.name, f"{self.name}_kill")
+
+    def start_again(self) -> None:
+        dependency_sh(self.name, f"{self.name}_start_again")
+
+    async def close_readers(self) -> None:
+        """Readers end with their test (on RabbitMQ a reader left open would stay the queues'
+        single active consumer, and the next test's reader would wait as a standby)."""
+        for reader in self._kafka_readers:
+            reader.close()
+        self._kafka_readers.clear()
+        for rabbit in self._rabbit_readers:
+            await rabbit.close()
+        self._rabbit_readers.clear()
+
+    async def close(self) -> None:
+        await self.close_readers()
+        for reader in self._kafka_readers:
+            reader.close()
+        self._kafka_readers.clear()
+        for rabbit in self._rabbit_readers:
+            await rabbit.close()
+        self._rabbit_readers.clear()
+        if self._kafka_producer is not None:
+            self._kafka_producer.close()
+            self._kafka_producer = None
