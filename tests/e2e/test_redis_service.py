@@ -84,7 +84,7 @@ async def test_update_through_one_instance_is_read_through_the_other(
             assert got.name == "Gold"
         assert hits(a) == 1
         assert hits(b) == 1
-        assert 3590 <= await redis_client.ttl(f"cache:{merchant}:gold") <= 3600
+        assert 3590 <= await redis_client.ttl(f"cache:{{{merchant}}}:gold") <= 3600
         listed = await stub_b.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
         assert [t.name for t in listed.tiers] == ["Gold"]
 
@@ -223,7 +223,7 @@ async def test_invalidations_a_killed_instance_never_delivered_are_not_served_af
         assert (await stub.GetVIPTier(get_gold(merchant), timeout=5)).name == "Platinum"
     assert metric(first, "vip_tier_cache_pending_invalidations") == 2  # the tier and the merchant's list
     redis = aioredis.Redis(host="127.0.0.1", port=server.port)
-    assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # the answer from before the rename
+    assert await redis.hexists(f"cache:{{{merchant}}}:gold", "tier:")  # the answer from before the rename
     await redis.aclose()
     first.proc.kill()  # SIGKILL: the pending invalidations die with the process
     first.proc.wait(10)
@@ -300,7 +300,7 @@ async def test_no_stale_answer_when_redis_returns_with_its_data(
         redis = aioredis.Redis(host="127.0.0.1", port=server.port)
         for outage in range(5):
             await fill_through([stub_a, stub_b], [a, b], merchant, name)
-            assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # what the restart brings back
+            assert await redis.hexists(f"cache:{{{merchant}}}:gold", "tier:")  # what the restart brings back
             await redis.aclose()
             server.kill()
             name = f"Gold {outage}"

@@ -30,9 +30,9 @@ async def test_an_error_reply_fails_only_its_caller(service_pipe: Callable[..., 
     pipe = service_pipe()
     key = f"pipe-test:{time.monotonic_ns()}"
     results = await asyncio.gather(
-        pipe.execute("SET", key, "a"),
-        pipe.execute("INCR", key),  # not an integer
-        pipe.execute("GET", key),
+        pipe.execute("SET", key, "a", key=key),
+        pipe.execute("INCR", key, key=key),  # not an integer
+        pipe.execute("GET", key, key=key),
         return_exceptions=True,
     )
     assert results[0] == b"OK"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 from opentelemetry.trace import Tracer
-from redis.asyncio import Redis
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
@@ -23,7 +22,7 @@ from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.progression import PgProgression
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
-from campaign_service.adapters.redis.client import RedisBreaker
+from campaign_service.adapters.redis.client import RedisBreaker, RedisClient
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, registry_client
 from campaign_service.api.http import Check
@@ -169,7 +168,7 @@ async def pipeline(
     settings: Settings,
     relay_pool: asyncpg.Pool[asyncpg.Record],
     listen_dsn: str,
-    redis: Redis | None,
+    redis: RedisClient | None,
     breaker: RedisBreaker | None,
     pool: asyncpg.Pool[asyncpg.Record],
     tracer: Tracer | None = None,
