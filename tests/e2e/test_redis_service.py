@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
-from tests.conftest import Database, RedisServer, ServiceProcess, redis_address, redis_env, start_service
+from tests.conftest import Database, RedisServer, RedisTarget, ServiceProcess, redis_env, start_service
 from tests.service_http import http_get, metric
 from tests.tokens import auth_channel
 
@@ -72,9 +72,10 @@ def rename(merchant: uuid.UUID, name: str) -> pb.UpdateVIPTierRequest:
 
 
 async def test_update_through_one_instance_is_read_through_the_other(
-    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_client: aioredis.Redis
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_client: aioredis.Redis,
+    redis_target: RedisTarget,
 ) -> None:
-    env = redis_env(*redis_address())
+    env = redis_target.env()
     a, b = services(env), services(env)
     merchant = await new_merchant()
     async with client(a) as stub_a, client(b) as stub_b:
@@ -101,10 +102,10 @@ async def test_update_through_one_instance_is_read_through_the_other(
 
 
 async def test_rate_limit_is_shared_and_says_when_to_retry(
-    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any]
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_target: RedisTarget
 ) -> None:
     # A 5 s window so that the burst surely falls into one window on a busy machine.
-    env = redis_env(*redis_address(), CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000")
+    env = redis_target.env(CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000")
     a, b = services(env), services(env)
     merchant = await new_merchant()
     async with client(a) as stub_a, client(b) as stub_b:

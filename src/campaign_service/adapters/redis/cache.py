@@ -42,6 +42,11 @@ writer while Redis is down. How it holds:
    advances the epoch before trusting it, so nothing cached before the restart or failover is
    trusted after it. A replica is never trusted (it may lag).
 
+6. A Redis Cluster. "The Redis" above is each master: every master holds its own record (under
+   a hash tag that lands on it), confirmation covers every master's connection and identity, and
+   a lookup trusts only the connection to its key's master that was confirmed. One replaced
+   master advances the epoch for all (a cold cache everywhere), as one replaced Redis does.
+
 Hence, for an answer X cached from a read before an acknowledged write W: if W's block reached
 the Redis that X is in and that Redis was not replaced since, X was deleted and could not be
 filled again (2, 1); if it was replaced, the epoch advanced before anyone trusted the new one
