@@ -300,10 +300,9 @@ class RedisTarget:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test on the shared test Redis runs against both topologies; one on a Redis of its own
     (own_redis, a single node it kills or pauses) only against that."""
-    if "redis_target" in metafunc.fixturenames:
-        own = {"own_redis", "own_redis_cluster"} & set(metafunc.fixturenames)
-        topologies = ["single"] if own else ["single", "cluster"]
-        metafunc.parametrize("redis_target", topologies, indirect=True)
+    own = {"own_redis", "own_redis_cluster"} & set(metafunc.fixturenames)
+    if "redis_target" in metafunc.fixturenames and not own:
+        metafunc.parametrize("redis_target", ["single", "cluster"], indirect=True)
 
 
 @pytest.fixture

@@ -126,7 +126,11 @@ class RedisBreaker:
 async def ping(client: RedisClient, breaker: RedisBreaker) -> str | None:
     """Readiness: None when Redis answers, else a short reason."""
     try:
-        await client.ping()
+        if isinstance(client, RedisCluster):
+            # The masters only: a replica that is down costs nothing until its master fails too.
+            await client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await client.ping()
     except REDIS_FAILURES as exc:
         breaker.failed("ping", exc)
         return f"unreachable ({type(exc).__name__}); serving from PostgreSQL"
