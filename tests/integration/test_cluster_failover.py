@@ -52,7 +52,14 @@ async def test_failover_of_a_master_serves_nothing_stale(
     # The writer is a third instance that dies after its write: the deletion it could not make
     # while the master was down is never made, so the promoted replica keeps the old answer.
     writer_cache = await redis_view_cache(
-        "127.0.0.1", cluster.port(0), lease_s=0.3, block_ttl_s=2, redis_timeout_ms=100, redis_cluster=True, background=False
+        "127.0.0.1",
+        cluster.port(0),
+        breaker=RedisBreaker(retry_after_s=600),  # after the failed block, it tries Redis no more
+        lease_s=0.3,
+        block_ttl_s=2,
+        redis_timeout_ms=100,
+        redis_cluster=True,
+        background=False,
     )
     writer = TierService(PgUnitOfWork(app_pool), [writer_cache])
     merchant = await new_merchant()
