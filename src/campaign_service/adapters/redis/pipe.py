@@ -333,7 +333,8 @@ class RedisPipe:
 def _slot_map(reply: Reply) -> list[Address] | None:
     """CLUSTER SLOTS -> the master of each of the 16384 slots; None if a slot has none."""
     slots: list[Address | None] = [None] * SLOTS
-    assert isinstance(reply, list)
+    if not isinstance(reply, list):
+        return None
     for start, end, master, *_replicas in reply:
         address = (master[0].decode(), int(master[1]))
         slots[start : end + 1] = [address] * (end - start + 1)
