@@ -136,6 +136,11 @@ def redis_env(env: dict[str, str]) -> dict[str, str]:
     return {"REDIS_HOST": u.hostname or "127.0.0.1", "CAMPAIGN_REDIS_PORT": str(u.port)}
 
 
+def redis_cluster_env(env: dict[str, str]) -> dict[str, str]:
+    u = urlparse(env["CAMPAIGN_TEST_REDIS_CLUSTER_URL"])
+    return {"REDIS_HOST": u.hostname or "127.0.0.1", "CAMPAIGN_REDIS_PORT": str(u.port), "CAMPAIGN_REDIS_CLUSTER": "true"}
+
+
 def service_configs(env: dict[str, str], tmp: Path) -> dict[str, dict[str, str]]:
     """Service configurations compared: the production shape (Redis cache and shared limit,
     authentication), and the same without the cache."""

@@ -10,7 +10,12 @@ Tracing is off except in the "tracing on" rows: OTLP/gRPC export of every span (
 them) to a receiver that drops them (bench.otlp_sink, on the load generator's core); the number of
 spans it received is printed, so a row whose spans never went out shows.
 
+The "Redis Cluster cache" row is the same lookup on a Redis Cluster (3 masters, 3 replicas, from
+scripts/lib/redis_cluster.sh; CAMPAIGN_REDIS_CLUSTER=true) for a same-run comparison with the
+single-node row.
+
     .venv/bin/python -m bench.lookup [--seconds 10] [--concurrency 32] [--rate 1000] [--only redis,tracing]
+    .venv/bin/python -m bench.lookup --only "Redis cache,Cluster"   # single node vs cluster
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from bench.grpc_suite import (
     Scenario,
     ghz,
     ghz_binary,
+    redis_cluster_env,
     redis_env,
     seed,
     service_env,
@@ -60,7 +66,7 @@ async def main() -> None:
     args = parser.parse_args()
     binary = ghz_binary()
     rows: list[dict[str, Any]] = []
-    with services("postgres redis") as env, tempfile.TemporaryDirectory() as tmp:
+    with services("postgres redis redis_cluster") as env, tempfile.TemporaryDirectory() as tmp:
         db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
         merchant = await seed(db)
         base = {**auth_env(Path(tmp)), **redis_env(env)}
@@ -85,6 +91,7 @@ async def main() -> None:
                 "OTEL_TRACES_SAMPLER": "traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": "0.01",
             },
+            "GetVIPTier, Redis Cluster cache": {**base, **UNLIMITED, **redis_cluster_env(env)},
             "GetVIPTier, Redis cache, no limit": {**base, "CAMPAIGN_RATE_LIMIT_REQUESTS": "0"},
             "GetVIPTier, in-process cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "memory"},
             "GetVIPTier, no cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "off"},

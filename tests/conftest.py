@@ -40,7 +40,7 @@ from campaign_service.adapters.postgres.cache_epoch import PgCacheEpoch
 from campaign_service.adapters.postgres.pool import create_pool, init_connection
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.redis.cache import RedisViewCache
-from campaign_service.adapters.redis.client import RedisBreaker, create_client, create_pipe
+from campaign_service.adapters.redis.client import RedisBreaker, RedisClient, create_client, create_pipe
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.adapters.schema_registry import registry_client
 from campaign_service.api.pb import campaign_grpc
@@ -279,6 +279,41 @@ async def anonymous_stub(service: ServiceProcess) -> AsyncIterator[campaign_grpc
         yield campaign_grpc.CampaignServiceStub(channel)
 
 
+@dataclass(frozen=True)
+class RedisTarget:
+    """The shared test Redis of one topology: a single node, or a node of the Redis Cluster."""
+
+    host: str
+    port: int
+    cluster: bool
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The service's environment for this Redis (see redis_env)."""
+        return redis_env(self.host, self.port, **({"CAMPAIGN_REDIS_CLUSTER": "true"} if self.cluster else {}), **extra)
+
+    def client(self) -> RedisClient:
+        if self.cluster:
+            return aioredis.RedisCluster(host=self.host, port=self.port)
+        return aioredis.Redis(host=self.host, port=self.port)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test on the shared test Redis runs against both topologies; one on a Redis of its own
+    (own_redis, a single node it kills or pauses) only against that."""
+    own = {"own_redis", "own_redis_cluster"} & set(metafunc.fixturenames)
+    if "redis_target" in metafunc.fixturenames and not own:
+        metafunc.parametrize("redis_target", ["single", "cluster"], indirect=True)
+
+
+@pytest.fixture
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    cluster = getattr(request, "param", "single") == "cluster"
+    u = urlparse(required_env("CAMPAIGN_TEST_REDIS_CLUSTER_URL" if cluster else "CAMPAIGN_TEST_REDIS_URL"))
+    assert u.hostname
+    assert u.port
+    return RedisTarget(u.hostname, u.port, cluster)
+
+
 def redis_address() -> tuple[str, int]:
     """Host and port of the Redis that scripts/test started."""
     u = urlparse(required_env("CAMPAIGN_TEST_REDIS_URL"))
@@ -297,24 +332,27 @@ def redis_settings(host: str, port: int, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    host, port = redis_address()
-    client = aioredis.Redis(host=host, port=port)
+async def redis_client(redis_target: RedisTarget) -> AsyncIterator[RedisClient]:
+    """A plain client of the shared test Redis (the cluster's in the cluster variant)."""
+    client = redis_target.client()
     yield client
     await client.aclose()
 
 
-Closable = TypeVar("Closable", aioredis.Redis, RedisPipe)
+Closable = TypeVar("Closable", RedisClient, RedisPipe)
 
 
-async def _made_for_redis(create: Callable[[Settings], Closable]) -> AsyncIterator[Callable[..., Closable]]:
+async def _made_for_redis(
+    create: Callable[[Settings], Closable], target: RedisTarget
+) -> AsyncIterator[Callable[..., Closable]]:
     """A factory of what `create` makes from the service's settings for a Redis (the shared
-    test Redis unless given), closing all it made when the test ends."""
+    test Redis of `target`'s topology unless given), closing all it made when the test ends."""
     made: list[Closable] = []
 
     def make(host: str | None = None, port: int | None = None, **overrides: Any) -> Closable:
         if host is None or port is None:
-            host, port = redis_address()
+            host, port = target.host, target.port
+            overrides.setdefault("redis_cluster", target.cluster)
         made.append(create(redis_settings(host, port, **overrides)))
         return made[-1]
 
@@ -324,16 +362,16 @@ async def _made_for_redis(create: Callable[[Settings], Closable]) -> AsyncIterat
 
 
 @pytest.fixture
-async def service_redis() -> AsyncIterator[Callable[..., aioredis.Redis]]:
+async def service_redis(redis_target: RedisTarget) -> AsyncIterator[Callable[..., RedisClient]]:
     """Factory of the service's own Redis clients (create_client), closed after the test."""
-    async for make in _made_for_redis(create_client):
+    async for make in _made_for_redis(create_client, redis_target):
         yield make
 
 
 @pytest.fixture
-async def service_pipe() -> AsyncIterator[Callable[..., RedisPipe]]:
+async def service_pipe(redis_target: RedisTarget) -> AsyncIterator[Callable[..., RedisPipe]]:
     """Factory of the service's pipelined Redis connections (create_pipe), closed after the test."""
-    async for make in _made_for_redis(create_pipe):
+    async for make in _made_for_redis(create_pipe, redis_target):
         yield make
 
 
@@ -353,6 +391,7 @@ async def redis_view_cache(
         ttl_s: int = 3600,
         lease_s: float = 1.0,
         block_ttl_s: int = 60,
+        background: bool = True,
         **overrides: Any,
     ) -> RedisViewCache:
         pipe = service_pipe(host, port, **overrides)
@@ -360,7 +399,8 @@ async def redis_view_cache(
             pipe, breaker or RedisBreaker(1.0), PgCacheEpoch(app_pool), ttl_s, lease_s=lease_s, block_ttl_s=block_ttl_s
         )
         assert await cache.confirm()
-        tasks.append(asyncio.create_task(cache.keep_confirmed()))
+        if background:  # else nothing confirms it again, nor lifts a fill block whose lift failed
+            tasks.append(asyncio.create_task(cache.keep_confirmed()))
         return cache
 
     yield make
@@ -410,6 +450,54 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(18)  # SIGCONT
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster of the test's own (3 masters, 3 replicas), made and stopped by the
+    project's scripts (scripts/lib/redis_cluster.sh); nodes 0..5."""
+
+    directory: Path
+
+    def _run(self, *args: str) -> None:
+        libs = f"source {SCRIPTS}/lib/redis.sh; source {SCRIPTS}/lib/redis_cluster.sh"
+        subprocess.run(["bash", "-c", f'{libs}; "$@"', "redis-cluster", *args], check=True, timeout=120)
+
+    def up(self) -> None:
+        self._run("redis_cluster_up", str(self.directory))
+
+    def down(self) -> None:
+        self._run("redis_cluster_down", str(self.directory))
+
+    def port(self, node: int) -> int:
+        return int((self.directory / str(node) / "port").read_text())
+
+    def kill(self, node: int) -> None:
+        """SIGKILL: its replica is promoted about two seconds later."""
+        self._run("redis_cluster_kill", str(self.directory), str(node))
+
+    def node_serving(self, key: str) -> int:
+        """The node that is master of `key`'s slot now."""
+        from redis import Redis
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        with Redis(port=self.port(0)) as client:
+            for start, end, master, *_ in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in range(6) if self.port(n) == int(master[1]))
+        raise AssertionError(f"slot {slot} has no master")
+
+
+@pytest.fixture
+def own_redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(tmp_path / "redis-cluster")
+    cluster.up()
+    yield cluster
+    cluster.down()
 
 
 @pytest.fixture

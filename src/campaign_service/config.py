@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     redis_port: int = Field(6380, ge=1, le=65535)
     redis_db: int = Field(0, ge=0, le=15)
     redis_password: SecretStr | None = None
+    # REDIS_HOST:CAMPAIGN_REDIS_PORT is one node of a Redis Cluster; the others are found from it
+    # (CLUSTER SLOTS). Keys carry a hash tag on the merchant (redis_keys.py).
+    redis_cluster: bool = False
     # Bounds connecting and every command; a slower Redis counts as down.
     redis_timeout_ms: int = Field(200, ge=5, le=10_000)
     redis_max_connections: int = Field(32, ge=1, le=1024)
@@ -213,6 +216,8 @@ class Settings(BaseSettings):
     def _cache_needs_redis(self) -> Settings:
         if self.cache == "redis" and self.redis_host is None:
             raise ValueError("CAMPAIGN_CACHE=redis needs REDIS_HOST")
+        if self.redis_cluster and self.redis_db != 0:
+            raise ValueError("CAMPAIGN_REDIS_DB: a Redis Cluster has only database 0")
         return self
 
     @property

@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 
 from campaign_service.api.pb import campaign_grpc
 from campaign_service.api.pb import campaign_pb2 as pb
-from tests.conftest import Database, RedisServer, ServiceProcess, redis_address, redis_env, start_service
+from tests.conftest import Database, RedisServer, RedisTarget, ServiceProcess, redis_env, start_service
 from tests.service_http import http_get, metric
 from tests.tokens import auth_channel
 
@@ -72,9 +72,10 @@ def rename(merchant: uuid.UUID, name: str) -> pb.UpdateVIPTierRequest:
 
 
 async def test_update_through_one_instance_is_read_through_the_other(
-    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_client: aioredis.Redis
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_client: aioredis.Redis,
+    redis_target: RedisTarget,
 ) -> None:
-    env = redis_env(*redis_address())
+    env = redis_target.env()
     a, b = services(env), services(env)
     merchant = await new_merchant()
     async with client(a) as stub_a, client(b) as stub_b:
@@ -84,7 +85,7 @@ async def test_update_through_one_instance_is_read_through_the_other(
             assert got.name == "Gold"
         assert hits(a) == 1
         assert hits(b) == 1
-        assert 3590 <= await redis_client.ttl(f"cache:{merchant}:gold") <= 3600
+        assert 3590 <= await redis_client.ttl(f"cache:{{{merchant}}}:gold") <= 3600
         listed = await stub_b.ListVIPTiers(pb.ListVIPTiersRequest(merchant_id=str(merchant)))
         assert [t.name for t in listed.tiers] == ["Gold"]
 
@@ -101,10 +102,10 @@ async def test_update_through_one_instance_is_read_through_the_other(
 
 
 async def test_rate_limit_is_shared_and_says_when_to_retry(
-    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any]
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any], redis_target: RedisTarget
 ) -> None:
     # A 5 s window so that the burst surely falls into one window on a busy machine.
-    env = redis_env(*redis_address(), CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000")
+    env = redis_target.env(CAMPAIGN_RATE_LIMIT_WINDOW_MS="5000")
     a, b = services(env), services(env)
     merchant = await new_merchant()
     async with client(a) as stub_a, client(b) as stub_b:
@@ -223,7 +224,7 @@ async def test_invalidations_a_killed_instance_never_delivered_are_not_served_af
         assert (await stub.GetVIPTier(get_gold(merchant), timeout=5)).name == "Platinum"
     assert metric(first, "vip_tier_cache_pending_invalidations") == 2  # the tier and the merchant's list
     redis = aioredis.Redis(host="127.0.0.1", port=server.port)
-    assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # the answer from before the rename
+    assert await redis.hexists(f"cache:{{{merchant}}}:gold", "tier:")  # the answer from before the rename
     await redis.aclose()
     first.proc.kill()  # SIGKILL: the pending invalidations die with the process
     first.proc.wait(10)
@@ -300,7 +301,7 @@ async def test_no_stale_answer_when_redis_returns_with_its_data(
         redis = aioredis.Redis(host="127.0.0.1", port=server.port)
         for outage in range(5):
             await fill_through([stub_a, stub_b], [a, b], merchant, name)
-            assert await redis.hexists(f"cache:{merchant}:gold", "tier:")  # what the restart brings back
+            assert await redis.hexists(f"cache:{{{merchant}}}:gold", "tier:")  # what the restart brings back
             await redis.aclose()
             server.kill()
             name = f"Gold {outage}"

@@ -70,7 +70,7 @@ async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
         server.start()
         # Redis is back with the answer from before the write (a paused Redis may still have run the
         # block that timed out, so only a restart shows this for sure)...
-        assert b"tier:" in await client.hkeys(f"cache:{merchant}:gold")
+        assert b"tier:" in await client.hkeys(f"cache:{{{merchant}}}:gold")
     # ...and no lookup answers it, from the first one on.
     deadline = time.monotonic() + 10
     results: set[str] = set()

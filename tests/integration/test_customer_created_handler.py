@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,19 +18,12 @@ from campaign_service.adapters.redis.client import RedisBreaker
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.ports import InboundEvent, Rejected
-from tests.conftest import free_port, required_env
+from tests.conftest import free_port
 
 
 def created(merchant: uuid.UUID, customer: uuid.UUID, event_id: uuid.UUID, **headers: str) -> InboundEvent:
     payload = {"event_id": event_id, "customer_id": customer, "merchant_id": merchant, "created_at": 0}
     return InboundEvent(topics.CUSTOMER_CREATED, str(merchant), payload, headers)
-
-
-@pytest.fixture
-async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(required_env("CAMPAIGN_TEST_REDIS_URL"))
-    yield client
-    await client.aclose()
 
 
 async def counts(superuser_conn: Any, merchant: uuid.UUID, event_id: uuid.UUID) -> tuple[int, int, int]:
@@ -116,7 +108,7 @@ async def test_redis_fast_path_remembers_for_24h_and_short_circuits(
     handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(redis_client, RedisBreaker(1.0)))
     await handler(created(merchant, customer, event_id))
     key = redis_keys.processed(merchant, event_id)
-    assert key == f"processed:{merchant}:{event_id}"
+    assert key == f"processed:{{{merchant}}}:{event_id}"
     assert 86_000 < await redis_client.ttl(key) <= 86_400
     # Forget the event in the database only: a redelivery must now stop at Redis, before the database.
     await superuser_conn.execute("DELETE FROM processed_events WHERE event_id = $1", event_id)

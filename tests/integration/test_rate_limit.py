@@ -35,7 +35,7 @@ async def test_hundred_pass_the_hundred_and_first_waits(
     assert not (await limiter.acquire(uuid.UUID(int=merchant.int))).allowed  # same merchant, same count
     assert (await limiter.acquire(uuid.uuid4())).allowed  # other merchants have their own
 
-    key = f"rate_limit:{merchant}:campaign"
+    key = f"rate_limit:{{{merchant}}}:campaign"
     assert await redis_client.zcard(key) == 100  # refused requests do not count
     assert 0 < await redis_client.ttl(key) <= 60
 
@@ -83,9 +83,15 @@ async def test_local_limiter_forgets_least_recent_merchants() -> None:
     assert (await limiter.acquire(first)).allowed  # evicted, so counted afresh
 
 
-async def evalsha_calls(client: aioredis.Redis) -> int:
-    stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(stats.get("cmdstat_eval", {}).get("calls", 0))
+async def evalsha_calls(client: aioredis.Redis | aioredis.RedisCluster) -> int:
+    """Script calls so far, summed over every node (a cluster client answers per node)."""
+    if isinstance(client, aioredis.RedisCluster):
+        replies = list((await client.info("commandstats", target_nodes=aioredis.RedisCluster.PRIMARIES)).values())
+    else:
+        replies = [await client.info("commandstats")]
+    return sum(
+        int(s.get("cmdstat_evalsha", {}).get("calls", 0)) + int(s.get("cmdstat_eval", {}).get("calls", 0)) for s in replies
+    )
 
 
 async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(
@@ -99,5 +105,5 @@ async def test_concurrent_requests_share_round_trips_but_never_pass_the_limit(
     calls = await evalsha_calls(redis_client) - before
     assert [d.allowed for d in decisions].count(True) == 100
     assert all(0 < d.retry_after_s <= 5.0 for d in decisions if not d.allowed)
-    assert await redis_client.zcard(f"rate_limit:{merchant}:campaign") == 100
+    assert await redis_client.zcard(f"rate_limit:{{{merchant}}}:campaign") == 100
     assert calls < 10  # one script call per batch, not one per request

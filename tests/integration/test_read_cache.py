@@ -268,14 +268,14 @@ async def test_redis_keys_are_the_plans(
     await tiers.create(merchant, "gold", GOLD)
     await reads.tier(merchant, "gold", "ar")
     await reads.tiers(merchant, "")
-    assert set(await redis_client.hkeys(f"cache:{merchant}:gold")) == {b"gen", b"ep", b"tier:ar"}
-    assert set(await redis_client.hkeys(f"cache:{merchant}:tiers")) == {b"gen", b"ep", b"list:"}
-    assert 3590 <= await redis_client.ttl(f"cache:{merchant}:gold") <= 3600
+    assert set(await redis_client.hkeys(f"cache:{{{merchant}}}:gold")) == {b"gen", b"ep", b"tier:ar"}
+    assert set(await redis_client.hkeys(f"cache:{{{merchant}}}:tiers")) == {b"gen", b"ep", b"list:"}
+    assert 3590 <= await redis_client.ttl(f"cache:{{{merchant}}}:gold") <= 3600
     # A lookup of a missing tier leaves only a short-lived ticket behind.
     with pytest.raises(NotFound):
         await reads.tier(merchant, "nope", "")
-    assert set(await redis_client.hkeys(f"cache:{merchant}:nope")) == {b"gen", b"ep"}
-    assert 0 < await redis_client.ttl(f"cache:{merchant}:nope") <= redis_keys.TICKET_TTL_S
+    assert set(await redis_client.hkeys(f"cache:{{{merchant}}}:nope")) == {b"gen", b"ep"}
+    assert 0 < await redis_client.ttl(f"cache:{{{merchant}}}:nope") <= redis_keys.TICKET_TTL_S
 
 
 async def test_redis_entries_expire_after_the_ttl(
@@ -287,9 +287,9 @@ async def test_redis_entries_expire_after_the_ttl(
     await reads.tier(merchant, "gold", "")
     await reads.tier(merchant, "gold", "")
     assert context.cache_result.get() == "hit"
-    assert 0 < await redis_client.pttl(f"cache:{merchant}:gold") <= 1000
+    assert 0 < await redis_client.pttl(f"cache:{{{merchant}}}:gold") <= 1000
     await asyncio.sleep(1.1)
-    assert not await redis_client.exists(f"cache:{merchant}:gold")
+    assert not await redis_client.exists(f"cache:{{{merchant}}}:gold")
     await reads.tier(merchant, "gold", "")
     assert context.cache_result.get() == "miss"
 

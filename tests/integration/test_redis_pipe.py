@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -30,9 +31,9 @@ async def test_an_error_reply_fails_only_its_caller(service_pipe: Callable[..., 
     pipe = service_pipe()
     key = f"pipe-test:{time.monotonic_ns()}"
     results = await asyncio.gather(
-        pipe.execute("SET", key, "a"),
-        pipe.execute("INCR", key),  # not an integer
-        pipe.execute("GET", key),
+        pipe.execute("SET", key, "a", key=key),
+        pipe.execute("INCR", key, key=key),  # not an integer
+        pipe.execute("GET", key, key=key),
         return_exceptions=True,
     )
     assert results[0] == b"OK"
@@ -101,3 +102,18 @@ async def test_the_pooled_client_takes_a_new_connection_after_a_redis_restart(ow
     server.kill()
     server.start()
     assert await client.unlink("some-key") == 0
+
+
+async def test_each_key_goes_to_the_master_of_its_slot(service_pipe: Callable[..., RedisPipe], redis_client: aioredis.Redis) -> None:
+    """In a cluster, keys of many slots (so of every master) are written through the one pipe and
+    found where the cluster says they live; a script on one merchant's keys runs on one master."""
+    pipe = service_pipe()
+    keys = [f"pipe-test:{{{uuid.uuid4()}}}" for _ in range(60)]
+    assert await asyncio.gather(*(pipe.execute("SET", k, k, "EX", 60, key=k) for k in keys)) == [b"OK"] * 60
+    assert await redis_client.mget(keys[:1]) == [keys[0].encode()]
+    assert [await redis_client.get(k) for k in keys] == [k.encode() for k in keys]
+    script = pipe.script("return redis.call('INCR', KEYS[1]) + redis.call('INCR', KEYS[2])")
+    merchant = uuid.uuid4()
+    assert await script(keys=[f"a:{{{merchant}}}", f"b:{{{merchant}}}"], args=[]) == 2
+    numbers = {pipe.route(k)[0] for k in keys}
+    assert len(numbers) == len(await pipe.masters())  # one connection per master, all in use

@@ -13,7 +13,6 @@ from typing import Protocol
 import asyncpg
 import structlog
 from opentelemetry.trace import Tracer
-from redis.asyncio import Redis
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.consumer import KafkaEventSubscriber, consumer_config
@@ -27,7 +26,7 @@ from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.rabbitmq.connection import LazyChannel
 from campaign_service.adapters.rabbitmq.consumer import RabbitEventSubscriber
 from campaign_service.adapters.rabbitmq.publisher import RabbitEventPublisher
-from campaign_service.adapters.redis.client import RedisBreaker
+from campaign_service.adapters.redis.client import RedisBreaker, RedisClient
 from campaign_service.adapters.redis.processed import RedisProcessedEvents
 from campaign_service.adapters.schema_registry import RegistryRejected, RegistryUnavailable, registry_client
 from campaign_service.api.http import Check
@@ -281,7 +280,7 @@ async def pipeline(
     settings: Settings,
     relay_pool: asyncpg.Pool[asyncpg.Record],
     listen_dsn: str,
-    redis: Redis | None,
+    redis: RedisClient | None,
     breaker: RedisBreaker | None,
     pool: asyncpg.Pool[asyncpg.Record],
     tracer: Tracer | None = None,

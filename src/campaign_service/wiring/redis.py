@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
-from redis.asyncio import Redis
 
 from campaign_service.adapters.memory.cache import MemoryViewCache
 from campaign_service.adapters.memory.limiter import LocalRateLimiter
 from campaign_service.adapters.postgres.cache_epoch import PgCacheEpoch
 from campaign_service.adapters.redis.cache import RedisViewCache
-from campaign_service.adapters.redis.client import RedisBreaker, create_client, create_pipe, ping
+from campaign_service.adapters.redis.client import RedisBreaker, RedisClient, create_client, create_pipe, ping
 from campaign_service.adapters.redis.limiter import RedisRateLimiter
 from campaign_service.adapters.redis.pipe import RedisPipe
 from campaign_service.api.http import Check
@@ -31,7 +30,7 @@ log = structlog.get_logger(__name__)
 class RedisParts:
     cache: ViewCache
     limiter: RateLimiter | None  # None: the rate limit is off
-    client: Redis | None = None
+    client: RedisClient | None = None
     pipe: RedisPipe | None = None
     breaker: RedisBreaker | None = None
 

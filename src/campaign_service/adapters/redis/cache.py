@@ -42,6 +42,11 @@ writer while Redis is down. How it holds:
    advances the epoch before trusting it, so nothing cached before the restart or failover is
    trusted after it. A replica is never trusted (it may lag).
 
+6. A Redis Cluster. "The Redis" above is each master: every master holds its own record (under
+   a hash tag that lands on it), confirmation covers every master's connection and identity, and
+   a lookup trusts only the connection to its key's master that was confirmed. One replaced
+   master advances the epoch for all (a cold cache everywhere), as one replaced Redis does.
+
 Hence, for an answer X cached from a read before an acknowledged write W: if W's block reached
 the Redis that X is in and that Redis was not replaced since, X was deleted and could not be
 filled again (2, 1); if it was replaced, the epoch advanced before anyone trusted the new one
@@ -76,11 +81,13 @@ log = structlog.get_logger(__name__)
 # bound of a statement (statement timeout + 1 s, asyncpg's command timeout).
 MARKER_TTL_S = 60
 
-# KEYS[1] cache key, KEYS[2] epoch record; ARGV: field, generation field, fresh ticket, ticket
-# TTL, epoch, record. Returns {value} on a hit, {false, ticket} on a miss, {false, false, 0} when
-# a write blocks the key, {false, false, 1} when the record is not the caller's.
-_LOOKUP = """
-if redis.call('GET', KEYS[2]) ~= ARGV[6] then return {false, false, 1} end
+# KEYS[1] cache key; ARGV: field, generation field, fresh ticket, ticket TTL, epoch, record, the
+# record's key. Returns {value} on a hit, {false, ticket} on a miss, {false, false, 0} when a write
+# blocks the key, {false, false, 1} when the record is not the caller's. In a cluster the record
+# is the one of the node the key lives on, in another slot (a key per slot would be 16,384 records
+# to confirm): the flag lets the script read it undeclared, and Redis refuses if it is not local.
+_LOOKUP = """#!lua flags=allow-cross-slot-keys
+if redis.call('GET', ARGV[7]) ~= ARGV[6] then return {false, false, 1} end
 local found = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2], 'ep', 'w')
 if found[4] then return {false, false, 0} end
 if found[3] == ARGV[5] then
@@ -185,10 +192,10 @@ class RedisViewCache:
         self._block = pipe.script(_BLOCK)
         self._release = pipe.script(_RELEASE)
         self._set_record = pipe.script(_RECORD)
-        # What this instance confirmed; trusted only while `_record` is set and the lease runs.
-        self._record: bytes | None = None
+        # What this instance confirmed, per connection to a master (one for a single Redis):
+        # the record and its key. Trusted only while it is not empty and the lease runs.
+        self._confirmed: dict[int, tuple[bytes, str]] = {}
         self._epoch = b""
-        self._connection = 0
         self._lease_until = 0.0
         self._wake = asyncio.Event()
         # Fill blocks to lift (token -> keys) whose release did not reach Redis; they expire anyway.
@@ -197,28 +204,41 @@ class RedisViewCache:
 
     @property
     def trusted(self) -> bool:
-        return self._record is not None and time.monotonic() < self._lease_until
+        return bool(self._confirmed) and time.monotonic() < self._lease_until
 
     @property
     def pending(self) -> int:
         return sum(len(names) for names in self._pending.values())
 
     def _distrust(self) -> None:
-        if self._record is not None:
-            self._record = None
+        if self._confirmed:
+            self._confirmed = {}
             metrics.CACHE_TRUSTED.set(0)
         self._wake.set()
 
     async def lookup(self, key: ViewKey) -> CachedView:
-        record = self._record
-        if record is None or not self._breaker.allows():
+        if not self._confirmed or not self._breaker.allows():
             return CachedView()
         name, slot = redis_keys.view_slot(key)
+        number, _ = self._pipe.route(name)
+        confirmed = self._confirmed.get(number)
+        if confirmed is None:  # another connection (or master) than the ones confirmed
+            self._distrust()
+            return CachedView()
+        record, record_key = confirmed
         try:
             found = await self._lookup(
-                keys=[name, redis_keys.CACHE_EPOCH],
-                args=[slot, redis_keys.GENERATION, unique_token(), redis_keys.TICKET_TTL_S, self._epoch, record],
-                on=self._connection,
+                keys=[name],
+                args=[
+                    slot,
+                    redis_keys.GENERATION,
+                    unique_token(),
+                    redis_keys.TICKET_TTL_S,
+                    self._epoch,
+                    record,
+                    record_key,
+                ],
+                on=number,
             )
         except ConnectionChanged:  # e.g. the rate limit reconnected: confirm the new connection
             self._distrust()
@@ -240,12 +260,16 @@ class RedisViewCache:
         return CachedView()
 
     async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
-        if self._record is None or not self._breaker.allows():
+        if not self._confirmed or not self._breaker.allows():
             return False
         name, slot = redis_keys.view_slot(key)
+        number, _ = self._pipe.route(name)
+        if number not in self._confirmed:
+            self._distrust()
+            return False
         try:
             stored = await self._fill(
-                keys=[name], args=[redis_keys.GENERATION, ticket, slot, value, self._ttl_s], on=self._connection
+                keys=[name], args=[redis_keys.GENERATION, ticket, slot, value, self._ttl_s], on=number
             )
         except ConnectionChanged:
             self._distrust()
@@ -318,7 +342,7 @@ class RedisViewCache:
         True when the cache is trusted afterwards."""
         for _ in range(3):
             started = time.monotonic()
-            if self._record is not None and self._pipe.connection_number == self._connection:
+            if self._confirmed and self._pipe.connection_numbers == frozenset(self._confirmed):
                 epoch = await self._epochs.current()  # the usual refresh: one row
                 if str(epoch).encode() == self._epoch:
                     self._lease_until = started + self._lease_s
@@ -328,33 +352,37 @@ class RedisViewCache:
         return False
 
     async def _confirm_on_redis(self, started: float) -> bool:
-        server = _info(await self._pipe.execute("INFO", "server"))
-        connection = self._pipe.connection_number
-        replication = _info(await self._pipe.execute_on(connection, "INFO", "replication"))
-        if replication.get("role") != "master":
-            raise NotTrusted(f"redis is a {replication.get('role')}")
-        if not server.get("run_id") or not replication.get("master_replid"):
-            raise NotTrusted("redis does not say its run_id and master_replid")
-        identity = f"{server['run_id']}:{replication['master_replid']}"
-        seen = _parse_record(await self._pipe.execute_on(connection, "GET", redis_keys.CACHE_EPOCH))
+        seen: dict[int, tuple[str, str, tuple[int, str] | None]] = {}  # number -> record key, identity, record
+        for number, tag in await self._pipe.masters():
+            server = _info(await self._pipe.execute_on(number, "INFO", "server"))
+            replication = _info(await self._pipe.execute_on(number, "INFO", "replication"))
+            if replication.get("role") != "master":
+                raise NotTrusted(f"redis is a {replication.get('role')}")
+            if not server.get("run_id") or not replication.get("master_replid"):
+                raise NotTrusted("redis does not say its run_id and master_replid")
+            identity = f"{server['run_id']}:{replication['master_replid']}"
+            record_key = redis_keys.cache_epoch(tag)
+            seen[number] = (record_key, identity, _parse_record(await self._pipe.execute_on(number, "GET", record_key)))
         epoch = await self._epochs.current()
-        if seen is None or seen[1] != identity or seen[0] > epoch:
-            # A Redis that may have lost deletions (restarted, failed over, record gone): nothing
-            # in it from before is trusted from now on.
-            epoch = await self._epochs.advance(seen[0] if seen else 0)
+        if any(record is None or record[1] != identity or record[0] > epoch for _, identity, record in seen.values()):
+            # A Redis (in a cluster: a master) that may have lost deletions (restarted, failed
+            # over, record gone): nothing in any of them from before is trusted from now on.
+            epoch = await self._epochs.advance(max((r[0] for _, _, r in seen.values() if r), default=0))
             metrics.CACHE_EPOCH_ADVANCES.labels("redis_replaced").inc()
             log.info("cache epoch advanced for a redis not confirmed before", epoch=epoch)
-        record = await self._set_record(keys=[redis_keys.CACHE_EPOCH], args=[epoch, identity], on=connection)
-        if record != f"{epoch} {identity}".encode():
-            return False  # another instance confirmed a newer epoch meanwhile: again
-        assert isinstance(record, bytes)
+        confirmed: dict[int, tuple[bytes, str]] = {}
+        for number, (record_key, identity, _) in seen.items():
+            record = await self._set_record(keys=[record_key], args=[epoch, identity], on=number)
+            if record != f"{epoch} {identity}".encode():
+                return False  # another instance confirmed a newer epoch meanwhile: again
+            assert isinstance(record, bytes)
+            confirmed[number] = (record, record_key)
         self._epoch = str(epoch).encode()
-        self._connection = connection
         self._lease_until = started + self._lease_s
-        if self._record is None:
+        if not self._confirmed:
             metrics.CACHE_TRUSTED.set(1)
-            log.info("redis cache confirmed", epoch=epoch)
-        self._record = record
+            log.info("redis cache confirmed", epoch=epoch, masters=len(confirmed))
+        self._confirmed = confirmed
         return True
 
     async def keep_confirmed(self) -> None:

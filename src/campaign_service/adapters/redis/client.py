@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,9 +35,27 @@ def unique_token() -> str:
     return f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER):x}"
 
 
-def create_client(settings: Settings) -> Redis:
+# The redis-py client of the calls off the request path (invalidation, processed markers, health).
+RedisClient = Redis | RedisCluster
+
+
+def create_client(settings: Settings) -> RedisClient:
     """A pooled client; waiting for a free connection is bounded like every command."""
     timeout_s = settings.redis_timeout_ms / 1000
+    if settings.redis_cluster:
+        assert settings.redis_host is not None
+        # The other nodes are found from this one; a command is retried once on a connection
+        # error, after reading the slot map again (a failover), never more.
+        return RedisCluster(
+            host=settings.redis_host,
+            port=settings.redis_port,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            max_connections=settings.redis_max_connections,
+            retry=Retry(NoBackoff(), 1),
+            client_name="campaign-service",
+        )
     pool = BlockingConnectionPool(
         host=settings.redis_host,
         port=settings.redis_port,
@@ -66,6 +84,7 @@ def create_pipe(settings: Settings) -> RedisPipe:
         db=settings.redis_db,
         password=settings.redis_password.get_secret_value() if settings.redis_password else None,
         timeout_s=settings.redis_timeout_ms / 1000,
+        cluster=settings.redis_cluster,
     )
 
 
@@ -104,10 +123,14 @@ class RedisBreaker:
             metrics.REDIS_UP.set(1)
 
 
-async def ping(client: Redis, breaker: RedisBreaker) -> str | None:
+async def ping(client: RedisClient, breaker: RedisBreaker) -> str | None:
     """Readiness: None when Redis answers, else a short reason."""
     try:
-        await client.ping()
+        if isinstance(client, RedisCluster):
+            # The masters only: a replica that is down costs nothing until its master fails too.
+            await client.ping(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            await client.ping()
     except REDIS_FAILURES as exc:
         breaker.failed("ping", exc)
         return f"unreachable ({type(exc).__name__}); serving from PostgreSQL"

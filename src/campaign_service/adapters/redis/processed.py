@@ -12,14 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-import redis.asyncio as aioredis
-
 from campaign_service import metrics, redis_keys
-from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker
+from campaign_service.adapters.redis.client import REDIS_FAILURES, RedisBreaker, RedisClient
 
 
 class RedisProcessedEvents:
-    def __init__(self, client: aioredis.Redis, breaker: RedisBreaker, ttl_s: int = redis_keys.PROCESSED_TTL_S) -> None:
+    def __init__(self, client: RedisClient, breaker: RedisBreaker, ttl_s: int = redis_keys.PROCESSED_TTL_S) -> None:
         self._redis = client
         self._breaker = breaker
         self._ttl = ttl_s
@@ -28,7 +26,12 @@ class RedisProcessedEvents:
         if not events or not self._breaker.allows():
             return set()
         try:
-            values = await self._redis.mget([redis_keys.processed(merchant, event) for merchant, event in events])
+            # GETs in a pipeline rather than one MGET: the keys of a batch lie in the slots of
+            # several merchants, and a cluster pipeline sends each node its own (one round trip).
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for merchant, event in events:
+                    pipe.get(redis_keys.processed(merchant, event))
+                values = await pipe.execute()
         except REDIS_FAILURES as exc:
             metrics.PROCESSED_CACHE_ERRORS.labels("seen").inc()
             self._breaker.failed("processed_seen", exc)
