@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_change_jobs import Configuration, Matrix, PgTierChangeEngine
+from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode
 
 
 async def test_enqueue_inside_a_unit_of_work_is_idempotent_per_change(app_pool: Any, new_merchant: Any) -> None:
@@ -41,3 +49,157 @@ async def test_an_enqueue_rolled_back_with_its_change_leaves_no_job(app_pool: An
 async def test_enqueue_without_a_merchant_is_refused(app_pool: Any) -> None:
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await app_pool.fetchval("SELECT campaign_enqueue_tier_change_job($1, 'full', 1, now())", uuid.uuid4())
+
+
+# ------------------------------------------------------------------------------------------
+# The engine: preview and apply on a generated population.
+
+STAMP = datetime(2027, 6, 15, 12, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Customer:
+    tier: int  # index into the ladder
+    points: tuple[tuple[int, int], ...]  # (days before STAMP, points)
+    floor: int | None = None
+
+
+async def seed(
+    app_pool: Any, merchant: uuid.UUID, ladder: Sequence[int], customers: Sequence[Customer], window: str = "lifetime"
+) -> list[uuid.UUID]:
+    """Tiers t0..tn with the given min_points (t0 default), a programme, and customers holding
+    tiers with daily points; as the service role (RLS applies). The customer ids in order."""
+    ids = [uuid.uuid4() for _ in customers]
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        for i, mp in enumerate(ladder):
+            await conn.execute(
+                "INSERT INTO vip_tiers (merchant_id, tier_id, name, min_points, is_default, benefits)"
+                " VALUES ($1, $2, $2, $3, $4, jsonb_build_object('bonus_points', $5::int))",
+                merchant, f"t{i}", mp, i == 0, 10 * i,
+            )  # fmt: skip
+        if window != "lifetime":
+            await conn.execute(
+                "INSERT INTO tier_programs (merchant_id, window_kind, downgrade_policy, version)"
+                " VALUES ($1, $2, 'to_qualified', 3)",
+                merchant,
+                window,
+            )
+        await conn.executemany(
+            "INSERT INTO customer_tiers (merchant_id, customer_id, tier_id, source, floor_tier_id, held_tiers)"
+            " VALUES ($1, $2, $3, 'customer.created', $4, ARRAY[$3])",
+            [
+                (merchant, cid, f"t{c.tier}", None if c.floor is None else f"t{c.floor}")
+                for cid, c in zip(ids, customers, strict=True)
+            ],
+        )
+        await conn.executemany(
+            "INSERT INTO qualifying_points_daily (merchant_id, customer_id, day, points) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET points = qualifying_points_daily.points"
+            " + EXCLUDED.points",
+            [
+                (merchant, cid, (STAMP - timedelta(days=d)).date(), p)
+                for cid, c in zip(ids, customers, strict=True)
+                for d, p in c.points
+            ],
+        )
+    return ids
+
+
+async def set_min_points(app_pool: Any, merchant: uuid.UUID, new: Sequence[int]) -> None:
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        for i, mp in enumerate(new):
+            await conn.execute(
+                "UPDATE vip_tiers SET min_points = $3 WHERE merchant_id = $1 AND tier_id = $2", merchant, f"t{i}", mp
+            )
+
+
+async def run_job(
+    engine: PgTierChangeEngine, app_pool: Any, merchant: uuid.UUID, mode: ApplyMode, chunk: int = 7
+) -> uuid.UUID:
+    async with PgUnitOfWork(app_pool)(merchant) as work:
+        job = await work.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=1)
+    for _ in range(10_000):
+        result = await engine.run_chunk(merchant, job, STAMP, chunk)
+        if result.finished:
+            return job
+    raise AssertionError("the job did not finish")
+
+
+async def moves_of_job(superuser_conn: Any, merchant: uuid.UUID, job: uuid.UUID) -> Counter[tuple[str, str, str]]:
+    rows = await superuser_conn.fetch(
+        "SELECT from_tier_id, tier_id, direction, reason FROM customer_tier_history"
+        " WHERE merchant_id = $1 AND cause_event_id = $2",
+        merchant,
+        job,
+    )
+    assert all(r["reason"] == "program_change" for r in rows)
+    events = await superuser_conn.fetch(
+        "SELECT payload FROM outbox_events WHERE merchant_id = $1 AND payload->>'job_id' = $2", merchant, str(job)
+    )
+    assert len(events) == len(rows)  # one event per move
+    assert all(e["payload"]["reason"] == "program_change" for e in events)
+    return Counter((r["from_tier_id"], r["tier_id"], r["direction"]) for r in rows)
+
+
+def preview_moves(matrix: Matrix) -> Counter[tuple[str, str, str]]:
+    return Counter(
+        {(c.from_tier, c.to_tier, c.direction): c.customers for c in matrix.cells.values() if c.direction is not None}
+    )
+
+
+customers_st = st.lists(
+    st.builds(
+        Customer,
+        tier=st.integers(0, 3),
+        points=st.lists(st.tuples(st.integers(0, 800), st.integers(-50, 600)), max_size=4).map(tuple),
+        floor=st.none() | st.integers(0, 3),
+    ),
+    min_size=1,
+    max_size=25,
+)
+ladder_st = st.lists(st.integers(1, 1500), min_size=3, max_size=3).map(lambda xs: [0, *sorted(xs)])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    customers=customers_st,
+    before=ladder_st,
+    after=ladder_st,
+    mode=st.sampled_from(APPLY_MODES),
+    window=st.sampled_from(["lifetime", "calendar_year", "rolling_months"]),
+)
+async def test_preview_counts_equal_what_apply_then_does_in_every_mode(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any,
+    customers: list[Customer], before: list[int], after: list[int], mode: ApplyMode, window: str,
+) -> None:  # fmt: skip
+    if window == "rolling_months":
+        window = "calendar_year"  # (a rolling window needs window_months; the year covers a bounded window)
+    merchant = await new_merchant()
+    ids = await seed(app_pool, merchant, before, customers, window)
+    tiers_before = {
+        r["customer_id"]: r["tier_id"]
+        for r in await superuser_conn.fetch(
+            "SELECT customer_id, tier_id FROM customer_tiers WHERE merchant_id = $1", merchant
+        )
+    }
+    await set_min_points(app_pool, merchant, after)
+    engine = PgTierChangeEngine(app_pool)
+    programme, ladder = await engine.setup(merchant)
+    matrix = await engine.preview(merchant, Configuration(programme, ladder, mode), STAMP, samples=3, chunk=5)
+    assert matrix.customers == len(ids)
+    job = await run_job(engine, app_pool, merchant, mode)
+    done = await moves_of_job(superuser_conn, merchant, job)
+    assert preview_moves(matrix) == done
+    stored = await engine.get(merchant, job)
+    assert stored is not None
+    assert (stored.state, stored.customers_done, stored.moved) == ("done", len(ids), sum(done.values()))
+    if mode == "upgrades_only":
+        assert all(d == "up" for _, _, d in done)
+    if mode == "next_period":
+        assert not done
+    # each sample is a customer of its cell
+    for cell in matrix.cells.values():
+        assert all(tiers_before[s] == cell.from_tier for s in cell.samples)
+        assert len(cell.samples) == min(3, cell.customers)
