@@ -32,7 +32,7 @@ from campaign_service.service.reads import TierReads
 from campaign_service.service.tiers import TierService
 from campaign_service.service.unit_of_work import UnitOfWork
 from campaign_service.wiring import auth, database, redis, servers, tracing
-from campaign_service.wiring.events import downgrade_warnings, pipeline, scheduler
+from campaign_service.wiring.events import downgrade_warnings, pipeline, scheduler, tier_change_jobs
 
 log = structlog.get_logger(__name__)
 
@@ -137,6 +137,7 @@ async def build_app(
             await stack.enter_async_context(database.tier_counts(relay_pool, settings))
             await stack.enter_async_context(scheduler(settings, pool))
             await stack.enter_async_context(downgrade_warnings(settings, pool))
+            await stack.enter_async_context(tier_change_jobs(settings, pool))
         await stack.enter_async_context(redis.confirmation(cache))
 
         tiers = TierService(uow, [cache])

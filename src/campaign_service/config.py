@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     # customers per chunk transaction. 0 = off.
     scheduler_interval_s: float = Field(60.0, ge=0, le=86_400)
     scheduler_chunk_size: int = Field(5000, ge=1, le=100_000)
+    # Tier change (re-assessment) jobs, issue 14: seconds between looks for a runnable job when
+    # there was none (0 = this instance runs no jobs), and customers per chunk transaction.
+    tier_change_jobs_interval_s: float = Field(1.0, ge=0, le=3600)
+    tier_change_jobs_chunk_size: int = Field(20_000, ge=1, le=200_000)
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)

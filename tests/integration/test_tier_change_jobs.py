@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,8 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
-from campaign_service.adapters.postgres.tier_change_jobs import Configuration, Matrix, PgTierChangeEngine
+from campaign_service.adapters.postgres.tier_change_jobs import (
+    Configuration,
+    Matrix,
+    PgTierChangeEngine,
+    _setup,
+    apply_chunk,
+    preview_range,
+)
 from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode
+from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
+from campaign_service.service.errors import Unavailable
+from tests.conftest import start_service
 
 
 async def test_enqueue_inside_a_unit_of_work_is_idempotent_per_change(app_pool: Any, new_merchant: Any) -> None:
@@ -203,3 +216,126 @@ async def test_preview_counts_equal_what_apply_then_does_in_every_mode(
     for cell in matrix.cells.values():
         assert all(tiers_before[s] == cell.from_tier for s in cell.samples)
         assert len(cell.samples) == min(3, cell.customers)
+
+
+# ------------------------------------------------------------------------------------------
+# The runner: replicas, lost chunks, kill -9.
+
+
+async def population(app_pool: Any, new_merchant: Any, n: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """n customers on t0 with points 0..n-1 scaled so that about half reach t1 after the change."""
+    merchant = await new_merchant()
+    customers = [Customer(0, ((1, (i * 7919) % 2000),)) for i in range(n)]
+    ids = await seed(app_pool, merchant, [0, 5000, 9000, 9500], customers)
+    await set_min_points(app_pool, merchant, [0, 1000, 9000, 9500])
+    return merchant, ids
+
+
+async def assessed_once(superuser_conn: Any, merchant: uuid.UUID, job: uuid.UUID, expected: int) -> None:
+    per_customer = await superuser_conn.fetch(
+        "SELECT customer_id, count(*) AS n FROM customer_tier_history WHERE merchant_id = $1 AND cause_event_id = $2"
+        " GROUP BY customer_id",
+        merchant,
+        job,
+    )
+    assert all(r["n"] == 1 for r in per_customer)
+    assert len(per_customer) == expected
+    events = await superuser_conn.fetchval(
+        "SELECT count(*) FROM outbox_events WHERE merchant_id = $1 AND payload->>'job_id' = $2", merchant, str(job)
+    )
+    assert events == expected
+    row = await superuser_conn.fetchrow(
+        "SELECT state, moved, customers_done, customers_total FROM tier_change_jobs WHERE job_id = $1", job
+    )
+    assert (row["state"], row["moved"]) == ("done", expected)
+    assert row["customers_done"] == row["customers_total"]
+
+
+async def test_two_replicas_never_run_the_same_chunk(app_pool: Any, new_merchant: Any, superuser_conn: Any) -> None:
+    merchant, ids = await population(app_pool, new_merchant, 300)
+    preview = await PgTierChangeEngine(app_pool).preview(
+        merchant, Configuration(*await PgTierChangeEngine(app_pool).setup(merchant), "full"), STAMP
+    )
+    async with PgUnitOfWork(app_pool)(merchant) as work:
+        job = await work.tier_change_jobs.enqueue(uuid.uuid4(), mode="full", config_version=1)
+    runners = [
+        TierChangeJobRunner(PgTierChangeEngine(app_pool), JobRunnerSettings(chunk_size=10), clock=lambda: STAMP)
+        for _ in range(3)
+    ]
+    chunks = await asyncio.gather(*(r.run_job(merchant, job) for r in runners))
+    assert sum(chunks) == len(ids) // 10 + 1  # every chunk ran once, whoever ran it
+    assert preview.moved() > 0
+    await assessed_once(superuser_conn, merchant, job, preview.moved())
+
+
+async def test_a_chunk_lost_mid_transaction_is_run_again_once(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any
+) -> None:
+    merchant, _ = await population(app_pool, new_merchant, 100)
+    engine = PgTierChangeEngine(app_pool)
+    expected = (await engine.preview(merchant, Configuration(*await engine.setup(merchant), "full"), STAMP)).moved()
+    async with PgUnitOfWork(app_pool)(merchant) as work:
+        job = await work.tier_change_jobs.enqueue(uuid.uuid4(), mode="full", config_version=1)
+    await engine.run_chunk(merchant, job, STAMP, 30)
+    with pytest.raises(Unavailable):  # the chunk's written rows, then the connection dies
+        async with engine._scoped(merchant, readonly=False) as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            cursor = await conn.fetchval("SELECT cursor FROM tier_change_jobs WHERE job_id = $1 FOR UPDATE", job)
+            config = Configuration(*await _setup(conn, merchant), "full")
+            await apply_chunk(conn, merchant, config, STAMP, job, after=cursor, chunk=30)
+            await superuser_conn.execute("SELECT pg_terminate_backend($1)", pid)
+            await conn.execute("SELECT 1")
+    runner = TierChangeJobRunner(engine, JobRunnerSettings(chunk_size=30), clock=lambda: STAMP)
+    assert await runner.run_once() >= 1
+    await assessed_once(superuser_conn, merchant, job, expected)
+
+
+async def test_kill_9_of_the_service_mid_job_then_restart_completes_each_customer_once(
+    database: Any, app_pool: Any, new_merchant: Any, superuser_conn: Any, tmp_path: Path
+) -> None:
+    merchant, _ = await population(app_pool, new_merchant, 6000)
+    engine = PgTierChangeEngine(app_pool)
+    expected = (await engine.preview(merchant, Configuration(*await engine.setup(merchant), "full"), STAMP)).moved()
+    async with PgUnitOfWork(app_pool)(merchant) as work:
+        job = await work.tier_change_jobs.enqueue(uuid.uuid4(), mode="full", config_version=1)
+    env = {"CAMPAIGN_TIER_CHANGE_JOBS_CHUNK_SIZE": "50", "CAMPAIGN_TIER_CHANGE_JOBS_INTERVAL_S": "0.2"}
+    service = start_service(database, tmp_path, extra_env=env)
+    try:
+        for _ in range(600):
+            done = await superuser_conn.fetchval("SELECT customers_done FROM tier_change_jobs WHERE job_id = $1", job)
+            if done > 0:
+                break
+            await asyncio.sleep(0.05)
+        service.stop(signal.SIGKILL)
+    finally:
+        if service.proc.poll() is None:
+            service.stop(signal.SIGKILL)
+    row = await superuser_conn.fetchrow("SELECT state, customers_done FROM tier_change_jobs WHERE job_id = $1", job)
+    assert row["state"] == "running", "the kill came too late to be mid-job"
+    assert 0 < row["customers_done"] < 6000
+    service = start_service(database, tmp_path / "again", extra_env=env)
+    try:
+        for _ in range(1200):
+            if await superuser_conn.fetchval("SELECT state FROM tier_change_jobs WHERE job_id = $1", job) == "done":
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        service.stop()
+    await assessed_once(superuser_conn, merchant, job, expected)
+
+
+async def test_a_preview_for_merchant_a_never_counts_merchant_b(
+    app_pool: Any, new_merchant: Any
+) -> None:
+    a, ids_a = await population(app_pool, new_merchant, 20)
+    b, ids_b = await population(app_pool, new_merchant, 30)
+    engine = PgTierChangeEngine(app_pool)
+    config = Configuration(*await engine.setup(a), "full")
+    matrix = await engine.preview(a, config, STAMP, samples=100)
+    assert matrix.customers == 20
+    assert {s for c in matrix.cells.values() for s in c.samples} <= set(ids_a)
+    # even asked for B's id with A's transaction, RLS answers nothing
+    async with app_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(a))
+        assert (await preview_range(conn, b, config, STAMP)).customers == 0
+    assert ids_b

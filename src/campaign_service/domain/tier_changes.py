@@ -44,3 +44,14 @@ class TierChangeJob:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """One chunk of a job: job None when the job was not runnable or another runner held it."""
+
+    job: TierChangeJob | None
+    claimed: int = 0
+    moved: int = 0
+    up: int = 0
+    finished: bool = False

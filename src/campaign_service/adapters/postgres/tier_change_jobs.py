@@ -49,7 +49,7 @@ from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tier_change_jobs import JOB_COLUMNS, job_from_row
 from campaign_service.domain.events import VIP_TIER_ASSIGNED
 from campaign_service.domain.progression import Ladder, Programme
-from campaign_service.domain.tier_changes import ApplyMode, TierChangeJob
+from campaign_service.domain.tier_changes import ApplyMode, ChunkResult, TierChangeJob
 
 MIN_UUID = UUID(int=0)
 MAX_UUID = UUID(int=(1 << 128) - 1)
@@ -290,15 +290,6 @@ async def apply_chunk(
 
 # ------------------------------------------------------------------------------------------
 # The engine: transactions around the statements.
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    job: TierChangeJob | None  # None: the job was not there or another runner holds it
-    claimed: int = 0
-    moved: int = 0
-    up: int = 0
-    finished: bool = False
 
 
 class PgTierChangeEngine:
