@@ -222,6 +222,23 @@ class FakeTierChangeJobs:
     async def get(self, job_id: UUID) -> TierChangeJob | None:
         return self._tx.jobs.get(job_id)
 
+    async def move_holders(self, tier_id: str, *, mode: ApplyMode, job_id: UUID) -> int:
+        """Simplified (the fake keeps no points): holders go to the tier just below, else the
+        lowest other tier. The real evaluation is SQL (adapters/postgres/tier_change_jobs.py)."""
+        rows = self._tx.write("tier_change_jobs.move_holders")
+        ladder = sorted(rows.tiers.values(), key=lambda t: (t.spec.min_points, t.tier_id))
+        rank = [t.tier_id for t in ladder].index(tier_id)
+        rest = [t for t in ladder if t.tier_id != tier_id]
+        if not rest:
+            return 0
+        target = ladder[rank - 1] if rank > 0 else rest[0]
+        moved = 0
+        for cid, c in list(rows.customers.items()):
+            if c.tier_id == tier_id:
+                rows.customers[cid] = replace(c, tier_id=target.tier_id, source="program", cause_event_id=job_id)
+                moved += 1
+        return moved
+
 
 @dataclass(frozen=True)
 class FakeRepositories:

@@ -26,6 +26,7 @@ from campaign_service.adapters.postgres.tier_change_jobs import (
     apply_chunk,
     preview_range,
 )
+from campaign_service.domain.errors import FailedPrecondition
 from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode
 from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
 from campaign_service.service.errors import Unavailable
@@ -339,3 +340,39 @@ async def test_a_preview_for_merchant_a_never_counts_merchant_b(
         await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(a))
         assert (await preview_range(conn, b, config, STAMP)).customers == 0
     assert ids_b
+
+
+@pytest.mark.parametrize("mode", APPLY_MODES)
+async def test_deleting_a_held_tier_with_a_mode_moves_its_holders_exactly_once(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any, tier_service: Any, mode: ApplyMode
+) -> None:
+    merchant = await new_merchant()
+    # t0 0 < t1 100 < t2 1000; holders of t2 with 50 (reach t0 only) and 500 points (reach t1)
+    customers = [Customer(2, ((1, 50),)), Customer(2, ((1, 500),)), Customer(1, ((1, 500),)), Customer(0, ())]
+    low, mid, keeper, base = await seed(app_pool, merchant, [0, 100, 1000], customers)
+    with pytest.raises(FailedPrecondition):
+        await tier_service.delete(merchant, "t2")
+    job = await tier_service.delete(merchant, "t2", mode=mode)
+    assert job is not None
+    engine = PgTierChangeEngine(app_pool)
+    runner = TierChangeJobRunner(engine, JobRunnerSettings(chunk_size=2))
+    await runner.run_job(merchant, job)
+    history = await superuser_conn.fetch(
+        "SELECT customer_id, from_tier_id, tier_id, direction FROM customer_tier_history"
+        " WHERE merchant_id = $1 AND cause_event_id = $2",
+        merchant,
+        job,
+    )
+    moved = {r["customer_id"]: (r["from_tier_id"], r["tier_id"], r["direction"]) for r in history}
+    assert len(history) == len(moved) == 2  # the two holders, once each; nobody else
+    # full: the tier their points reach; otherwise nobody falls below the tier under the deleted one
+    assert moved[low] == ("t2", "t0" if mode == "full" else "t1", "down")
+    assert moved[mid] == ("t2", "t1", "down")
+    assert keeper not in moved
+    assert base not in moved
+    stored = await engine.get(merchant, job)
+    assert stored is not None
+    assert stored.state == "done"
+    assert await superuser_conn.fetchval(
+        "SELECT count(*) FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 't2'", merchant
+    ) == 0

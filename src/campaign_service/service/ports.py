@@ -113,6 +113,11 @@ class TierChangeJobs(Protocol):
 
     async def get(self, job_id: UUID) -> TierChangeJob | None: ...
 
+    async def move_holders(self, tier_id: str, *, mode: ApplyMode, job_id: UUID) -> int:
+        """Moves every holder of `tier_id` (about to be deleted) in this transaction, by `mode`,
+        as the job `job_id` does (state, history, one event each, reason program_change); how many."""
+        ...
+
 
 class Repositories(Protocol):
     """What one database transaction scoped to one merchant holds (RLS applies to every

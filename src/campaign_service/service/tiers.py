@@ -19,6 +19,7 @@ import structlog
 from campaign_service import context, topics
 from campaign_service.domain import events
 from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
+from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode
 from campaign_service.domain.tiers import (
     MAX_POINTS,
     MAX_TIERS_PER_MERCHANT,
@@ -111,16 +112,30 @@ class TierService:
             await _announce_cleared(uow, merchant_id, cleared)
         return UpdateResult(tier, changed)
 
-    async def delete(self, merchant_id: UUID, tier_id: str, expected_version: int = 0) -> None:
+    async def delete(
+        self, merchant_id: UUID, tier_id: str, expected_version: int = 0, mode: ApplyMode | None = None
+    ) -> UUID | None:
+        """Deletes the tier. Customers holding it make this FAILED_PRECONDITION unless `mode` is
+        given: then, in this transaction, a re-assessment job is enqueued for the change and the
+        holders are moved by that mode (adapters/postgres/tier_change_jobs.py says where to),
+        flagged with the job; the job id (None when no mode was given)."""
         check_tier_id(tier_id)
         _check_expected_version(expected_version)
+        if mode is not None and mode not in APPLY_MODES:
+            raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+        job_id: UUID | None = None
         async with self._writing(merchant_id) as uow:
             current = await _locked(uow, tier_id, expected_version)
             holders = await uow.customers.holders(tier_id)
-            if holders:
+            if holders and mode is None:
                 raise FailedPrecondition(f"{holders} customer(s) hold tier {tier_id!r}; move them first")
+            if mode is not None:
+                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=current.version)
+                if holders:
+                    await uow.tier_change_jobs.move_holders(tier_id, mode=mode, job_id=job_id)
             await uow.tiers.delete(tier_id)
             _announce(uow, merchant_id, current, ["deleted"])
+        return job_id
 
     @asynccontextmanager
     async def _writing(self, merchant_id: UUID) -> AsyncIterator[TenantUnitOfWork]:

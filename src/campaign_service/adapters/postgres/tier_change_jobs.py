@@ -37,7 +37,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -81,7 +81,7 @@ EVALUATE_NOW = """, typed AS (  -- every parameter's type, for the tails that do
       AND ($10::date IS NULL OR q.day >= $10::date)
       AND ($17::boolean IS FALSE OR q.customer_id IN (SELECT customer_id FROM claimed))
     GROUP BY q.customer_id
-), ranked AS MATERIALIZED (
+), ranked AS (
     SELECT c.customer_id, c.tier_id AS old_tier, c.held_tiers, coalesce(s.pts, 0) AS pts,
            c.tier_id IS NOT DISTINCT FROM $15::text AS gone,
            CASE WHEN c.tier_id IS NOT DISTINCT FROM $15::text THEN $16::int
@@ -90,7 +90,7 @@ EVALUATE_NOW = """, typed AS (  -- every parameter's type, for the tails that do
            CASE WHEN c.floor_tier_id IS NULL OR (c.floor_until IS NOT NULL AND c.floor_until <= $5) THEN -1
                 ELSE coalesce(array_position($7::text[], c.floor_tier_id) - 1, -1) END AS floor_rank
     FROM claimed c LEFT JOIN sums s USING (customer_id)
-), decided AS MATERIALIZED (
+), decided AS (
     SELECT r.*,
            CASE WHEN cardinality($7::text[]) = 0 THEN NULL
                 WHEN r.gone AND $6 = 'full' THEN greatest(r.reached, r.floor_rank, 0)
@@ -101,7 +101,7 @@ EVALUATE_NOW = """, typed AS (  -- every parameter's type, for the tails that do
                     THEN greatest(r.reached, r.floor_rank, 0)
            END AS to_rank
     FROM ranked r
-), moves AS MATERIALIZED (
+), moves AS (  -- materialized by the apply tail, which reads it thrice
     SELECT d.customer_id, d.old_tier, d.pts, d.held_tiers, d.to_rank IS NOT NULL AS moving,
            ($7::text[])[d.to_rank + 1] AS new_tier,
            CASE WHEN d.to_rank > d.cur THEN 'up' ELSE 'down' END AS dir,
@@ -122,6 +122,7 @@ _WRITE = """, written AS (
         deadline = CASE WHEN m.dir = 'up' THEN $12 ELSE ct.deadline END
     FROM moves m
     WHERE m.moving AND ct.merchant_id = $1 AND ct.customer_id = m.customer_id
+      AND ct.customer_id > $2 AND ct.customer_id <= (SELECT hi FROM bounds)  -- the chunk's key range
     RETURNING 1
 ), announced AS (
     INSERT INTO outbox_events (event_id, merchant_id, topic, key, payload, headers)
@@ -147,7 +148,7 @@ FROM bounds b
 _MATRIX = """
 SELECT m.old_tier AS from_tier, CASE WHEN m.moving THEN m.new_tier ELSE m.old_tier END AS to_tier,
        CASE WHEN m.moving THEN m.dir END AS dir, count(*) AS n, sum(m.bonus) FILTER (WHERE m.moving) AS bonus,
-       (array_agg(m.customer_id ORDER BY m.customer_id))[1:$18] AS samples,
+       (array_agg(m.customer_id))[1:$18] AS samples,
        (SELECT n FROM bounds) AS claimed, (SELECT hi FROM bounds) AS last
 FROM moves m GROUP BY 1, 2, 3
 """
@@ -421,6 +422,16 @@ class PgTierChangeEngine:
                 "SELECT set_config('app.merchant_id', $1, true), set_config('jit', 'off', true)", str(merchant_id)
             )
             yield conn
+
+
+def now_ms() -> datetime:
+    now = datetime.now(UTC)  # timestamptz(3)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+async def setup_of(conn: Connection, merchant_id: UUID) -> tuple[Programme, Ladder]:
+    """The merchant's programme and ladder in force, in the caller's transaction."""
+    return await _setup(conn, merchant_id)
 
 
 async def _setup(conn: Connection, merchant_id: UUID) -> tuple[Programme, Ladder]:
