@@ -161,6 +161,9 @@ class FakeCustomerTierRepository:
     async def holders(self, tier_id: str) -> int:
         return sum(c.tier_id == tier_id for c in self._tx.read().customers.values())
 
+    async def any(self) -> bool:
+        return bool(self._tx.read().customers)
+
 
 class FakeInboxRepository:
     def __init__(self, tx: _Transaction) -> None:

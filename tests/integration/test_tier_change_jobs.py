@@ -7,8 +7,8 @@ import signal
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from campaign_service.adapters.postgres.tier_change_jobs import (
     apply_chunk,
     preview_range,
 )
-from campaign_service.domain.errors import FailedPrecondition
+from campaign_service.domain.errors import FailedPrecondition, NotFound
 from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode
 from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
 from campaign_service.service.errors import Unavailable
@@ -99,23 +99,27 @@ async def seed(
                 merchant,
                 window,
             )
-        await conn.executemany(
+        # one statement each (the history triggers are per statement)
+        await conn.execute(
             "INSERT INTO customer_tiers (merchant_id, customer_id, tier_id, source, floor_tier_id, held_tiers)"
-            " VALUES ($1, $2, $3, 'customer.created', $4, ARRAY[$3])",
-            [
-                (merchant, cid, f"t{c.tier}", None if c.floor is None else f"t{c.floor}")
-                for cid, c in zip(ids, customers, strict=True)
-            ],
+            " SELECT $1, c, t, 'customer.created', f, ARRAY[t] FROM unnest($2::uuid[], $3::text[], $4::text[]) AS x(c, t, f)",
+            merchant,
+            ids,
+            [f"t{c.tier}" for c in customers],
+            [None if c.floor is None else f"t{c.floor}" for c in customers],
         )
-        await conn.executemany(
-            "INSERT INTO qualifying_points_daily (merchant_id, customer_id, day, points) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET points = qualifying_points_daily.points"
-            " + EXCLUDED.points",
-            [
-                (merchant, cid, (STAMP - timedelta(days=d)).date(), p)
-                for cid, c in zip(ids, customers, strict=True)
-                for d, p in c.points
-            ],
+        points: dict[tuple[uuid.UUID, date], int] = {}
+        for cid, c in zip(ids, customers, strict=True):
+            for d, p in c.points:
+                key = (cid, (STAMP - timedelta(days=d)).date())
+                points[key] = points.get(key, 0) + p
+        await conn.execute(
+            "INSERT INTO qualifying_points_daily (merchant_id, customer_id, day, points)"
+            " SELECT $1, c, d, p FROM unnest($2::uuid[], $3::date[], $4::bigint[]) AS x(c, d, p)",
+            merchant,
+            [k[0] for k in points],
+            [k[1] for k in points],
+            list(points.values()),
         )
     return ids
 
@@ -376,3 +380,31 @@ async def test_deleting_a_held_tier_with_a_mode_moves_its_holders_exactly_once(
     assert await superuser_conn.fetchval(
         "SELECT count(*) FROM vip_tiers WHERE merchant_id = $1 AND tier_id = 't2'", merchant
     ) == 0
+
+
+async def test_a_threshold_edit_starts_a_job_in_the_mode_asked_and_get_job_reports_it(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any, tier_service: Any
+) -> None:
+    merchant = await new_merchant()
+    # t0 0 < t1 1000; customers with 600 points on t0, and one on t1 with 1200
+    up, stays, high = await seed(
+        app_pool, merchant, [0, 1000], [Customer(0, ((1, 600),)), Customer(0, ((1, 100),)), Customer(1, ((1, 1200),))]
+    )
+    spec = (await tier_service.get_tier(merchant, "t1")).spec
+    result = await tier_service.update(merchant, "t1", replace(spec, min_points=500), ["min_points"])
+    assert result.job_id is not None
+    unchanged = await tier_service.update(merchant, "t1", replace(spec, min_points=500), ["min_points"])
+    assert unchanged.job_id is None  # nothing changed, no job
+    assert (await tier_service.job(merchant, result.job_id)).state == "queued"
+    await TierChangeJobRunner(PgTierChangeEngine(app_pool), clock=lambda: STAMP).run_job(merchant, result.job_id)
+    job = await tier_service.job(merchant, result.job_id)
+    assert (job.state, job.mode, job.customers_total, job.customers_done, job.moved) == (
+        "done", "upgrades_only", 3, 3, 1,
+    )  # fmt: skip
+    assert await superuser_conn.fetchval(
+        "SELECT tier_id FROM customer_tiers WHERE merchant_id = $1 AND customer_id = $2", merchant, up
+    ) == "t1"
+    with pytest.raises(NotFound):
+        await tier_service.job(await new_merchant(), result.job_id)  # another merchant's job
+    assert stays
+    assert high

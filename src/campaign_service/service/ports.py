@@ -73,6 +73,10 @@ class CustomerTierRepository(Protocol):
         """How many customers hold the tier."""
         ...
 
+    async def any(self) -> bool:
+        """Whether any customer holds a tier."""
+        ...
+
 
 class InboxRepository(Protocol):
     """The consumed events already applied: the authoritative dedupe."""
