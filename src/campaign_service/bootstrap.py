@@ -19,6 +19,7 @@ from grpc_health.v1 import health
 
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_change_jobs import PgTierChangeEngine
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check
 from campaign_service.api.interceptors import MethodInterceptor, RateLimitInterceptor
@@ -29,6 +30,7 @@ from campaign_service.config import Settings
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
+from campaign_service.service.tier_changes import TierChangePreviewer
 from campaign_service.service.tiers import TierService
 from campaign_service.service.unit_of_work import UnitOfWork
 from campaign_service.wiring import auth, database, redis, servers, tracing
@@ -144,13 +146,16 @@ async def build_app(
         reads = TierReads(tiers, cache, render_tier, render_tiers)
         # Progression reads and programme writes (issue 13) need the database; on fakes they answer UNAVAILABLE.
         progression = ProgressionApi(PgProgressionApi(pool, settings.db_connect_timeout_s)) if pool else None
+        previews = TierChangePreviewer(PgTierChangeEngine(pool, settings.db_connect_timeout_s)) if pool else None
         # Authentication first: only callers allowed for a merchant spend its request budget.
         interceptors: list[MethodInterceptor] = [AuthInterceptor(verifier)]
         if limiter is not None:
             interceptors.append(RateLimitInterceptor(limiter))
         http_port = await probes.listen()
         grpc = await stack.enter_async_context(
-            servers.grpc_server(settings, tls, CampaignServicer(tiers, reads, progression), interceptors, tracer)
+            servers.grpc_server(
+                settings, tls, CampaignServicer(tiers, reads, progression, previews), interceptors, tracer
+            )
         )
         lifetime = stack.pop_all()  # started: from here the App owns what was opened
     log.info(

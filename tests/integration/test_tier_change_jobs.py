@@ -20,14 +20,13 @@ from hypothesis import strategies as st
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_change_jobs import (
     Configuration,
-    Matrix,
     PgTierChangeEngine,
     _setup,
     apply_chunk,
     preview_range,
 )
 from campaign_service.domain.errors import FailedPrecondition, NotFound
-from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode
+from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode, Matrix
 from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
 from campaign_service.service.errors import Unavailable
 from tests.conftest import start_service

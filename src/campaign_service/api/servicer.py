@@ -24,6 +24,7 @@ from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
+from campaign_service.service.tier_changes import TierChangePreviewer, TierEdit
 from campaign_service.service.tiers import TierService
 
 
@@ -31,10 +32,17 @@ class CampaignServicer:
     """The methods of campaign.v1.CampaignService (api/server.py registers them by the proto's
     method names). GetVIPTier and ListVIPTiers answer with the serialized message, as cached."""
 
-    def __init__(self, tiers: TierService, reads: TierReads, progression: ProgressionApi | None = None) -> None:
+    def __init__(
+        self,
+        tiers: TierService,
+        reads: TierReads,
+        progression: ProgressionApi | None = None,
+        previews: TierChangePreviewer | None = None,
+    ) -> None:
         self._tiers = tiers
         self._reads = reads
         self._progression_api = progression
+        self._previews = previews
 
     @property
     def _progression(self) -> ProgressionApi:
@@ -109,6 +117,39 @@ class CampaignServicer:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         job = await self._tiers.job(merchant, parse_uuid(request.job_id, "job_id"))
         return job_to_proto(job)
+
+    async def PreviewTierChange(
+        self,
+        request: pb.PreviewTierChangeRequest,
+        context: grpc.aio.ServicerContext[pb.PreviewTierChangeRequest, pb.PreviewTierChangeResponse],
+    ) -> pb.PreviewTierChangeResponse:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        if self._previews is None:
+            raise Unavailable("previews need the database")
+        matrix = await self._previews.preview(
+            merchant,
+            tiers=[TierEdit(t.tier_id, t.min_points, t.benefits.bonus_points) for t in request.tiers],
+            delete_tier_ids=list(request.delete_tier_ids),
+            programme=programme_from_proto(request.program) if request.program_mask.paths else None,
+            programme_paths=list(request.program_mask.paths),
+            mode=_mode(request.apply_mode),
+            samples=request.samples_per_cell,
+        )
+        return pb.PreviewTierChangeResponse(
+            customers=matrix.customers,
+            events=matrix.moved(),
+            cells=[
+                pb.TierMoveCell(
+                    from_tier_id=c.from_tier,
+                    to_tier_id=c.to_tier,
+                    direction=c.direction or "",
+                    customers=c.customers,
+                    bonus_points=c.bonus_points,
+                    sample_customer_ids=[str(x) for x in c.samples],
+                )
+                for c in sorted(matrix.cells.values(), key=lambda c: (c.from_tier, c.to_tier))
+            ],
+        )
 
     async def GetCustomerTier(
         self,

@@ -14,9 +14,10 @@ The re-assessment runs as a background job (tier_change_jobs) whose progress `Ti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 ApplyMode = Literal["upgrades_only", "full", "next_period"]
@@ -55,3 +56,43 @@ class ChunkResult:
     moved: int = 0
     up: int = 0
     finished: bool = False
+
+
+@dataclass
+class Cell:
+    from_tier: str
+    to_tier: str
+    direction: str | None  # None: unchanged
+    customers: int = 0
+    bonus_points: int = 0
+    samples: list[UUID] = field(default_factory=list)
+
+
+@dataclass
+class Matrix:
+    """A preview: per (from, to) cell the customers, their bonus points and up to N samples."""
+
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    customers: int = 0
+
+    def add(self, row: Mapping[str, Any], samples: int) -> None:
+        key = (row["from_tier"], row["to_tier"])
+        cell = self.cells.setdefault(key, Cell(key[0], key[1], row["dir"]))
+        cell.customers += int(row["n"])
+        cell.bonus_points += int(row["bonus"] or 0)
+        cell.samples = sorted(cell.samples + list(row["samples"] or []))[:samples]
+
+    def merge(self, other: Matrix, samples: int) -> None:
+        self.customers += other.customers
+        for key, c in other.cells.items():
+            cell = self.cells.setdefault(key, Cell(c.from_tier, c.to_tier, c.direction))
+            cell.customers += c.customers
+            cell.bonus_points += c.bonus_points
+            cell.samples = sorted(cell.samples + c.samples)[:samples]
+
+    def moved(self, direction: str | None = None) -> int:
+        return sum(
+            c.customers
+            for c in self.cells.values()
+            if c.direction is not None and (direction is None or c.direction == direction)
+        )

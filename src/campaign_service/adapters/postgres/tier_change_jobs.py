@@ -36,7 +36,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
@@ -49,7 +49,7 @@ from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tier_change_jobs import JOB_COLUMNS, job_from_row
 from campaign_service.domain.events import VIP_TIER_ASSIGNED
 from campaign_service.domain.progression import Ladder, Programme
-from campaign_service.domain.tier_changes import ApplyMode, ChunkResult, TierChangeJob
+from campaign_service.domain.tier_changes import ApplyMode, ChunkResult, Matrix, TierChangeJob
 
 MIN_UUID = UUID(int=0)
 MAX_UUID = UUID(int=(1 << 128) - 1)
@@ -197,46 +197,6 @@ class Configuration:
         ]
 
 
-@dataclass
-class Cell:
-    from_tier: str
-    to_tier: str
-    direction: str | None  # None: unchanged
-    customers: int = 0
-    bonus_points: int = 0
-    samples: list[UUID] = field(default_factory=list)
-
-
-@dataclass
-class Matrix:
-    """A preview: per (from, to) cell the customers, their bonus points and up to N samples."""
-
-    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
-    customers: int = 0
-
-    def add(self, row: asyncpg.Record, samples: int) -> None:
-        key = (row["from_tier"], row["to_tier"])
-        cell = self.cells.setdefault(key, Cell(key[0], key[1], row["dir"]))
-        cell.customers += int(row["n"])
-        cell.bonus_points += int(row["bonus"] or 0)
-        cell.samples = sorted(cell.samples + list(row["samples"] or []))[:samples]
-
-    def merge(self, other: Matrix, samples: int) -> None:
-        self.customers += other.customers
-        for key, c in other.cells.items():
-            cell = self.cells.setdefault(key, Cell(c.from_tier, c.to_tier, c.direction))
-            cell.customers += c.customers
-            cell.bonus_points += c.bonus_points
-            cell.samples = sorted(cell.samples + c.samples)[:samples]
-
-    def moved(self, direction: str | None = None) -> int:
-        return sum(
-            c.customers
-            for c in self.cells.values()
-            if c.direction is not None and (direction is None or c.direction == direction)
-        )
-
-
 async def preview_range(
     conn: Connection,
     merchant_id: UUID,
@@ -339,6 +299,18 @@ class PgTierChangeEngine:
         for m in await asyncio.gather(*(part(i) for i in range(workers))):
             total.merge(m, samples)
         return total
+
+    async def preview_change(
+        self, merchant_id: UUID, programme: Programme, ladder: Ladder, mode: ApplyMode, gone_tier: str | None,
+        stamp: datetime, samples: int,
+    ) -> Matrix:  # fmt: skip
+        """The preview of a proposed configuration (service.tier_changes' port): `ladder` still
+        holds `gone_tier` when one is to be deleted."""
+        if gone_tier is None:
+            config = Configuration(programme, ladder, mode)
+        else:
+            config = Configuration.deleting(programme, ladder, mode, gone_tier)
+        return await self.preview(merchant_id, config, stamp, samples=samples)
 
     async def get(self, merchant_id: UUID, job_id: UUID) -> TierChangeJob | None:
         async with self._scoped(merchant_id, readonly=True) as conn:
