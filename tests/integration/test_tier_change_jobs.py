@@ -407,3 +407,28 @@ async def test_a_threshold_edit_starts_a_job_in_the_mode_asked_and_get_job_repor
         await tier_service.job(await new_merchant(), result.job_id)  # another merchant's job
     assert stays
     assert high
+
+
+@pytest.mark.parametrize("mode", APPLY_MODES)
+async def test_each_mode_moves_whom_it_says_on_a_fixed_population(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any, mode: ApplyMode
+) -> None:
+    """t1 drops 1000 -> 500 (a t0 customer with 600 would rise), t2 rises 2000 -> 3000 (a t2
+    customer with 2500 would fall): upgrades_only moves only the first, full both, next_period
+    nobody (the deadline scheduler applies the change later)."""
+    merchant = await new_merchant()
+    riser, faller, _ = await seed(
+        app_pool, merchant, [0, 1000, 2000],
+        [Customer(0, ((1, 600),)), Customer(2, ((1, 2500),)), Customer(1, ((1, 1200),))],
+    )  # fmt: skip
+    await set_min_points(app_pool, merchant, [0, 500, 3000])
+    job = await run_job(PgTierChangeEngine(app_pool), app_pool, merchant, mode, chunk=2)
+    done = await moves_of_job(superuser_conn, merchant, job)
+    expected = {
+        "upgrades_only": Counter({("t0", "t1", "up"): 1}),
+        "full": Counter({("t0", "t1", "up"): 1, ("t2", "t1", "down"): 1}),
+        "next_period": Counter(),
+    }[mode]
+    assert done == expected
+    assert riser
+    assert faller
