@@ -19,6 +19,7 @@ from grpc_health.v1 import health
 
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_change_jobs import PgTierChangeEngine
 from campaign_service.api.auth import AuthInterceptor
 from campaign_service.api.http import Check
 from campaign_service.api.interceptors import MethodInterceptor, RateLimitInterceptor
@@ -29,10 +30,11 @@ from campaign_service.config import Settings
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
+from campaign_service.service.tier_changes import TierChangePreviewer
 from campaign_service.service.tiers import TierService
 from campaign_service.service.unit_of_work import UnitOfWork
 from campaign_service.wiring import auth, database, redis, servers, tracing
-from campaign_service.wiring.events import downgrade_warnings, pipeline, scheduler
+from campaign_service.wiring.events import downgrade_warnings, pipeline, scheduler, tier_change_jobs
 
 log = structlog.get_logger(__name__)
 
@@ -137,19 +139,23 @@ async def build_app(
             await stack.enter_async_context(database.tier_counts(relay_pool, settings))
             await stack.enter_async_context(scheduler(settings, pool))
             await stack.enter_async_context(downgrade_warnings(settings, pool))
+            await stack.enter_async_context(tier_change_jobs(settings, pool))
         await stack.enter_async_context(redis.confirmation(cache))
 
         tiers = TierService(uow, [cache])
         reads = TierReads(tiers, cache, render_tier, render_tiers)
         # Progression reads and programme writes (issue 13) need the database; on fakes they answer UNAVAILABLE.
         progression = ProgressionApi(PgProgressionApi(pool, settings.db_connect_timeout_s)) if pool else None
+        previews = TierChangePreviewer(PgTierChangeEngine(pool, settings.db_connect_timeout_s)) if pool else None
         # Authentication first: only callers allowed for a merchant spend its request budget.
         interceptors: list[MethodInterceptor] = [AuthInterceptor(verifier)]
         if limiter is not None:
             interceptors.append(RateLimitInterceptor(limiter))
         http_port = await probes.listen()
         grpc = await stack.enter_async_context(
-            servers.grpc_server(settings, tls, CampaignServicer(tiers, reads, progression), interceptors, tracer)
+            servers.grpc_server(
+                settings, tls, CampaignServicer(tiers, reads, progression, previews), interceptors, tracer
+            )
         )
         lifetime = stack.pop_all()  # started: from here the App owns what was opened
     log.info(

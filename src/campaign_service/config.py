@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(1000, ge=1, le=10_000)
     outbox_concurrency: int = Field(2, ge=1, le=16)
     outbox_shards_per_claim: int = Field(4, ge=1, le=16)
+    # Tier change (re-assessment) jobs, issue 14: seconds between looks for a runnable job when
+    # there was none (0 = this instance runs no jobs), and customers per chunk transaction.
+    tier_change_jobs_interval_s: float = Field(1.0, ge=0, le=3600)
+    tier_change_jobs_chunk_size: int = Field(20_000, ge=1, le=200_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)
     outbox_purge_interval_s: float = Field(600.0, gt=0, le=86_400)

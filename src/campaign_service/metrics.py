@@ -210,3 +210,18 @@ DOWNGRADE_WARNINGS = Counter(
     "vip_tier.downgrade_scheduled warnings emitted (once per customer and deadline).",
 )
 SCHEDULER_REASSESSED = Counter("campaign_scheduler_reassessed", "Due customers re-assessed by the deadline scheduler.")
+
+TIER_CHANGE_JOB_CHUNK_SECONDS = Histogram(
+    "campaign_tier_change_job_chunk_seconds",
+    "Duration of one re-assessment job chunk (claim, evaluate, write, cursor) in seconds.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+TIER_CHANGE_JOB_CUSTOMERS = Counter(
+    "campaign_tier_change_job_customers", "Customers re-assessed by tier change jobs."
+)
+TIER_CHANGE_JOB_MOVES = Counter(
+    "campaign_tier_change_job_moves", "Customers moved by tier change jobs, by direction.", ["direction"]
+)
+TIER_CHANGE_JOBS_FINISHED = Counter(
+    "campaign_tier_change_jobs_finished", "Tier change jobs finished, by final state.", ["state"]
+)

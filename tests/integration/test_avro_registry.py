@@ -209,6 +209,28 @@ async def test_the_registry_accepts_the_evolved_vip_tier_assigned_under_backward
     assert len(await registry.get_versions(name)) == 2
 
 
+async def test_the_registry_accepts_job_id_on_vip_tier_assigned_under_backward_compatibility(
+    registry: AsyncSchemaRegistryClient,
+) -> None:
+    """Issue 14 adds `job_id` (nullable, default null): the schema without it, then with it, on a
+    BACKWARD subject; the same field without a default is refused (the check is not vacuous)."""
+    current = json.loads(schema_text(topics.VIP_TIER_ASSIGNED))
+    assert next(f for f in current["fields"] if f["name"] == "job_id")["default"] is None
+    previous = {**current, "fields": [f for f in current["fields"] if f["name"] != "job_id"]}
+    name = f"compat-job-{uuid.uuid4().hex[:8]}-value"
+    await registry.set_compatibility(subject_name=name, level="BACKWARD")
+    await registry.register_schema(name, Schema(json.dumps(previous), "AVRO"))
+    without_default = {
+        **current,
+        "fields": [{k: v for k, v in f.items() if k != "default"} if f["name"] == "job_id" else f
+                   for f in current["fields"]],
+    }  # fmt: skip
+    with pytest.raises(SchemaRegistryError):
+        await registry.register_schema(name, Schema(json.dumps(without_default), "AVRO"))
+    await registry.register_schema(name, Schema(json.dumps(current), "AVRO"))
+    assert len(await registry.get_versions(name)) == 2
+
+
 async def test_points_recorded_round_trips_through_the_registry(codec: AvroWireCodec) -> None:
     points = AvroWireCodec(  # playing the Points service, the owner of points.recorded
         registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL")),

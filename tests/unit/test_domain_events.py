@@ -78,6 +78,7 @@ def test_tier_assigned_with_and_without_a_cause() -> None:
             "reason": "default",
             "bonus_points": 0,
             "program_version": 0,
+            "job_id": None,
         },
         headers={"correlation_id": "corr-2", "cause_event_id": str(cause)},
     )

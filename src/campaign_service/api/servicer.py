@@ -20,9 +20,11 @@ from campaign_service.api.progression_mapping import (
 )
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.locales import check_requested
+from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE, ApplyMode, TierChangeJob
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
+from campaign_service.service.tier_changes import TierChangePreviewer, TierEdit
 from campaign_service.service.tiers import TierService
 
 
@@ -30,10 +32,17 @@ class CampaignServicer:
     """The methods of campaign.v1.CampaignService (api/server.py registers them by the proto's
     method names). GetVIPTier and ListVIPTiers answer with the serialized message, as cached."""
 
-    def __init__(self, tiers: TierService, reads: TierReads, progression: ProgressionApi | None = None) -> None:
+    def __init__(
+        self,
+        tiers: TierService,
+        reads: TierReads,
+        progression: ProgressionApi | None = None,
+        previews: TierChangePreviewer | None = None,
+    ) -> None:
         self._tiers = tiers
         self._reads = reads
         self._progression_api = progression
+        self._previews = previews
 
     @property
     def _progression(self) -> ProgressionApi:
@@ -63,7 +72,9 @@ class CampaignServicer:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         if request.tier.merchant_id and request.tier.merchant_id != request.merchant_id:
             raise invalid("tier.merchant_id", "must be empty or equal to merchant_id")
-        tier = await self._tiers.create(merchant, request.tier.tier_id, spec_from_proto(request.tier))
+        tier = await self._tiers.create(
+            merchant, request.tier.tier_id, spec_from_proto(request.tier), _mode(request.apply_mode)
+        )
         return tier_to_proto(tier, "")
 
     async def UpdateVIPTier(
@@ -78,8 +89,10 @@ class CampaignServicer:
             spec_from_proto(request.tier),
             list(request.update_mask.paths),
             request.expected_version,
+            _mode(request.apply_mode),
         )
         return pb.UpdateVIPTierResponse(
+            job_id=str(result.job_id) if result.job_id else "",
             success=bool(result.updated_fields),
             version=result.tier.version,
             tier=tier_to_proto(result.tier, ""),
@@ -92,8 +105,51 @@ class CampaignServicer:
         context: grpc.aio.ServicerContext[pb.DeleteVIPTierRequest, pb.DeleteVIPTierResponse],
     ) -> pb.DeleteVIPTierResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
-        await self._tiers.delete(merchant, request.tier_id, request.expected_version)
-        return pb.DeleteVIPTierResponse(success=True)
+        mode = _mode(request.apply_mode) if request.apply_mode else None
+        job = await self._tiers.delete(merchant, request.tier_id, request.expected_version, mode)
+        return pb.DeleteVIPTierResponse(success=True, job_id=str(job) if job else "")
+
+    async def GetTierChangeJob(
+        self,
+        request: pb.GetTierChangeJobRequest,
+        context: grpc.aio.ServicerContext[pb.GetTierChangeJobRequest, pb.TierChangeJob],
+    ) -> pb.TierChangeJob:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        job = await self._tiers.job(merchant, parse_uuid(request.job_id, "job_id"))
+        return job_to_proto(job)
+
+    async def PreviewTierChange(
+        self,
+        request: pb.PreviewTierChangeRequest,
+        context: grpc.aio.ServicerContext[pb.PreviewTierChangeRequest, pb.PreviewTierChangeResponse],
+    ) -> pb.PreviewTierChangeResponse:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        if self._previews is None:
+            raise Unavailable("previews need the database")
+        matrix = await self._previews.preview(
+            merchant,
+            tiers=[TierEdit(t.tier_id, t.min_points, t.benefits.bonus_points) for t in request.tiers],
+            delete_tier_ids=list(request.delete_tier_ids),
+            programme=programme_from_proto(request.program) if request.program_mask.paths else None,
+            programme_paths=list(request.program_mask.paths),
+            mode=_mode(request.apply_mode),
+            samples=request.samples_per_cell,
+        )
+        return pb.PreviewTierChangeResponse(
+            customers=matrix.customers,
+            events=matrix.moved(),
+            cells=[
+                pb.TierMoveCell(
+                    from_tier_id=c.from_tier,
+                    to_tier_id=c.to_tier,
+                    direction=c.direction or "",
+                    customers=c.customers,
+                    bonus_points=c.bonus_points,
+                    sample_customer_ids=[str(x) for x in c.samples],
+                )
+                for c in sorted(matrix.cells.values(), key=lambda c: (c.from_tier, c.to_tier))
+            ],
+        )
 
     async def GetCustomerTier(
         self,
@@ -178,3 +234,26 @@ class CampaignServicer:
         return pb.SetCustomerTierResponse(
             changed=result.changed, previous_tier_id=result.previous_tier_id or "", tier_id=result.tier_id
         )
+
+
+def _mode(value: str) -> ApplyMode:
+    """The request's apply_mode; empty is the default (upgrades_only)."""
+    for mode in APPLY_MODES:
+        if mode == (value or DEFAULT_APPLY_MODE):
+            return mode
+    raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+
+
+def job_to_proto(job: TierChangeJob) -> pb.TierChangeJob:
+    msg = pb.TierChangeJob(
+        merchant_id=str(job.merchant_id), job_id=str(job.job_id), change_id=str(job.change_id), mode=job.mode,
+        state=job.state, config_version=job.config_version, customers_total=job.customers_total,
+        customers_done=job.customers_done, moved=job.moved, error=job.error or "",
+    )  # fmt: skip
+    msg.not_before.FromDatetime(job.not_before)
+    msg.created_at.FromDatetime(job.created_at)
+    if job.started_at:
+        msg.started_at.FromDatetime(job.started_at)
+    if job.finished_at:
+        msg.finished_at.FromDatetime(job.finished_at)
+    return msg

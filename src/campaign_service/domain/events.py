@@ -79,6 +79,7 @@ def tier_assigned(
     reason: str = "default",
     bonus_points: int = 0,
     program_version: int = 0,
+    job_id: UUID | None = None,
 ) -> OutboxMessage:
     cause = str(cause_event_id) if cause_event_id else None
     headers = {"correlation_id": correlation_id}
@@ -102,6 +103,7 @@ def tier_assigned(
             "reason": reason,
             "bonus_points": bonus_points,
             "program_version": program_version,
+            "job_id": str(job_id) if job_id else None,
         },
         headers=headers,
         traceparent=traceparent,

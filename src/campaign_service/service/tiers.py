@@ -19,6 +19,7 @@ import structlog
 from campaign_service import context, topics
 from campaign_service.domain import events
 from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
+from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE, ApplyMode, TierChangeJob
 from campaign_service.domain.tiers import (
     MAX_POINTS,
     MAX_TIERS_PER_MERCHANT,
@@ -40,6 +41,7 @@ log = structlog.get_logger(__name__)
 class UpdateResult:
     tier: VIPTier
     updated_fields: list[str]
+    job_id: UUID | None = None  # the re-assessment job the change started, if any
 
 
 class TierService:
@@ -76,14 +78,20 @@ class TierService:
             raise NotFound("customer has no tier")
         return assignment, tier
 
-    async def create(self, merchant_id: UUID, tier_id: str, spec: TierSpec) -> VIPTier:
+    async def create(
+        self, merchant_id: UUID, tier_id: str, spec: TierSpec, mode: ApplyMode = DEFAULT_APPLY_MODE
+    ) -> VIPTier:
+        """Creates the tier; a re-assessment job (issue 14) applies it to the customers by `mode`."""
         check_tier_id(tier_id, "tier.tier_id")
         check_spec(spec)
+        _check_mode(mode)
         async with self._writing(merchant_id) as uow:
             if await uow.tiers.count() >= MAX_TIERS_PER_MERCHANT:
                 raise FailedPrecondition(f"a merchant may have at most {MAX_TIERS_PER_MERCHANT} tiers")
             cleared = await uow.tiers.clear_default(tier_id) if spec.is_default else []
             tier = await uow.tiers.insert(tier_id, spec)
+            if await uow.customers.any():
+                await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=tier.version)
             _announce(uow, merchant_id, tier, list(MUTABLE_FIELDS))
             await _announce_cleared(uow, merchant_id, cleared)
         return tier
@@ -95,10 +103,15 @@ class TierService:
         values: TierSpec,
         mask: list[str],
         expected_version: int = 0,
+        mode: ApplyMode = DEFAULT_APPLY_MODE,
     ) -> UpdateResult:
+        """A change of min_points is applied to the customers by a
+        re-assessment job (issue 14) in `mode`; its id is in the result."""
         check_tier_id(tier_id)
         paths = check_mask(mask)
         _check_expected_version(expected_version)
+        _check_mode(mode)
+        job_id: UUID | None = None
         async with self._writing(merchant_id) as uow:
             current = await _locked(uow, tier_id, expected_version)
             new_spec = check_spec(current.spec.patched(values, paths))
@@ -107,20 +120,44 @@ class TierService:
                 return UpdateResult(current, [])
             cleared = await uow.tiers.clear_default(tier_id) if "is_default" in changed and new_spec.is_default else []
             tier = await uow.tiers.update(tier_id, new_spec, changed)
+            if "min_points" in changed and await uow.customers.any():
+                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=tier.version)
             _announce(uow, merchant_id, tier, changed)
             await _announce_cleared(uow, merchant_id, cleared)
-        return UpdateResult(tier, changed)
+        return UpdateResult(tier, changed, job_id)
 
-    async def delete(self, merchant_id: UUID, tier_id: str, expected_version: int = 0) -> None:
+    async def job(self, merchant_id: UUID, job_id: UUID) -> TierChangeJob:
+        """A re-assessment job of the merchant; NotFound for none (or another merchant's)."""
+        async with self._uow(merchant_id, readonly=True) as uow:
+            job = await uow.tier_change_jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"tier change job {job_id} not found")
+        return job
+
+    async def delete(
+        self, merchant_id: UUID, tier_id: str, expected_version: int = 0, mode: ApplyMode | None = None
+    ) -> UUID | None:
+        """Deletes the tier. Customers holding it make this FAILED_PRECONDITION unless `mode` is
+        given: then, in this transaction, a re-assessment job is enqueued for the change and the
+        holders are moved by that mode (adapters/postgres/tier_change_jobs.py says where to),
+        flagged with the job; the job id (None when no mode was given)."""
         check_tier_id(tier_id)
         _check_expected_version(expected_version)
+        if mode is not None:
+            _check_mode(mode)
+        job_id: UUID | None = None
         async with self._writing(merchant_id) as uow:
             current = await _locked(uow, tier_id, expected_version)
             holders = await uow.customers.holders(tier_id)
-            if holders:
+            if holders and mode is None:
                 raise FailedPrecondition(f"{holders} customer(s) hold tier {tier_id!r}; move them first")
+            if mode is not None:
+                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=current.version)
+                if holders:
+                    await uow.tier_change_jobs.move_holders(tier_id, mode=mode, job_id=job_id)
             await uow.tiers.delete(tier_id)
             _announce(uow, merchant_id, current, ["deleted"])
+        return job_id
 
     @asynccontextmanager
     async def _writing(self, merchant_id: UUID) -> AsyncIterator[TenantUnitOfWork]:
@@ -172,6 +209,11 @@ async def _announce_cleared(uow: TenantUnitOfWork, merchant_id: UUID, tier_ids: 
         tier = await uow.tiers.get(other)
         if tier is not None:
             _announce(uow, merchant_id, tier, ["is_default"])
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in APPLY_MODES:
+        raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
 
 
 def _check_expected_version(expected_version: int) -> None:

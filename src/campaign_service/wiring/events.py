@@ -23,6 +23,7 @@ from campaign_service.adapters.postgres.outbox import PgOutbox, PgOutboxListener
 from campaign_service.adapters.postgres.progression import PgProgression
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_change_jobs import PgTierChangeEngine
 from campaign_service.adapters.rabbitmq.connection import LazyChannel
 from campaign_service.adapters.rabbitmq.consumer import RabbitEventSubscriber
 from campaign_service.adapters.rabbitmq.publisher import RabbitEventPublisher
@@ -38,6 +39,7 @@ from campaign_service.events.points_recorded import PointsRecordedHandler
 from campaign_service.events.ports import BatchHandler, EventPublisher, EventSubscriber
 from campaign_service.events.relay import OutboxRelay, RelaySettings
 from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettings
+from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
 from campaign_service.events.tracing import TracedPublisher, traced_batches
 from campaign_service.service.downgrade_warnings import DowngradeWarnings
 from campaign_service.wiring import lifetime
@@ -357,6 +359,24 @@ def scheduler(settings: Settings, pool: asyncpg.Pool[asyncpg.Record]) -> context
     stop = asyncio.Event()
     run = functools.partial(deadlines.run, stop)
     return lifetime.background("deadline-scheduler", supervise("scheduler", run, stop))
+
+
+def tier_change_jobs(
+    settings: Settings, pool: asyncpg.Pool[asyncpg.Record]
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """The re-assessment job runner (issue 14), supervised, while the block runs, unless switched
+    off; leaving cancels it (a chunk in flight rolls back; the next runner resumes at the cursor)."""
+    if not settings.tier_change_jobs_interval_s:
+        return contextlib.nullcontext()
+    runner = TierChangeJobRunner(
+        PgTierChangeEngine(pool),
+        JobRunnerSettings(
+            chunk_size=settings.tier_change_jobs_chunk_size, interval_s=settings.tier_change_jobs_interval_s
+        ),
+    )
+    stop = asyncio.Event()
+    run = functools.partial(runner.run, stop)
+    return lifetime.background("tier-change-jobs", supervise("tier-change-jobs", run, stop))
 
 
 def downgrade_warnings(

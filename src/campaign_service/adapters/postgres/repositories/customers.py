@@ -45,3 +45,10 @@ class PgCustomerTierRepository:
                 tier_id,
             )
         )
+
+    async def any(self) -> bool:
+        return bool(
+            await self._conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM customer_tiers WHERE merchant_id = $1)", self._merchant
+            )
+        )

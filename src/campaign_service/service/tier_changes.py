@@ -1,0 +1,81 @@
+"""PreviewTierChange (issue 14): who would move, and where, if a proposed change were applied.
+
+The proposal (tier thresholds and entry bonuses created or changed, at most one tier deleted, a
+programme patch) is turned into the configuration it would make, and that configuration is
+evaluated over every customer by the same statement a re-assessment job applies
+(adapters/postgres/tier_change_jobs.py), read-only: nothing is stored or locked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+from uuid import UUID
+
+from campaign_service.domain.errors import invalid
+from campaign_service.domain.progression import Ladder, Level, Programme
+from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode, Matrix
+from campaign_service.domain.tiers import check_tier_id
+from campaign_service.service.progression_api import patched_programme, program_mask
+
+MAX_SAMPLES = 100
+
+
+class TierChangePreviews(Protocol):
+    async def setup(self, merchant_id: UUID) -> tuple[Programme, Ladder]: ...
+
+    async def preview_change(
+        self, merchant_id: UUID, programme: Programme, ladder: Ladder, mode: ApplyMode, gone_tier: str | None,
+        stamp: datetime, samples: int,
+    ) -> Matrix: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TierEdit:
+    """A tier created or changed by the proposal: what qualification needs of it."""
+
+    tier_id: str
+    min_points: int
+    bonus_points: int = 0
+
+
+class TierChangePreviewer:
+    def __init__(self, previews: TierChangePreviews) -> None:
+        self._previews = previews
+
+    async def preview(
+        self,
+        merchant_id: UUID,
+        *,
+        tiers: list[TierEdit],
+        delete_tier_ids: list[str],
+        programme: Programme | None = None,
+        programme_paths: list[str] | None = None,
+        mode: ApplyMode,
+        samples: int = 5,
+        now: datetime | None = None,
+    ) -> Matrix:
+        if mode not in APPLY_MODES:
+            raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+        if not 0 <= samples <= MAX_SAMPLES:
+            raise invalid("samples_per_cell", f"must be 0..{MAX_SAMPLES}")
+        if len(delete_tier_ids) > 1:
+            raise invalid("delete_tier_ids", "at most one tier per preview")
+        current, ladder = await self._previews.setup(merchant_id)
+        levels = {lv.tier_id: lv for lv in ladder.levels}
+        for i, edit in enumerate(tiers):
+            check_tier_id(edit.tier_id, f"tiers[{i}].tier_id")
+            if edit.min_points < 0:
+                raise invalid(f"tiers[{i}].min_points", "must be >= 0")
+            old = levels.get(edit.tier_id)
+            default = old.is_default if old else False
+            levels[edit.tier_id] = Level(edit.tier_id, edit.min_points, edit.bonus_points, default)
+        gone = delete_tier_ids[0] if delete_tier_ids else None
+        if gone is not None and gone not in levels:
+            raise invalid("delete_tier_ids[0]", f"unknown tier {gone!r}")
+        if programme is not None and programme_paths:
+            current = patched_programme(current, programme, program_mask(programme_paths))
+        return await self._previews.preview_change(
+            merchant_id, current, Ladder(levels.values()), mode, gone, now or datetime.now(UTC), samples
+        )
