@@ -30,6 +30,7 @@ from uuid import UUID
 
 from campaign_service.domain.errors import AlreadyExists, NotFound, VersionConflict
 from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.tier_changes import ApplyMode, TierChangeJob
 from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import CustomerAssignment
@@ -63,6 +64,7 @@ class _Transaction:
         self.processed: dict[UUID, str] = {}
         self.outbox: list[OutboxMessage] = []
         self.epoch_advances = 0
+        self.jobs = {k: v for k, v in db.jobs.items() if v.merchant_id == merchant_id}
         self.wrote = False
 
     def write(self, operation: str) -> MerchantRows:
@@ -195,6 +197,32 @@ class FakeOutbox:
             self._tx.outbox += messages
 
 
+class FakeTierChangeJobs:
+    """tier_change_jobs: enqueue is idempotent per change (the table's unique key)."""
+
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def enqueue(
+        self, change_id: UUID, *, mode: ApplyMode, config_version: int, not_before: datetime | None = None
+    ) -> UUID:
+        jobs = self._tx.jobs
+        for job in jobs.values():
+            if job.change_id == change_id:
+                return job.job_id
+        self._tx.write("tier_change_jobs.enqueue")
+        now = _now()
+        job = TierChangeJob(
+            self._tx.merchant_id, uuid.uuid4(), change_id, mode, "queued", config_version,
+            not_before or now, 0, 0, 0, now, None, None, None,
+        )  # fmt: skip
+        jobs[job.job_id] = job
+        return job.job_id
+
+    async def get(self, job_id: UUID) -> TierChangeJob | None:
+        return self._tx.jobs.get(job_id)
+
+
 @dataclass(frozen=True)
 class FakeRepositories:
     tiers: FakeTierRepository
@@ -202,6 +230,7 @@ class FakeRepositories:
     inbox: FakeInboxRepository
     outbox: FakeOutbox
     cache_epoch: FakeCacheEpoch
+    tier_change_jobs: FakeTierChangeJobs
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
@@ -216,6 +245,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
         self.unavailable = False
         self.after_commit: BaseException | None = None
         self.faults: dict[str, BaseException] = {}
+        self.jobs: dict[UUID, TierChangeJob] = {}  # tier_change_jobs, every merchant's
 
     def provision(self, merchant_id: UUID | None = None) -> UUID:
         merchant = merchant_id or uuid.uuid4()
@@ -251,6 +281,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                 FakeInboxRepository(tx),
                 FakeOutbox(tx),
                 FakeCacheEpoch(tx),
+                FakeTierChangeJobs(tx),
             )
         except BaseException:
             self.rollbacks += 1
@@ -263,6 +294,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
             self.processed.update(tx.processed)
             self.outbox += tx.outbox
             self.cache_epoch += tx.epoch_advances
+            self.jobs.update(tx.jobs)
         self.commits += 1
         if tx.wrote and self.after_commit is not None:
             error, self.after_commit = self.after_commit, None

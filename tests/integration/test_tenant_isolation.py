@@ -65,6 +65,12 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
         m,
         uuid.uuid4(),
     ),
+    "tier_change_jobs": lambda c, m: c.execute(
+        # Not yet due (a runner elsewhere in the test session never starts it).
+        "INSERT INTO tier_change_jobs (merchant_id, change_id, not_before) VALUES ($1, $2, now() + interval '1 day')",
+        m,
+        uuid.uuid4(),
+    ),
 }
 
 
@@ -91,6 +97,7 @@ async def populate(app_pool: Any, merchant: uuid.UUID) -> None:
         await INSERT_FOR["qualifying_points_daily"](conn, merchant)
         await INSERT_FOR["tier_manual_assignments"](conn, merchant)
         await INSERT_FOR["tier_downgrade_warnings"](conn, merchant)
+        await INSERT_FOR["tier_change_jobs"](conn, merchant)
 
 
 async def snapshot(superuser_conn: Any, merchant: uuid.UUID) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from campaign_service.domain.access import Principal
 from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.tier_changes import ApplyMode, TierChangeJob
 from campaign_service.domain.tiers import TierSpec, VIPTier
 
 
@@ -99,6 +100,20 @@ class CacheEpoch(Protocol):
         ...
 
 
+class TierChangeJobs(Protocol):
+    """The merchant's re-assessment jobs (issue 14; migration 0030)."""
+
+    async def enqueue(
+        self, change_id: UUID, *, mode: ApplyMode, config_version: int, not_before: datetime | None = None
+    ) -> UUID:
+        """Queues the re-assessment of every customer for `change_id` in this transaction (it
+        starts once committed and `not_before`, None: now, has come); the job id. Idempotent per
+        change: a change already enqueued answers its job and adds nothing."""
+        ...
+
+    async def get(self, job_id: UUID) -> TierChangeJob | None: ...
+
+
 class Repositories(Protocol):
     """What one database transaction scoped to one merchant holds (RLS applies to every
     statement). A new kind of record gets its repository here and on TenantUnitOfWork."""
@@ -113,6 +128,8 @@ class Repositories(Protocol):
     def outbox(self) -> Outbox: ...
     @property
     def cache_epoch(self) -> CacheEpoch: ...
+    @property
+    def tier_change_jobs(self) -> TierChangeJobs: ...
 
 
 AfterCommit = Callable[[], Awaitable[None]]

@@ -31,6 +31,7 @@ from campaign_service.service.ports import (
     CustomerTierRepository,
     InboxRepository,
     Repositories,
+    TierChangeJobs,
     TierRepository,
 )
 
@@ -55,6 +56,7 @@ class TenantUnitOfWork:
         self.tiers: TierRepository = self._tiers
         self.customers: CustomerTierRepository = repositories.customers
         self.inbox: InboxRepository = repositories.inbox
+        self.tier_change_jobs: TierChangeJobs = repositories.tier_change_jobs
         # The block ran to its end and its events are written: the commit is under way or done.
         self.completed = False
 

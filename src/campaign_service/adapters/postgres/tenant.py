@@ -17,6 +17,7 @@ from campaign_service.adapters.postgres.repositories.customers import PgCustomer
 from campaign_service.adapters.postgres.repositories.inbox import PgInboxRepository
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
+from campaign_service.adapters.postgres.repositories.tier_change_jobs import PgTierChangeJobs
 from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository
 from campaign_service.service.unit_of_work import AbstractUnitOfWork
 
@@ -30,6 +31,7 @@ class PgRepositories:
     inbox: PgInboxRepository
     outbox: PgOutbox
     cache_epoch: PgCacheEpochBump
+    tier_change_jobs: PgTierChangeJobs
 
     @classmethod
     def on(cls, conn: Connection, merchant_id: UUID) -> PgRepositories:
@@ -39,6 +41,7 @@ class PgRepositories:
             inbox=PgInboxRepository(conn, merchant_id),
             outbox=PgOutbox(conn),
             cache_epoch=PgCacheEpochBump(conn),
+            tier_change_jobs=PgTierChangeJobs(conn, merchant_id),
         )
 
 
