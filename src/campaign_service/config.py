@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     # customers per chunk transaction. 0 = off.
     scheduler_interval_s: float = Field(60.0, ge=0, le=86_400)
     scheduler_chunk_size: int = Field(5000, ge=1, le=100_000)
+    # Scheduled tier/programme changes: the activator looks for changes scheduled through other
+    # replicas at least this often (it sleeps until the next one is due otherwise). 0 = off.
+    activator_poll_s: float = Field(5.0, ge=0, le=3600)
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)
