@@ -157,12 +157,12 @@ CREATE OR REPLACE FUNCTION campaign_next_config_change()
     SET search_path = pg_catalog, public
     AS $$
 DECLARE
-    next timestamptz;
+    due_at timestamptz;
 BEGIN
     PERFORM set_config('campaign.due_config_changes', 'on', true);
-    SELECT min(c.effective_at) INTO next FROM public.tier_scheduled_changes c WHERE c.state = 'pending';
+    SELECT min(c.effective_at) INTO due_at FROM public.tier_scheduled_changes c WHERE c.state = 'pending';
     PERFORM set_config('campaign.due_config_changes', 'off', true);
-    RETURN next;
+    RETURN due_at;
 END $$;
 
 REVOKE ALL ON FUNCTION campaign_due_config_changes(timestamptz, integer), campaign_next_config_change() FROM PUBLIC;

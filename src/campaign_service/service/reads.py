@@ -85,10 +85,11 @@ class TierReads:
 
         return await self._read(key, "list", load)
 
-    def _fill_ttl(self, until: datetime | None) -> int:
-        """The TTL a fill may have: the cache's, cut to end by `until` (whole seconds, rounded down)."""
+    def _fill_ttl(self, until: datetime | None) -> int | None:
+        """The TTL a fill may have: the cache's (None), or cut to end by `until` (whole seconds,
+        rounded down; `fill_ttl_s` is the cache's TTL)."""
         if until is None or self._dated is None:
-            return self._fill_ttl_s
+            return None
         left = (until - self._dated.now()).total_seconds()
         return max(min(self._fill_ttl_s, math.floor(left)), 0)
 
@@ -108,7 +109,7 @@ class TierReads:
         _COUNTED[view, "miss"].inc()
         value, until = await load()
         ttl_s = self._fill_ttl(until)
-        if ttl_s >= 1:  # else a change takes effect within the second: not worth caching
+        if ttl_s is None or ttl_s >= 1:  # else a change takes effect within the second: not worth caching
             await self._cache.fill(key, cached.ticket, value, ttl_s)
         return value
 
