@@ -318,6 +318,8 @@ async def test_a_scheduled_programme_change_takes_effect_and_every_move_records_
         customer,
     )
     assert recorded == row["config_version"] > 0
+    page = await ProgressionApi(PgProgressionApi(app_pool)).history(merchant, customer, 10, "")
+    assert [e.config_version for e in page.entries] == [recorded]
 
 
 async def test_a_change_that_no_longer_fits_at_its_time_fails_and_applies_nothing(
