@@ -18,6 +18,7 @@ import structlog
 from grpc_health.v1 import health
 
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApi
+from campaign_service.adapters.postgres.scheduled import PgScheduledChanges
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
 from campaign_service.adapters.postgres.tier_change_jobs import PgTierChangeEngine
 from campaign_service.api.auth import AuthInterceptor
@@ -30,11 +31,12 @@ from campaign_service.config import Settings
 from campaign_service.service.ports import RateLimiter, TokenVerifier, ViewCache
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
+from campaign_service.service.scheduled import ScheduledChanges
 from campaign_service.service.tier_changes import TierChangePreviewer
 from campaign_service.service.tiers import TierService
 from campaign_service.service.unit_of_work import UnitOfWork
 from campaign_service.wiring import auth, database, redis, servers, tracing
-from campaign_service.wiring.events import downgrade_warnings, pipeline, scheduler, tier_change_jobs
+from campaign_service.wiring.events import activator, downgrade_warnings, pipeline, scheduler, tier_change_jobs
 
 log = structlog.get_logger(__name__)
 
@@ -135,15 +137,20 @@ async def build_app(
             await stack.enter_async_context(events.running())
         else:
             log.info("KAFKA_BROKER is not set: events stay in the outbox (see `campaign-service outbox list`)")
+        # Scheduled (effective-dated) changes (issue 14) need the database; on fakes reads are as stored.
+        dated = None
         if pool is not None and relay_pool is not None:
             await stack.enter_async_context(database.tier_counts(relay_pool, settings))
             await stack.enter_async_context(scheduler(settings, pool))
             await stack.enter_async_context(downgrade_warnings(settings, pool))
             await stack.enter_async_context(tier_change_jobs(settings, pool))
+            dated_store = PgScheduledChanges(pool, settings.db_connect_timeout_s)
+            dated = ScheduledChanges(dated_store, [cache])
+            await stack.enter_async_context(activator(settings, dated, dated_store))
         await stack.enter_async_context(redis.confirmation(cache))
 
         tiers = TierService(uow, [cache])
-        reads = TierReads(tiers, cache, render_tier, render_tiers)
+        reads = TierReads(tiers, cache, render_tier, render_tiers, dated=dated, fill_ttl_s=settings.cache_ttl_s)
         # Progression reads and programme writes (issue 13) need the database; on fakes they answer UNAVAILABLE.
         progression = ProgressionApi(PgProgressionApi(pool, settings.db_connect_timeout_s)) if pool else None
         previews = TierChangePreviewer(PgTierChangeEngine(pool, settings.db_connect_timeout_s)) if pool else None
@@ -154,7 +161,7 @@ async def build_app(
         http_port = await probes.listen()
         grpc = await stack.enter_async_context(
             servers.grpc_server(
-                settings, tls, CampaignServicer(tiers, reads, progression, previews), interceptors, tracer
+                settings, tls, CampaignServicer(tiers, reads, progression, previews, dated), interceptors, tracer
             )
         )
         lifetime = stack.pop_all()  # started: from here the App owns what was opened

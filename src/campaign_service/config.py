@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # there was none (0 = this instance runs no jobs), and customers per chunk transaction.
     tier_change_jobs_interval_s: float = Field(1.0, ge=0, le=3600)
     tier_change_jobs_chunk_size: int = Field(20_000, ge=1, le=200_000)
+    # Scheduled tier/programme changes: the activator looks for changes scheduled through other
+    # replicas at least this often (it sleeps until the next one is due otherwise). 0 = off.
+    activator_poll_s: float = Field(5.0, ge=0, le=3600)
     outbox_poll_interval_s: float = Field(5.0, gt=0, le=300)
     outbox_retention_hours: float = Field(72.0, ge=0, le=24 * 365)
     outbox_purge_interval_s: float = Field(600.0, gt=0, le=86_400)

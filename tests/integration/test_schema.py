@@ -27,6 +27,8 @@ TENANT_TABLES = [
     "tier_manual_assignments",
     "tier_downgrade_warnings",
     "tier_change_jobs",
+    "tier_scheduled_changes",
+    "tier_config_heads",
 ]
 
 

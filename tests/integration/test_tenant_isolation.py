@@ -71,6 +71,17 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
         m,
         uuid.uuid4(),
     ),
+    "tier_scheduled_changes": lambda c, m: c.execute(
+        # Far in the future: an activator elsewhere in the test session never applies it.
+        "INSERT INTO tier_scheduled_changes (merchant_id, change_id, target, kind, payload, effective_at)"
+        " VALUES ($1, $2, 'gold', 'tier_delete', '{}', now() + interval '1 year')",
+        m,
+        uuid.uuid4(),
+    ),
+    # Written by the vip_tiers triggers in populate(); directly only by the tests of refused writes.
+    "tier_config_heads": lambda c, m: c.execute(
+        "INSERT INTO tier_config_heads (merchant_id, version, txid) VALUES ($1, 1, 0)", m
+    ),
 }
 
 
@@ -98,6 +109,7 @@ async def populate(app_pool: Any, merchant: uuid.UUID) -> None:
         await INSERT_FOR["tier_manual_assignments"](conn, merchant)
         await INSERT_FOR["tier_downgrade_warnings"](conn, merchant)
         await INSERT_FOR["tier_change_jobs"](conn, merchant)
+        await INSERT_FOR["tier_scheduled_changes"](conn, merchant)  # tier_config_heads: from the vip_tiers trigger
 
 
 async def snapshot(superuser_conn: Any, merchant: uuid.UUID) -> dict[str, list[str]]:

@@ -79,6 +79,7 @@ def history_to_proto(page: HistoryPage) -> pb.ListCustomerTierHistoryResponse:
             cause_event_id=str(r.cause_event_id) if r.cause_event_id else "",
             actor=r.actor,
             source=r.source,
+            config_version=r.config_version,
         )
         entry.at.FromDatetime(r.at)
     return out

@@ -18,12 +18,15 @@ from campaign_service.api.progression_mapping import (
     programme_to_proto,
     status_to_proto,
 )
+from campaign_service.api.scheduled_mapping import change_to_proto, optional_time
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.locales import check_requested
 from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE, ApplyMode, TierChangeJob
+from campaign_service.domain.tiers import VIPTier
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.reads import TierReads
+from campaign_service.service.scheduled import ScheduledChanges
 from campaign_service.service.tier_changes import TierChangePreviewer, TierEdit
 from campaign_service.service.tiers import TierService
 
@@ -38,11 +41,13 @@ class CampaignServicer:
         reads: TierReads,
         progression: ProgressionApi | None = None,
         previews: TierChangePreviewer | None = None,
+        dated: ScheduledChanges | None = None,
     ) -> None:
         self._tiers = tiers
         self._reads = reads
         self._progression_api = progression
         self._previews = previews
+        self._dated_changes = dated
 
     @property
     def _progression(self) -> ProgressionApi:
@@ -50,12 +55,18 @@ class CampaignServicer:
             raise Unavailable("tier progression is not configured")
         return self._progression_api
 
+    @property
+    def _dated(self) -> ScheduledChanges:
+        if self._dated_changes is None:
+            raise Unavailable("scheduled changes are not configured")
+        return self._dated_changes
+
     async def GetVIPTier(
         self, request: pb.GetVIPTierRequest, context: grpc.aio.ServicerContext[pb.GetVIPTierRequest, pb.VIPTier]
     ) -> bytes:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
-        return await self._reads.tier(merchant, request.tier_id, locale)
+        return await self._reads.tier(merchant, request.tier_id, locale, optional_time(request, "as_of"))
 
     async def ListVIPTiers(
         self,
@@ -64,7 +75,7 @@ class CampaignServicer:
     ) -> bytes:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         locale = check_requested(request.locale, "locale")
-        return await self._reads.tiers(merchant, locale)
+        return await self._reads.tiers(merchant, locale, optional_time(request, "as_of"))
 
     async def CreateVIPTier(
         self, request: pb.CreateVIPTierRequest, context: grpc.aio.ServicerContext[pb.CreateVIPTierRequest, pb.VIPTier]
@@ -72,6 +83,18 @@ class CampaignServicer:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         if request.tier.merchant_id and request.tier.merchant_id != request.merchant_id:
             raise invalid("tier.merchant_id", "must be empty or equal to merchant_id")
+        effective_at = optional_time(request, "effective_at")
+        if effective_at is not None:
+            change = await self._dated.schedule_create(
+                merchant, request.tier.tier_id, spec_from_proto(request.tier), effective_at
+            )
+            assert change.tier is not None
+            assert change.tier.spec is not None
+            assert change.tier.new_id is not None
+            at = change.effective_at
+            msg = tier_to_proto(VIPTier(change.tier.new_id, merchant, change.target, change.tier.spec, 1, at, at), "")
+            msg.scheduled_change_id = str(change.change_id)
+            return msg
         tier = await self._tiers.create(
             merchant, request.tier.tier_id, spec_from_proto(request.tier), _mode(request.apply_mode)
         )
@@ -83,6 +106,14 @@ class CampaignServicer:
         context: grpc.aio.ServicerContext[pb.UpdateVIPTierRequest, pb.UpdateVIPTierResponse],
     ) -> pb.UpdateVIPTierResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
+        effective_at = optional_time(request, "effective_at")
+        if effective_at is not None:
+            if request.expected_version:
+                raise invalid("expected_version", "not with effective_at (the version then is not known yet)")
+            change = await self._dated.schedule_update(
+                merchant, request.tier_id, spec_from_proto(request.tier), list(request.update_mask.paths), effective_at
+            )
+            return pb.UpdateVIPTierResponse(success=True, scheduled_change=change_to_proto(change))
         result = await self._tiers.update(
             merchant,
             request.tier_id,
@@ -105,6 +136,12 @@ class CampaignServicer:
         context: grpc.aio.ServicerContext[pb.DeleteVIPTierRequest, pb.DeleteVIPTierResponse],
     ) -> pb.DeleteVIPTierResponse:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
+        effective_at = optional_time(request, "effective_at")
+        if effective_at is not None:
+            if request.expected_version:
+                raise invalid("expected_version", "not with effective_at (the version then is not known yet)")
+            change = await self._dated.schedule_delete(merchant, request.tier_id, effective_at)
+            return pb.DeleteVIPTierResponse(success=True, scheduled_change=change_to_proto(change))
         mode = _mode(request.apply_mode) if request.apply_mode else None
         job = await self._tiers.delete(merchant, request.tier_id, request.expected_version, mode)
         return pb.DeleteVIPTierResponse(success=True, job_id=str(job) if job else "")
@@ -184,6 +221,9 @@ class CampaignServicer:
         context: grpc.aio.ServicerContext[pb.GetTierProgramRequest, pb.TierProgram],
     ) -> pb.TierProgram:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
+        if self._dated_changes is not None:
+            as_of = optional_time(request, "as_of")
+            return programme_to_proto(merchant, await self._dated_changes.programme_at(merchant, as_of))
         return programme_to_proto(merchant, await self._progression.get_programme(merchant))
 
     async def UpdateTierProgram(
@@ -194,6 +234,17 @@ class CampaignServicer:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         if request.program.merchant_id and request.program.merchant_id != request.merchant_id:
             raise invalid("program.merchant_id", "must be empty or equal to merchant_id")
+        effective_at = optional_time(request, "effective_at")
+        if effective_at is not None:
+            if request.expected_version:
+                raise invalid("expected_version", "not with effective_at (the version then is not known yet)")
+            change = await self._dated.schedule_programme(
+                merchant, programme_from_proto(request.program), list(request.update_mask.paths), effective_at
+            )
+            current = await self._progression.get_programme(merchant)
+            return pb.UpdateTierProgramResponse(
+                program=programme_to_proto(merchant, current), scheduled_change=change_to_proto(change)
+            )
         stored, changed = await self._progression.update_programme(
             merchant, programme_from_proto(request.program), list(request.update_mask.paths), request.expected_version
         )
@@ -235,6 +286,23 @@ class CampaignServicer:
             changed=result.changed, previous_tier_id=result.previous_tier_id or "", tier_id=result.tier_id
         )
 
+    async def ListScheduledChanges(
+        self,
+        request: pb.ListScheduledChangesRequest,
+        context: grpc.aio.ServicerContext[pb.ListScheduledChangesRequest, pb.ListScheduledChangesResponse],
+    ) -> pb.ListScheduledChangesResponse:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        changes = await self._dated.list_changes(merchant, include_finished=request.include_finished)
+        return pb.ListScheduledChangesResponse(changes=[change_to_proto(c) for c in changes])
+
+    async def CancelScheduledChange(
+        self,
+        request: pb.CancelScheduledChangeRequest,
+        context: grpc.aio.ServicerContext[pb.CancelScheduledChangeRequest, pb.ScheduledChange],
+    ) -> pb.ScheduledChange:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        change_id = parse_uuid(request.change_id, "change_id")
+        return change_to_proto(await self._dated.cancel(merchant, change_id))
 
 def _mode(value: str) -> ApplyMode:
     """The request's apply_mode; empty is the default (upgrades_only)."""

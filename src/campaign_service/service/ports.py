@@ -179,7 +179,11 @@ class ViewCache(TierChangeListener, Protocol):
     lookup that handed out the ticket, so a value read before a write cannot outlive the write."""
 
     async def lookup(self, key: ViewKey) -> CachedView: ...
-    async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool: ...
+    async def fill(self, key: ViewKey, ticket: str, value: bytes, ttl_s: int | None = None) -> bool:
+        """Stores `value` if the ticket still holds; the entry lives at most `ttl_s` (None: the
+        cache's TTL) from its first fill, so a shorter TTL must be passed by every fill of a key
+        that needs it (service/reads.py does, until a scheduled change's time)."""
+        ...
 
 
 @dataclass(frozen=True)

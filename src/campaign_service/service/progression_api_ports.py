@@ -34,6 +34,7 @@ class HistoryRow:
     cause_event_id: UUID | None
     actor: str
     source: str
+    config_version: int = 0  # the merchant's configuration version of the move (migration 0031)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from campaign_service.adapters.schema_registry import RegistryRejected, Registry
 from campaign_service.api.http import Check
 from campaign_service.backoff import Backoff, supervise
 from campaign_service.config import Settings
+from campaign_service.events.activator import Activator
 from campaign_service.events.customer_created import CustomerCreatedHandler
 from campaign_service.events.customer_deleted import CustomerDeletedHandler
 from campaign_service.events.points_recorded import PointsRecordedHandler
@@ -42,6 +43,8 @@ from campaign_service.events.scheduler import DeadlineScheduler, SchedulerSettin
 from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
 from campaign_service.events.tracing import TracedPublisher, traced_batches
 from campaign_service.service.downgrade_warnings import DowngradeWarnings
+from campaign_service.service.scheduled import ScheduledChanges
+from campaign_service.service.scheduled_ports import ScheduledStore
 from campaign_service.wiring import lifetime
 
 log = structlog.get_logger(__name__)
@@ -390,3 +393,15 @@ def downgrade_warnings(
     stop = asyncio.Event()
     run = functools.partial(warnings.run, stop)
     return lifetime.background("downgrade-warnings", supervise("downgrade-warnings", run, stop))
+
+
+def activator(
+    settings: Settings, changes: ScheduledChanges, store: ScheduledStore
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """The activator of scheduled tier/programme changes, supervised, while the block runs, unless
+    switched off; leaving cancels it (an activation in flight rolls back and is claimed again)."""
+    if not settings.activator_poll_s:
+        return contextlib.nullcontext()
+    stop = asyncio.Event()
+    run = functools.partial(Activator(changes, store, settings.activator_poll_s).run, stop)
+    return lifetime.background("activator", supervise("activator", run, stop))

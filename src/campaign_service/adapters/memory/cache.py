@@ -50,14 +50,14 @@ class MemoryViewCache:
         value = entry.fields.get(slot)
         return CachedView(value=value) if value is not None else CachedView(ticket=entry.ticket)
 
-    async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
+    async def fill(self, key: ViewKey, ticket: str, value: bytes, ttl_s: int | None = None) -> bool:
         name, slot = redis_keys.view_slot(key)
         entry = self._live(name)
         if entry is None or entry.ticket != ticket:
             metrics.CACHE_FILLS_REJECTED.inc()
             return False
         if not entry.fields:
-            entry.expires_at = self._clock() + self._ttl_s
+            entry.expires_at = self._clock() + (self._ttl_s if ttl_s is None else ttl_s)
         old = entry.fields.get(slot)
         entry.fields[slot] = value
         grown = len(value) - (len(old) if old is not None else 0)

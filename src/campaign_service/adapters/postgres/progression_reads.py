@@ -120,7 +120,7 @@ class PgProgressionApiTransaction:
     async def history(self, customer_id: UUID, before_id: int | None, limit: int) -> list[HistoryRow]:
         rows = await self._conn.fetch(
             "SELECT id, from_tier_id, tier_id, assigned_at, direction, reason, program_version, qualifying_points,"
-            " cause_event_id, actor, source FROM customer_tier_history"
+            " cause_event_id, actor, source, coalesce(config_version, 0) AS config_version FROM customer_tier_history"
             " WHERE merchant_id = $1 AND customer_id = $2 AND ($3::bigint IS NULL OR id < $3)"
             " ORDER BY id DESC LIMIT $4",
             self._merchant,
@@ -141,6 +141,7 @@ class PgProgressionApiTransaction:
                 cause_event_id=r["cause_event_id"],
                 actor=r["actor"],
                 source=r["source"],
+                config_version=r["config_version"],
             )
             for r in rows
         ]

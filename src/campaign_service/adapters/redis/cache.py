@@ -259,7 +259,7 @@ class RedisViewCache:
             self._distrust()  # the record moved on: confirm the newer epoch
         return CachedView()
 
-    async def fill(self, key: ViewKey, ticket: str, value: bytes) -> bool:
+    async def fill(self, key: ViewKey, ticket: str, value: bytes, ttl_s: int | None = None) -> bool:
         if not self._confirmed or not self._breaker.allows():
             return False
         name, slot = redis_keys.view_slot(key)
@@ -269,7 +269,9 @@ class RedisViewCache:
             return False
         try:
             stored = await self._fill(
-                keys=[name], args=[redis_keys.GENERATION, ticket, slot, value, self._ttl_s], on=number
+                keys=[name],
+                args=[redis_keys.GENERATION, ticket, slot, value, self._ttl_s if ttl_s is None else ttl_s],
+                on=number,
             )
         except ConnectionChanged:
             self._distrust()

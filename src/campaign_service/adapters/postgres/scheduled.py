@@ -1,0 +1,320 @@
+"""Scheduled configuration changes on PostgreSQL (migration 0031): one merchant's transaction
+(`app.merchant_id` set, RLS applies) over `tier_scheduled_changes`, its tiers and programme, and
+the activator's two cross-merchant reads (owner functions returning merchant ids and a time)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, cast
+from uuid import UUID
+
+import asyncpg
+
+from campaign_service.adapters.postgres.errors import _check_failed, translated
+from campaign_service.adapters.postgres.progression_reads import PgProgressionApiTransaction
+from campaign_service.adapters.postgres.repositories.cache_epoch import PgCacheEpochBump
+from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
+from campaign_service.adapters.postgres.repositories.rows import Connection
+from campaign_service.adapters.postgres.repositories.tier_change_jobs import PgTierChangeJobs
+from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository, _spec_args
+from campaign_service.domain.benefits import Benefits, Perk
+from campaign_service.domain.errors import FailedPrecondition
+from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.progression import Programme
+from campaign_service.domain.scheduled import ChangeState, TierEdit
+from campaign_service.domain.tier_changes import ApplyMode
+from campaign_service.domain.tiers import TierSpec, VIPTier
+from campaign_service.service.scheduled_ports import ScheduledChange
+
+_CHANGE_COLUMNS = (
+    "change_id, merchant_id, target, kind, payload, mode, effective_at, state, config_version, created_at,"
+    " created_by, finished_at, error"
+)
+
+
+def _spec_json(spec: TierSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "locale": spec.locale,
+        "min_points": spec.min_points,
+        "discount_percentage": spec.discount_percentage,
+        "free_shipping": spec.free_shipping,
+        "exclusive_access": spec.exclusive_access,
+        "benefits": spec.benefits.to_json(),
+        "translations": dict(spec.translations),
+        "is_default": spec.is_default,
+    }
+
+
+def _spec_from_json(data: dict[str, Any]) -> TierSpec:
+    benefits = data.get("benefits") or {}
+    return TierSpec(
+        name=str(data["name"]),
+        locale=str(data["locale"]),
+        min_points=int(data["min_points"]),
+        discount_percentage=int(data["discount_percentage"]),
+        free_shipping=bool(data["free_shipping"]),
+        exclusive_access=bool(data["exclusive_access"]),
+        benefits=Benefits(
+            bonus_points=int(benefits.get("bonus_points", 0)),
+            custom_perks=tuple(
+                Perk(code=str(p["code"]), label={str(k): str(v) for k, v in p["label"].items()})
+                for p in benefits.get("custom_perks", [])
+            ),
+        ),
+        translations={str(k): str(v) for k, v in data.get("translations", {}).items()},
+        is_default=bool(data["is_default"]),
+    )
+
+
+def _payload(change: ScheduledChange) -> dict[str, Any]:
+    if change.tier is not None:
+        t = change.tier
+        return {
+            "spec": _spec_json(t.spec) if t.spec is not None else None,
+            "mask": sorted(t.mask),
+            "id": str(t.new_id) if t.new_id else None,
+        }
+    assert change.program is not None
+    p = change.program
+    return {
+        "program": {
+            "window": p.window,
+            "time_zone": p.time_zone,
+            "window_months": p.window_months,
+            "downgrade_policy": p.downgrade_policy,
+            "grace_days": p.grace_days,
+            "reversal_downgrades_now": p.reversal_downgrades_now,
+            "entry_bonus": p.entry_bonus,
+            "downgrade_warning_days": p.downgrade_warning_days,
+        },
+        "mask": list(change.program_mask),
+    }
+
+
+def _change(row: asyncpg.Record) -> ScheduledChange:
+    payload = row["payload"]
+    tier = program = None
+    mask: tuple[str, ...] = ()
+    if row["kind"] == "program_update":
+        program = Programme(**payload["program"])
+        mask = tuple(payload["mask"])
+    else:
+        tier = TierEdit(
+            row["kind"],
+            row["target"],
+            _spec_from_json(payload["spec"]) if payload.get("spec") else None,
+            frozenset(payload.get("mask") or ()),
+            UUID(payload["id"]) if payload.get("id") else None,
+        )
+    return ScheduledChange(
+        change_id=row["change_id"],
+        merchant_id=row["merchant_id"],
+        target=row["target"],
+        kind=row["kind"],
+        effective_at=row["effective_at"],
+        mode=row["mode"],
+        state=row["state"],
+        tier=tier,
+        program=program,
+        program_mask=mask,
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        config_version=row["config_version"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+    )
+
+
+class PgScheduledTransaction:
+    def __init__(self, conn: Connection, merchant_id: UUID) -> None:
+        self._conn = conn
+        self._merchant = merchant_id
+        self._tiers = PgTierRepository(conn, merchant_id)
+        self.progression = PgProgressionApiTransaction(conn, merchant_id)
+
+    async def tiers(self, *, for_update: bool = False) -> list[VIPTier]:
+        if for_update:
+            await self._conn.execute(
+                "SELECT 1 FROM vip_tiers WHERE merchant_id = $1 ORDER BY tier_id FOR UPDATE", self._merchant
+            )
+        return await self._tiers.all()
+
+    async def tier(self, tier_id: str) -> VIPTier | None:
+        return await self._tiers.get(tier_id)
+
+    async def write_tiers(self, before: Sequence[VIPTier], after: Sequence[VIPTier], effective_at: datetime) -> None:
+        old = {t.tier_id: t for t in before}
+        new = {t.tier_id: t for t in after}
+        # vip_tiers_touch stamps updated_at with this (migration 0031): the time it took effect.
+        await self._conn.execute("SELECT set_config('app.effective_at', $1, true)", effective_at.isoformat())
+        for tier_id in sorted(old.keys() - new.keys()):
+            try:
+                async with self._conn.transaction():
+                    await self._tiers.delete(tier_id)
+            except asyncpg.ForeignKeyViolationError:
+                raise FailedPrecondition(f"tier_id: customers hold tier {tier_id!r}; move them first") from None
+        # Tiers that stop being the default first: at most one default at any moment.
+        updates = [new[i] for i in sorted(old.keys() & new.keys()) if old[i] != new[i]]
+        updates.sort(key=lambda t: t.spec.is_default)
+        for tier in updates:
+            changed = old[tier.tier_id].spec.changed_fields(tier.spec)
+            try:
+                await self._tiers.update(tier.tier_id, tier.spec, changed)
+            except asyncpg.CheckViolationError as exc:
+                raise _check_failed(exc) from None
+        for tier_id in sorted(new.keys() - old.keys()):
+            t = new[tier_id]
+            try:
+                async with self._conn.transaction():
+                    await self._conn.execute(
+                        "INSERT INTO vip_tiers (id, merchant_id, tier_id, name, locale, min_points,"
+                        " discount_percentage, free_shipping, exclusive_access, benefits, is_default, version,"
+                        " created_at, updated_at)"
+                        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)",
+                        t.id,
+                        self._merchant,
+                        tier_id,
+                        *_spec_args(t.spec),
+                        t.created_at,
+                    )
+            except asyncpg.CheckViolationError as exc:
+                raise _check_failed(exc) from None
+            if t.spec.translations:
+                await self._conn.executemany(
+                    "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, $2, $3, $4)",
+                    [(self._merchant, tier_id, loc, name) for loc, name in t.spec.translations.items()],
+                )
+        await self._conn.execute("SELECT set_config('app.effective_at', '', true)")
+
+    async def pending(self) -> list[ScheduledChange]:
+        rows = await self._conn.fetch(
+            f"SELECT {_CHANGE_COLUMNS} FROM tier_scheduled_changes WHERE merchant_id = $1 AND state = 'pending'"
+            " ORDER BY effective_at, change_id",
+            self._merchant,
+        )
+        return [_change(r) for r in rows]
+
+    async def changes(self, *, include_finished: bool, limit: int) -> list[ScheduledChange]:
+        rows = await self._conn.fetch(
+            f"SELECT {_CHANGE_COLUMNS} FROM tier_scheduled_changes WHERE merchant_id = $1"
+            " AND ($2 OR state = 'pending')"
+            " ORDER BY state <> 'pending', CASE WHEN state = 'pending' THEN effective_at END,"
+            " effective_at DESC, change_id LIMIT $3",
+            self._merchant,
+            include_finished,
+            limit,
+        )
+        return [_change(r) for r in rows]
+
+    async def get(self, change_id: UUID, *, for_update: bool = False) -> ScheduledChange | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_CHANGE_COLUMNS} FROM tier_scheduled_changes WHERE merchant_id = $1 AND change_id = $2"
+            + (" FOR UPDATE" if for_update else ""),
+            self._merchant,
+            change_id,
+        )
+        return _change(row) if row else None
+
+    async def insert(self, change: ScheduledChange) -> ScheduledChange:
+        try:
+            async with self._conn.transaction():
+                row = await self._conn.fetchrow(
+                    "INSERT INTO tier_scheduled_changes (merchant_id, change_id, target, kind, payload, mode,"
+                    " effective_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                    f" RETURNING {_CHANGE_COLUMNS}",
+                    self._merchant,
+                    change.change_id,
+                    change.target,
+                    change.kind,
+                    _payload(change),
+                    change.mode,
+                    change.effective_at,
+                    change.created_by,
+                )
+        except asyncpg.UniqueViolationError:
+            raise FailedPrecondition(
+                f"effective_at: {change.target!r} has another pending change (committed concurrently); cancel it first"
+            ) from None
+        except asyncpg.ForeignKeyViolationError:
+            raise FailedPrecondition("merchant_id: merchant is not provisioned") from None
+        assert row is not None
+        return _change(row)
+
+    async def claim_due(self, at: datetime) -> ScheduledChange | None:
+        row = await self._conn.fetchrow(
+            f"SELECT {_CHANGE_COLUMNS} FROM tier_scheduled_changes WHERE merchant_id = $1 AND state = 'pending'"
+            " AND effective_at <= $2 ORDER BY effective_at, change_id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            self._merchant,
+            at,
+        )
+        return _change(row) if row else None
+
+    async def finish(
+        self, change_id: UUID, state: ChangeState, *, config_version: int | None, error: str | None, actor: str
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE tier_scheduled_changes SET state = $3, config_version = $4, error = $5, finished_by = $6,"
+            " finished_at = now() WHERE merchant_id = $1 AND change_id = $2",
+            self._merchant,
+            change_id,
+            state,
+            config_version,
+            error,
+            actor,
+        )
+
+    async def config_version(self) -> int:
+        value = await self._conn.fetchval(
+            "SELECT version FROM tier_config_heads WHERE merchant_id = $1", self._merchant
+        )
+        return int(value or 0)
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        await PgOutbox(self._conn).add(messages)
+
+    async def bump_cache_epoch(self) -> None:
+        await PgCacheEpochBump(self._conn).advance()
+
+    async def enqueue_reassessment(self, change_id: UUID, mode: str, config_version: int, not_before: datetime) -> None:
+        # tier_change_jobs and its enqueue function are the job engine's (migration 0030):
+        # idempotent per change, rolled back with this transaction.
+        await PgTierChangeJobs(self._conn, self._merchant).enqueue(
+            change_id, mode=cast(ApplyMode, mode), config_version=config_version, not_before=not_before
+        )
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():
+            yield
+
+
+class PgScheduledChanges:
+    """Opens one merchant's transactions for service/scheduled.py."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], acquire_timeout_s: float = 5.0) -> None:
+        self._pool = pool
+        self._acquire_timeout_s = acquire_timeout_s
+
+    async def due_merchants(self, at: datetime, limit: int) -> list[UUID]:
+        async with translated():
+            rows = await self._pool.fetch("SELECT merchant_id FROM campaign_due_config_changes($1, $2)", at, limit)
+        return [r["merchant_id"] for r in rows]
+
+    async def next_due(self) -> datetime | None:
+        async with translated():
+            value: datetime | None = await self._pool.fetchval("SELECT campaign_next_config_change()")
+        return value
+
+    @asynccontextmanager
+    async def __call__(self, merchant_id: UUID, *, readonly: bool = False) -> AsyncIterator[PgScheduledTransaction]:
+        async with (
+            translated(),
+            self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
+            translated(conn),
+            conn.transaction(readonly=readonly),
+        ):
+            await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant_id))
+            yield PgScheduledTransaction(conn, merchant_id)
