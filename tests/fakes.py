@@ -30,6 +30,7 @@ from uuid import UUID
 
 from campaign_service.domain.errors import AlreadyExists, NotFound, VersionConflict
 from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.locales import MerchantLocales
 from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import CustomerAssignment
@@ -47,9 +48,10 @@ class MerchantRows:
 
     tiers: dict[str, VIPTier] = field(default_factory=dict)
     customers: dict[UUID, CustomerAssignment] = field(default_factory=dict)
+    locales: MerchantLocales = field(default_factory=MerchantLocales)
 
     def copy(self) -> MerchantRows:
-        return MerchantRows(dict(self.tiers), dict(self.customers))  # the values are immutable
+        return MerchantRows(dict(self.tiers), dict(self.customers), self.locales)  # the values are immutable
 
 
 class _Transaction:
@@ -195,6 +197,19 @@ class FakeOutbox:
             self._tx.outbox += messages
 
 
+class FakeLocaleRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def get(self, *, for_update: bool = False) -> MerchantLocales:
+        return self._tx.read().locales
+
+    async def save(self, locales: tuple[str, ...]) -> MerchantLocales:
+        rows = self._tx.write("locales.save")
+        rows.locales = MerchantLocales(locales, rows.locales.version + 1, _now())
+        return rows.locales
+
+
 @dataclass(frozen=True)
 class FakeRepositories:
     tiers: FakeTierRepository
@@ -202,6 +217,7 @@ class FakeRepositories:
     inbox: FakeInboxRepository
     outbox: FakeOutbox
     cache_epoch: FakeCacheEpoch
+    locales: FakeLocaleRepository
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
@@ -251,6 +267,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                 FakeInboxRepository(tx),
                 FakeOutbox(tx),
                 FakeCacheEpoch(tx),
+                FakeLocaleRepository(tx),
             )
         except BaseException:
             self.rollbacks += 1

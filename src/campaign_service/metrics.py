@@ -210,3 +210,11 @@ DOWNGRADE_WARNINGS = Counter(
     "vip_tier.downgrade_scheduled warnings emitted (once per customer and deadline).",
 )
 SCHEDULER_REASSESSED = Counter("campaign_scheduler_reassessed", "Due customers re-assessed by the deadline scheduler.")
+# Issue 16: one series set per locale (bounded by CLDR's locales), never per merchant.
+TRANSLATION_COMPLETENESS = Histogram(
+    "campaign_translation_complete_ratio",
+    "Fraction of tier names and perk labels present in a locale, one observation per locale per "
+    "GetTranslationReport (merchants are not a label: the series stay bounded).",
+    ["locale"],
+    buckets=(0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
+)

@@ -40,7 +40,9 @@ SILVER = TierSpec(name="Silver", min_points=100, is_default=True)
 
 
 @pytest.fixture(params=["redis", "memory"])
-async def view_cache(request: pytest.FixtureRequest, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]) -> ViewCache:
+async def view_cache(
+    request: pytest.FixtureRequest, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]
+) -> ViewCache:
     if request.param == "memory":
         return MemoryViewCache(ttl_s=3600, max_bytes=1 << 20)
     return await redis_view_cache()
@@ -63,7 +65,12 @@ async def fresh_list(tiers: TierService, merchant: UUID, locale: str) -> pb.List
     return pb.ListVIPTiersResponse.FromString(render_tiers(await tiers.list_tiers(merchant), locale))
 
 
-async def test_second_read_is_served_from_the_cache(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], owner_conn: asyncpg.Connection[Any]) -> None:
+async def test_second_read_is_served_from_the_cache(
+    view_cache: ViewCache,
+    reads_on: Callable[..., tuple[TierService, TierReads]],
+    new_merchant: Callable[[], Any],
+    owner_conn: asyncpg.Connection[Any],
+) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
     await tiers.create(merchant, "gold", GOLD)
@@ -84,7 +91,9 @@ async def test_second_read_is_served_from_the_cache(view_cache: ViewCache, reads
     assert context.cache_result.get() == "hit"
 
 
-async def test_locales_are_cached_apart(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any]) -> None:
+async def test_locales_are_cached_apart(
+    view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any]
+) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
     await tiers.create(merchant, "gold", GOLD)
@@ -143,7 +152,12 @@ async def assert_reads_are_fresh(tiers: TierService, reads: TierReads, merchant:
 
 
 @pytest.mark.parametrize("write", list(WRITES))
-async def test_every_write_path_invalidates(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], write: str) -> None:
+async def test_every_write_path_invalidates(
+    view_cache: ViewCache,
+    reads_on: Callable[..., tuple[TierService, TierReads]],
+    new_merchant: Callable[[], Any],
+    write: str,
+) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
     await gold_and_silver_cached(tiers, reads, merchant)
@@ -169,7 +183,11 @@ class AnswerLostUnitOfWork:
 
 @pytest.mark.parametrize("write", list(WRITES))
 async def test_write_whose_commit_answer_was_lost_still_invalidates(
-    view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any], write: str
+    view_cache: ViewCache,
+    reads_on: Callable[..., tuple[TierService, TierReads]],
+    app_pool: asyncpg.Pool[asyncpg.Record],
+    new_merchant: Callable[[], Any],
+    write: str,
 ) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(view_cache)
@@ -200,7 +218,11 @@ class GatedUnitOfWork:
 
 @pytest.mark.parametrize("view", ["tier", "list"])
 async def test_value_read_before_a_write_is_not_cached_after_it(
-    view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any], view: str
+    view_cache: ViewCache,
+    reads_on: Callable[..., tuple[TierService, TierReads]],
+    app_pool: asyncpg.Pool[asyncpg.Record],
+    new_merchant: Callable[[], Any],
+    view: str,
 ) -> None:
     merchant = await new_merchant()
     writer, _ = reads_on(view_cache)
@@ -228,7 +250,9 @@ async def test_value_read_before_a_write_is_not_cached_after_it(
     assert context.cache_result.get() == "miss"  # the slow reader's fill was refused
 
 
-async def test_update_and_read_storm_leaves_nothing_stale(view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any]) -> None:
+async def test_update_and_read_storm_leaves_nothing_stale(
+    view_cache: ViewCache, reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any]
+) -> None:
     merchant = await new_merchant()
     # Two "instances": separate services and readers on the same cache.
     (writer_a, reads_a), (writer_b, reads_b) = reads_on(view_cache), reads_on(view_cache)
@@ -260,7 +284,10 @@ async def test_update_and_read_storm_leaves_nothing_stale(view_cache: ViewCache,
 
 
 async def test_redis_keys_are_the_plans(
-    reads_on: Callable[[ViewCache], tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]
+    reads_on: Callable[[ViewCache], tuple[TierService, TierReads]],
+    new_merchant: Callable[[], Any],
+    redis_client: aioredis.Redis,
+    redis_view_cache: Callable[..., Awaitable[RedisViewCache]],
 ) -> None:
     cache = await redis_view_cache()
     merchant = await new_merchant()
@@ -279,7 +306,10 @@ async def test_redis_keys_are_the_plans(
 
 
 async def test_redis_entries_expire_after_the_ttl(
-    reads_on: Callable[..., tuple[TierService, TierReads]], new_merchant: Callable[[], Any], redis_client: aioredis.Redis, redis_view_cache: Callable[..., Awaitable[RedisViewCache]]
+    reads_on: Callable[..., tuple[TierService, TierReads]],
+    new_merchant: Callable[[], Any],
+    redis_client: aioredis.Redis,
+    redis_view_cache: Callable[..., Awaitable[RedisViewCache]],
 ) -> None:
     merchant = await new_merchant()
     tiers, reads = reads_on(await redis_view_cache(ttl_s=1))

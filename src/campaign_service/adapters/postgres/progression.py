@@ -199,6 +199,7 @@ class PgProgressionTransaction:
         moves = [(r["dir"], r["reason"], int(r["n"])) for r in rows if r["dir"] is not None]
         return claimed, last_key, moves
 
+
 def _state_columns(ws: Sequence[StateWrite]) -> list[list[Any]]:
     return [
         [w.merchant_id for w in ws],

@@ -57,4 +57,3 @@ async def provision(
         await db_conn.execute(f'GRANT CREATE, USAGE ON SCHEMA public TO "{OWNER_ROLE}"')
     finally:
         await db_conn.close()
-

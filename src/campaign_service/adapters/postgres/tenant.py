@@ -15,6 +15,7 @@ from campaign_service.adapters.postgres.errors import translated
 from campaign_service.adapters.postgres.repositories.cache_epoch import PgCacheEpochBump
 from campaign_service.adapters.postgres.repositories.customers import PgCustomerTierRepository
 from campaign_service.adapters.postgres.repositories.inbox import PgInboxRepository
+from campaign_service.adapters.postgres.repositories.locales import PgLocaleRepository
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository
@@ -30,6 +31,7 @@ class PgRepositories:
     inbox: PgInboxRepository
     outbox: PgOutbox
     cache_epoch: PgCacheEpochBump
+    locales: PgLocaleRepository
 
     @classmethod
     def on(cls, conn: Connection, merchant_id: UUID) -> PgRepositories:
@@ -39,6 +41,7 @@ class PgRepositories:
             inbox=PgInboxRepository(conn, merchant_id),
             outbox=PgOutbox(conn),
             cache_epoch=PgCacheEpochBump(conn),
+            locales=PgLocaleRepository(conn, merchant_id),
         )
 
 
