@@ -240,3 +240,15 @@ def format_percent(percent: int, tag: str) -> str:
     if loc is None:
         return f"{percent}%"
     return _native_digits(numbers.format_percent(percent / 100, locale=loc, numbering_system="default"), loc)
+
+
+def describe(tag: str) -> dict[str, str]:
+    """What CLDR says of a stored locale: direction, script, English and native names."""
+    loc = _babel_locale(tag)
+    return {
+        "locale": tag,
+        "direction": direction(tag),
+        "script": script_of(tag) or "",
+        "english_name": (loc.get_display_name("en") or "") if loc else "",
+        "native_name": (loc.get_display_name() or "") if loc else "",
+    }
