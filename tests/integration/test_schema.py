@@ -26,6 +26,7 @@ TENANT_TABLES = [
     "qualifying_points_daily",
     "tier_manual_assignments",
     "tier_downgrade_warnings",
+    "merchant_locales",
 ]
 
 

@@ -106,11 +106,19 @@ def text_violations(value: str, locale: str, field_path: str, max_chars: int) ->
     return [FieldViolation(field_path, p) for p in problems]
 
 
-@lru_cache(maxsize=256)
 def script_writable(locale: str) -> bool:
     """Whether this Python's Unicode data has any letter of `locale`'s script (Sunuwar, new in
     Unicode 16, has none in Python 3.11's Unicode 14: no name in it could pass the checks)."""
-    known = SCRIPT_LETTERS.get(script_of(locale) or "")
+    return _has_letters(script_of(locale) or "")
+
+
+@lru_cache(maxsize=64)
+def _has_letters(script: str) -> bool:
+    known = SCRIPT_LETTERS.get(script)
     if known is None:
         return True
-    return any(_letter_of(chr(c), known[1]) for c in range(0x20000))
+    prefixes = known[1]
+    return any(
+        unicodedata.category(chr(c)).startswith("L") and unicodedata.name(chr(c), "").startswith(prefixes)
+        for c in range(0x20000)
+    )
