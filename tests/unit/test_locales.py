@@ -15,8 +15,9 @@ import pytest
 from babel import Locale
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from campaign_service import context, metrics, topics
+from campaign_service import context, topics
 from campaign_service.api.mapping import locales_to_proto, report_to_proto, tier_to_proto
 from campaign_service.domain.benefits import Benefits, Perk
 from campaign_service.domain.errors import FailedPrecondition, InvalidArgument, VersionConflict
@@ -341,7 +342,7 @@ async def test_report_metric_is_per_locale_not_per_merchant() -> None:
         await service.create(merchant, "gold", TierSpec(name="Gold", translations={"ar": "ذهبي"}))
 
     def count(locale: str) -> float:
-        value = metrics.REGISTRY.get_sample_value("campaign_translation_complete_ratio_count", {"locale": locale})
+        value = REGISTRY.get_sample_value("campaign_translation_complete_ratio_count", {"locale": locale})
         return value or 0.0
 
     before = count("he")
@@ -351,7 +352,7 @@ async def test_report_metric_is_per_locale_not_per_merchant() -> None:
     assert count("he") == before + 2
     labels = {
         tuple(sorted(s.labels))
-        for m in metrics.REGISTRY.collect()
+        for m in REGISTRY.collect()
         if m.name == "campaign_translation_complete_ratio"
         for s in m.samples
     }
