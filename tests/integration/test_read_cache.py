@@ -80,14 +80,16 @@ async def test_second_read_is_served_from_the_cache(
     assert (first.display_name, first.resolved_locale) == ("ذهبي", "ar")
     # A change the service does not know about shows that the next answer comes from the cache.
     await owner_conn.execute("UPDATE vip_tiers SET discount_percentage = 42 WHERE merchant_id = $1", merchant)
-    second = pb.VIPTier.FromString(await reads.tier(merchant, "gold", "ar-SA"))
+    second = pb.VIPTier.FromString(await reads.tier(merchant, "gold", "ar"))
     assert context.cache_result.get() == "hit"
     assert second == first
+    # ar-SA is a CLDR locale a merchant may store text in: cached apart (issue 16), and the same answer.
+    assert pb.VIPTier.FromString(await reads.tier(merchant, "gold", "ar-SA")).display_name == first.display_name
 
     listed = pb.ListVIPTiersResponse.FromString(await reads.tiers(merchant, "he"))
     assert context.cache_result.get() == "miss"
     assert [t.display_name for t in listed.tiers] == ["זהב"]
-    await reads.tiers(merchant, "he-IL")
+    await reads.tiers(merchant, "he")
     assert context.cache_result.get() == "hit"
 
 
