@@ -41,8 +41,7 @@ async def as_app(app_pool: Any, merchant: uuid.UUID, sql: str, *args: Any) -> No
 
 
 INSERT_TIER = (
-    "INSERT INTO vip_tiers (merchant_id, tier_id, name, locale, min_points, benefits)"
-    " VALUES ($1, $2, $3, $4, 0, $5)"
+    "INSERT INTO vip_tiers (merchant_id, tier_id, name, locale, min_points, benefits) VALUES ($1, $2, $3, $4, 0, $5)"
 )
 
 
