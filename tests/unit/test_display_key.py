@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from campaign_service.domain.benefits import Benefits, Perk
-from campaign_service.domain.locales import _CLDR, display_key
+from campaign_service.domain.locales import CLDR_LOCALES, display_key
 from campaign_service.domain.tiers import TierSpec, VIPTier
 
 # Stored text is in CLDR locales only (a merchant enables those); these include near relatives.
@@ -46,4 +46,4 @@ def test_display_key_is_a_cldr_locale_or_nothing() -> None:
     """So the cached answers per tier are bounded by CLDR's locales, whatever readers send."""
     keys = {display_key(t) for t in ["", "en", "en-GB", "EN", "ar-SA", "he", "fr", "zh-Hant-TW", "qq-QQ", "en-GB-x1"]}
     assert keys == {"", "en", "en-GB", "ar-SA", "he", "fr", "zh-Hant-TW"}
-    assert keys - {""} <= _CLDR
+    assert keys - {""} <= CLDR_LOCALES

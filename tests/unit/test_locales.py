@@ -22,8 +22,8 @@ from campaign_service.api.mapping import locales_to_proto, report_to_proto, tier
 from campaign_service.domain.benefits import Benefits, Perk
 from campaign_service.domain.errors import FailedPrecondition, InvalidArgument, VersionConflict
 from campaign_service.domain.locales import (
-    _CLDR,
     _STORABLE,
+    CLDR_LOCALES,
     DEFAULT_LOCALES,
     MerchantLocales,
     cldr_violation,
@@ -42,7 +42,7 @@ from campaign_service.service.tiers import LOCALES_EVENT_TIER_ID, TierService
 from tests.fakes import FakeUnitOfWork
 
 # Every locale a merchant could enable: canonical CLDR tags whose script this Python can write.
-STORABLE = sorted(t for t in _CLDR if _STORABLE.fullmatch(t) and script_writable(t))
+STORABLE = sorted(t for t in CLDR_LOCALES if _STORABLE.fullmatch(t) and script_writable(t))
 
 
 @cache
@@ -98,21 +98,25 @@ def test_resolve_over_a_merchants_locales(
 
 def test_every_cldr_locale_keys_the_cache_by_a_tag_with_the_same_chain() -> None:
     """display_key(t) resolves exactly like t for any stored text (text is only in CLDR locales)."""
-    for tag in sorted(_CLDR):
+    for tag in sorted(CLDR_LOCALES):
         key = display_key(tag)
-        assert key in _CLDR
-        assert [t for t in fallback_chain(key) if t in _CLDR] == [t for t in fallback_chain(tag) if t in _CLDR]
+        assert key in CLDR_LOCALES
+        assert [t for t in fallback_chain(key) if t in CLDR_LOCALES] == [
+            t for t in fallback_chain(tag) if t in CLDR_LOCALES
+        ]
 
 
 @given(
-    st.sampled_from(sorted(_CLDR)),
+    st.sampled_from(sorted(CLDR_LOCALES)),
     st.sampled_from(["", "-US", "-TW", "-RS", "-Latn", "-Hant", "-Cyrl-RS", "-419", "-x1x1x", "-GB-oxendict"]),
 )
 def test_any_tag_keys_the_cache_by_a_tag_with_the_same_chain(base: str, suffix: str) -> None:
     tag = base.split("-")[0] + suffix
     key = display_key(tag)
-    assert key == "" or key in _CLDR
-    assert [t for t in fallback_chain(key) if t in _CLDR] == [t for t in fallback_chain(tag) if t in _CLDR]
+    assert key == "" or key in CLDR_LOCALES
+    assert [t for t in fallback_chain(key) if t in CLDR_LOCALES] == [
+        t for t in fallback_chain(tag) if t in CLDR_LOCALES
+    ]
 
 
 # -- validity, script, direction ---------------------------------------------------------------

@@ -33,7 +33,8 @@ _BCP47 = re.compile(
 )
 # The CLDR locales text may be stored in: language, optional script, optional region (no variants).
 _STORABLE = re.compile(r"^[a-z]{2,3}(?:-[A-Z][a-z]{3})?(?:-(?:[A-Z]{2}|[0-9]{3}))?$")
-_CLDR: frozenset[str] = frozenset(i.replace("_", "-") for i in localedata.locale_identifiers())
+# Every locale CLDR has data for, as BCP 47 tags (`zh-Hant-TW`).
+CLDR_LOCALES: frozenset[str] = frozenset(i.replace("_", "-") for i in localedata.locale_identifiers())
 _LIKELY: Mapping[str, str] = get_global("likely_subtags")
 _PARENTS: Mapping[str, str] = get_global("parent_exceptions")
 # Unicode digit zero of the CLDR numbering systems locales default to (the digits follow it).
@@ -74,7 +75,7 @@ def cldr_violation(tag: str) -> str | None:
     """Why `tag` cannot be enabled (None: a canonical CLDR locale)."""
     if len(tag) > 35 or not _BCP47.fullmatch(tag):
         return "not a well-formed BCP 47 language tag"
-    if tag in _CLDR:
+    if tag in CLDR_LOCALES:
         return None if _STORABLE.fullmatch(tag) else "locales with a variant subtag are not supported"
     canonical = _canonical(tag)
     if canonical and canonical != tag:
@@ -89,7 +90,7 @@ def _canonical(tag: str) -> str | None:
     if loc is None or subtags != tag.count("-") + 1 or (loc.language, loc.territory) != (language, region):
         return None  # Babel fell back to another locale: no hint
     canonical = "-".join(p for p in (loc.language, loc.script, loc.territory) if p)
-    return canonical if canonical in _CLDR else None
+    return canonical if canonical in CLDR_LOCALES else None
 
 
 def locales_violations(tags: Iterable[str], field_path: str) -> list[FieldViolation]:
@@ -181,7 +182,7 @@ def display_key(requested: str) -> str:
     exists in CLDR locales, so the first CLDR locale of its fallback chain (whose own chain is the
     rest of it) stands for it; a tag with none behaves like no tag. Cached answers are keyed by
     this, so their number is bounded by CLDR's locales, not by what readers send."""
-    return next((tag for tag in fallback_chain(requested) if tag in _CLDR), "")
+    return next((tag for tag in fallback_chain(requested) if tag in CLDR_LOCALES), "")
 
 
 def resolve(requested: str, default: str, available: Mapping[str, str]) -> tuple[str, str]:
@@ -225,6 +226,7 @@ def _native_digits(text: str, loc: Locale) -> str:
     return text.translate({ord("0") + d: chr(ord(zero) + d) for d in range(10)})
 
 
+@lru_cache(maxsize=4096)  # a list render formats each tier's numbers; merchants reuse few values
 def format_integer(value: int, tag: str) -> str:
     """`value` as the locale writes it: grouping and digits of its default numbering system
     (e.g. `١٬٢٣٤` in ar-EG, `1,234` in en, `12,34,567` in hi)."""
@@ -234,6 +236,7 @@ def format_integer(value: int, tag: str) -> str:
     return _native_digits(numbers.format_decimal(value, locale=loc, numbering_system="default"), loc)
 
 
+@lru_cache(maxsize=1024)
 def format_percent(percent: int, tag: str) -> str:
     """A whole percentage as the locale writes it (e.g. `15%`, `١٥٪؜` in ar-EG, `15 %` in fr)."""
     loc = _babel_locale(tag)
