@@ -5,6 +5,7 @@ direction and number formats and go when the merchant's set changes; the report'
 
 from __future__ import annotations
 
+import asyncio
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
@@ -220,3 +221,34 @@ async def test_report_counts_a_copied_name_written_past_the_service_as_missing(
     assert (by_locale["ar"].present, by_locale["ar"].total) == (1, 3)
     assert [(g.tier_id, g.perk_code) for g in by_locale["he"].gaps] == [("gold", "lounge"), ("silver", "")]
     assert by_locale["en"].gaps == ()
+
+
+async def test_a_set_change_waits_for_a_tier_write_in_flight_and_then_sees_its_text(
+    app_pool: Any, new_merchant: Callable[[], Any], tier_service: TierService
+) -> None:
+    """No write skew: the tier write holds the merchant's set FOR SHARE until it commits, so a
+    removal of the locale it writes in waits, then finds the text and is refused."""
+    merchant = await new_merchant()
+    await tier_service.update_locales(merchant, ["en", "fr"])
+    await as_app(app_pool, merchant, INSERT_TIER, merchant, "gold", "Gold", "en", {})
+    async with app_pool.acquire() as writer, app_pool.acquire() as remover:
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        await writer.execute(
+            "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, 'gold', 'fr', 'Or')",
+            merchant,
+        )
+
+        async def remove_fr() -> None:
+            async with remover.transaction():
+                await remover.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+                await remover.execute("UPDATE merchant_locales SET locales = '{en}' WHERE merchant_id = $1", merchant)
+
+        removal = asyncio.ensure_future(remove_fr())
+        await asyncio.sleep(0.5)
+        assert not removal.done()  # blocked behind the write's FOR SHARE lock
+        await tx.commit()
+        with pytest.raises(asyncpg.CheckViolationError, match="fr still holds tier text"):
+            await asyncio.wait_for(removal, 10)
+    assert (await tier_service.locales(merchant)).locales == ("en", "fr")
