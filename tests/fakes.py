@@ -30,6 +30,7 @@ from uuid import UUID
 
 from campaign_service.domain.errors import AlreadyExists, NotFound, VersionConflict
 from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.locales import MerchantLocales
 from campaign_service.domain.tier_changes import ApplyMode, TierChangeJob
 from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.errors import Unavailable
@@ -48,9 +49,10 @@ class MerchantRows:
 
     tiers: dict[str, VIPTier] = field(default_factory=dict)
     customers: dict[UUID, CustomerAssignment] = field(default_factory=dict)
+    locales: MerchantLocales = field(default_factory=MerchantLocales)
 
     def copy(self) -> MerchantRows:
-        return MerchantRows(dict(self.tiers), dict(self.customers))  # the values are immutable
+        return MerchantRows(dict(self.tiers), dict(self.customers), self.locales)  # the values are immutable
 
 
 class _Transaction:
@@ -243,6 +245,19 @@ class FakeTierChangeJobs:
         return moved
 
 
+class FakeLocaleRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def get(self, *, for_update: bool = False) -> MerchantLocales:
+        return self._tx.read().locales
+
+    async def save(self, locales: tuple[str, ...]) -> MerchantLocales:
+        rows = self._tx.write("locales.save")
+        rows.locales = MerchantLocales(locales, rows.locales.version + 1, _now())
+        return rows.locales
+
+
 @dataclass(frozen=True)
 class FakeRepositories:
     tiers: FakeTierRepository
@@ -251,6 +266,7 @@ class FakeRepositories:
     outbox: FakeOutbox
     cache_epoch: FakeCacheEpoch
     tier_change_jobs: FakeTierChangeJobs
+    locales: FakeLocaleRepository
 
 
 class FakeUnitOfWork(AbstractUnitOfWork):
@@ -302,6 +318,7 @@ class FakeUnitOfWork(AbstractUnitOfWork):
                 FakeOutbox(tx),
                 FakeCacheEpoch(tx),
                 FakeTierChangeJobs(tx),
+                FakeLocaleRepository(tx),
             )
         except BaseException:
             self.rollbacks += 1

@@ -225,3 +225,11 @@ TIER_CHANGE_JOB_MOVES = Counter(
 TIER_CHANGE_JOBS_FINISHED = Counter(
     "campaign_tier_change_jobs_finished", "Tier change jobs finished, by final state.", ["state"]
 )
+# Issue 16: one series set per locale (bounded by CLDR's locales), never per merchant.
+TRANSLATION_COMPLETENESS = Histogram(
+    "campaign_translation_complete_ratio",
+    "Fraction of tier names and perk labels present in a locale, one observation per locale per "
+    "GetTranslationReport (merchants are not a label: the series stay bounded).",
+    ["locale"],
+    buckets=(0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
+)

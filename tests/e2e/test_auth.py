@@ -45,7 +45,9 @@ WRITES = ["CreateVIPTier", "UpdateVIPTier", "DeleteVIPTier"]
 READS = [m for m in METHODS if m not in WRITES]
 
 
-async def code_of(stub: campaign_grpc.CampaignServiceAsyncStub, method: str, request: Any, **kw: Any) -> tuple[Any, str]:
+async def code_of(
+    stub: campaign_grpc.CampaignServiceAsyncStub, method: str, request: Any, **kw: Any
+) -> tuple[Any, str]:
     try:
         await getattr(stub, method)(request, **kw)
     except grpc.aio.AioRpcError as exc:

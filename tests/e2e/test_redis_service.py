@@ -236,7 +236,9 @@ async def test_invalidations_a_killed_instance_never_delivered_are_not_served_af
     assert hits(second) == 1  # the successor does use the cache
 
 
-async def test_in_process_cache_without_redis(services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any]) -> None:
+async def test_in_process_cache_without_redis(
+    services: Callable[..., ServiceProcess], new_merchant: Callable[[], Any]
+) -> None:
     svc = services({"CAMPAIGN_CACHE": "memory"})
     merchant = await new_merchant()
     async with client(svc) as stub:
@@ -249,9 +251,7 @@ async def test_in_process_cache_without_redis(services: Callable[..., ServicePro
     assert ready(svc)[1]["checks"] == {"postgres": "ok"}
 
 
-async def fill_through(
-    stubs: list[Any], services: list[ServiceProcess], merchant: uuid.UUID, name: str
-) -> None:
+async def fill_through(stubs: list[Any], services: list[ServiceProcess], merchant: uuid.UUID, name: str) -> None:
     """Reads through each instance until each has answered `name` from the cache."""
     for stub, svc in zip(stubs, services, strict=True):
         deadline = time.monotonic() + 15
@@ -262,9 +262,7 @@ async def fill_through(
             await asyncio.sleep(0.05)
 
 
-async def read_from_the_first_millisecond(
-    stub: Any, merchant: uuid.UUID, seconds: float
-) -> list[str]:
+async def read_from_the_first_millisecond(stub: Any, merchant: uuid.UUID, seconds: float) -> list[str]:
     """Names answered by back-to-back lookups for `seconds` (failed lookups are not answers)."""
     names, failed = [], set()
     deadline = time.monotonic() + seconds

@@ -31,7 +31,12 @@ def errors(operation: str) -> float:
 
 @pytest.mark.parametrize("outage", ["paused", "killed and restarted with its data"])
 async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
-    own_redis: Callable[..., RedisServer], service_redis: Callable[..., aioredis.Redis], redis_view_cache: Callable[..., Awaitable[RedisViewCache]], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any], outage: str
+    own_redis: Callable[..., RedisServer],
+    service_redis: Callable[..., aioredis.Redis],
+    redis_view_cache: Callable[..., Awaitable[RedisViewCache]],
+    app_pool: asyncpg.Pool[asyncpg.Record],
+    new_merchant: Callable[[], Any],
+    outage: str,
 ) -> None:
     server = own_redis(persist=True)
     client = service_redis("127.0.0.1", server.port, redis_timeout_ms=100)
@@ -83,10 +88,15 @@ async def test_outage_serves_from_postgres_and_leaves_nothing_stale(
 
 
 async def test_slow_redis_costs_one_timeout_per_cool_down(
-    own_redis: Callable[..., RedisServer], redis_view_cache: Callable[..., Awaitable[RedisViewCache]], app_pool: asyncpg.Pool[asyncpg.Record], new_merchant: Callable[[], Any]
+    own_redis: Callable[..., RedisServer],
+    redis_view_cache: Callable[..., Awaitable[RedisViewCache]],
+    app_pool: asyncpg.Pool[asyncpg.Record],
+    new_merchant: Callable[[], Any],
 ) -> None:
     server = own_redis()
-    cache = await redis_view_cache("127.0.0.1", server.port, breaker=RedisBreaker(retry_after_s=60), redis_timeout_ms=100)
+    cache = await redis_view_cache(
+        "127.0.0.1", server.port, breaker=RedisBreaker(retry_after_s=60), redis_timeout_ms=100
+    )
     tiers = TierService(PgUnitOfWork(app_pool), [cache])
     reads = TierReads(tiers, cache, render_tier, render_tiers)
     merchant = await new_merchant()

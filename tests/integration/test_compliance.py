@@ -26,6 +26,8 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "updated_at",
     },
     "vip_tier_translations": {"merchant_id", "tier_id", "locale", "name"},
+    # Issue 16 (0040): the locales a merchant stores tier text in.
+    "merchant_locales": {"merchant_id", "locales", "version", "updated_at"},
     # Progression (0020): points, dates, tier ids, reason codes; changed_by/actor is the token
     # subject of a manual change (an operator or service, never the customer), '' otherwise.
     "customer_tiers": {

@@ -43,7 +43,9 @@ async def test_hundred_pass_the_hundred_and_first_waits(
     assert (await limiter.acquire(merchant)).allowed
 
 
-async def test_instances_share_one_budget(service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]) -> None:
+async def test_instances_share_one_budget(
+    service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
+) -> None:
     a, b = (RedisRateLimiter(service_pipe(), RedisBreaker(1.0), limit=100, window_s=5.0) for _ in range(2))
     merchant = uuid.uuid4()
     assert await admitted(a, merchant, 60) == 60
@@ -52,7 +54,9 @@ async def test_instances_share_one_budget(service_redis: Callable[..., aioredis.
     assert not (await b.acquire(merchant)).allowed
 
 
-async def test_limits_per_instance_while_redis_is_unreachable(service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]) -> None:
+async def test_limits_per_instance_while_redis_is_unreachable(
+    service_redis: Callable[..., aioredis.Redis], service_pipe: Callable[..., RedisPipe]
+) -> None:
     pipe = service_pipe("127.0.0.1", free_port(), redis_timeout_ms=100)
     limiter = RedisRateLimiter(pipe, RedisBreaker(60.0), limit=100, window_s=5.0)
     merchant = uuid.uuid4()

@@ -41,14 +41,18 @@ async def test_an_error_reply_fails_only_its_caller(service_pipe: Callable[..., 
     assert results[2] == b"a"
 
 
-async def test_scripts_survive_a_script_flush(service_pipe: Callable[..., RedisPipe], redis_client: aioredis.Redis) -> None:
+async def test_scripts_survive_a_script_flush(
+    service_pipe: Callable[..., RedisPipe], redis_client: aioredis.Redis
+) -> None:
     script = service_pipe().script("return ARGV[1] .. KEYS[1]")
     assert await script(keys=["k"], args=["v"]) == b"vk"
     await redis_client.script_flush()
     assert await script(keys=["k"], args=["w"]) == b"wk"  # NOSCRIPT -> sent with its source
 
 
-async def test_a_hung_redis_fails_every_waiting_call_within_the_timeout(own_redis: Callable[..., RedisServer], service_pipe: Callable[..., RedisPipe]) -> None:
+async def test_a_hung_redis_fails_every_waiting_call_within_the_timeout(
+    own_redis: Callable[..., RedisServer], service_pipe: Callable[..., RedisPipe]
+) -> None:
     server = own_redis()
     pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=100)
     assert await pipe.execute("PING") == b"PONG"
@@ -66,7 +70,9 @@ async def test_a_hung_redis_fails_every_waiting_call_within_the_timeout(own_redi
     assert await pipe.execute("PING") == b"PONG"
 
 
-async def test_a_restarted_redis_is_reconnected_on_the_next_call(own_redis: Callable[..., RedisServer], service_pipe: Callable[..., RedisPipe]) -> None:
+async def test_a_restarted_redis_is_reconnected_on_the_next_call(
+    own_redis: Callable[..., RedisServer], service_pipe: Callable[..., RedisPipe]
+) -> None:
     server = own_redis()
     pipe = service_pipe("127.0.0.1", server.port, redis_timeout_ms=200)
     assert await pipe.execute("PING") == b"PONG"
@@ -93,7 +99,9 @@ async def test_a_cancelled_caller_does_not_shift_the_answers(service_pipe: Calla
     assert await pipe.execute("ECHO", "third") == b"third"
 
 
-async def test_the_pooled_client_takes_a_new_connection_after_a_redis_restart(own_redis: Callable[..., RedisServer], service_redis: Callable[..., aioredis.Redis]) -> None:
+async def test_the_pooled_client_takes_a_new_connection_after_a_redis_restart(
+    own_redis: Callable[..., RedisServer], service_redis: Callable[..., aioredis.Redis]
+) -> None:
     """The invalidation path's client: a pooled connection that a restart closed is replaced on
     its next command instead of failing it (which would open the breaker for nothing)."""
     server = own_redis()

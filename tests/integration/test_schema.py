@@ -29,6 +29,7 @@ TENANT_TABLES = [
     "tier_change_jobs",
     "tier_scheduled_changes",
     "tier_config_heads",
+    "merchant_locales",
 ]
 
 

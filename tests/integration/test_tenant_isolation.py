@@ -82,6 +82,12 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
     "tier_config_heads": lambda c, m: c.execute(
         "INSERT INTO tier_config_heads (merchant_id, version, txid) VALUES ($1, 1, 0)", m
     ),
+    # populate's first tier write created the merchant's row (the default set): a second is a change.
+    "merchant_locales": lambda c, m: c.execute(
+        "INSERT INTO merchant_locales (merchant_id, locales) VALUES ($1, '{en,ar,he,fr}')"
+        " ON CONFLICT (merchant_id) DO UPDATE SET locales = EXCLUDED.locales",
+        m,
+    ),
 }
 
 

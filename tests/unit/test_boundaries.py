@@ -60,10 +60,13 @@ def test_violation_messages_name_the_limits() -> None:
     [discount] = spec_violations(TierSpec(name="Gold", discount_percentage=101))
     assert discount.description == "must be between 0 and 100"
     [locale] = spec_violations(TierSpec(name="Gold", locale="fr-FR-xxxxxxxxxxxxxxxxx"))
-    assert locale.description == "unsupported locale 'fr-FR-xxxxxxxxxx'; use one of en, ar, he"
+    assert locale.description == "not a well-formed BCP 47 language tag"
+    [locale] = spec_violations(TierSpec(name="Or", locale="fr-FR"))
+    assert locale.description == "locale 'fr-FR' is not enabled for this merchant; enabled: en, ar, he"
+    assert spec_violations(TierSpec(name="Or", locale="fr-FR"), enabled=("fr-FR",)) == []
     [translation] = spec_violations(TierSpec(name="Gold", translations={"fr-CA-yyyyyyyyyyyy": "Or"}))
     assert translation.field == "tier.translations.fr-CA-yyyyyyyyyy"  # 16 characters of it
-    assert translation.description == "unsupported locale; use one of en, ar, he"
+    assert translation.description == "not a well-formed BCP 47 language tag"
     [same] = spec_violations(TierSpec(name="Gold", translations={"en": "Gold"}))
     assert same.description == "duplicates the default locale; set `name` instead"
     assert fields_of(TierSpec(name="Gold", locale="ar")) == ["tier.name"]  # checked in its own locale
@@ -107,11 +110,11 @@ def test_perk_rules_name_each_perk() -> None:
     )
     assert [(v.field, v.description) for v in benefits_violations(benefits, "b")] == [
         ("b.custom_perks[1].code", "duplicate perk code 'ok'"),
-        ("b.custom_perks[1].label", "unsupported locale 'fr'"),
+        ("b.custom_perks[1].label", "locale 'fr' is not enabled for this merchant; enabled: en, ar, he"),
         ("b.custom_perks[2].code", "must be 1-64 characters of a-z, 0-9 and _"),
         ("b.custom_perks[2].label", "must have at least one locale"),
     ]
-    # an unsupported locale's label is not checked further; a bad code does not stop the rest
+    # a locale not enabled: label is not checked further; a bad code does not stop the rest
     odd = Benefits(custom_perks=(Perk("BAD", {"fr": " ", "he": "x"}),))
     assert [v.field for v in benefits_violations(odd, "b")] == [
         "b.custom_perks[0].code",
@@ -200,7 +203,10 @@ def test_text_problems_are_each_reported() -> None:
     assert problems("Gold") == problems("זהב", "he") == problems("ذهبي", "ar") == []
     assert problems("Gold", "he") == ["must contain at least one Hebrew letter for locale he"]
     assert problems("Gold ١٢", "ar") == ["must contain at least one Arabic letter for locale ar"]  # digits only
-    assert problems("\u2069") == ["must not contain bidirectional override or isolate characters"]
+    assert problems("\u2069") == [
+        "must not contain bidirectional override or isolate characters",
+        "must contain at least one Latin letter for locale en",  # CLDR's script of en (issue 16)
+    ]
     assert problems("\u2066x") == ["must not contain bidirectional override or isolate characters"]
     assert problems("\u202ax") == ["must not contain bidirectional override or isolate characters"]
     assert problems("x\u202fx") == []  # NARROW NO-BREAK SPACE inside: a space, not a control
@@ -242,8 +248,8 @@ def test_perk_label_falls_back_to_the_tiers_own_default_locale() -> None:
 
 
 def test_a_tag_with_script_and_region_resolves_by_its_language() -> None:
-    assert display_key("ar-Arab-EG") == "ar"
-    assert display_key("HE-Hebr-IL") == "he"
+    assert display_key("ar-Arab-EG") == "ar-EG"  # a CLDR locale of its own: it keys the cache
+    assert display_key("HE-Hebr-IL") == "he-IL"
     assert resolve("ar-Arab-EG", "en", {"en": "Gold", "ar": "ذهبي"}) == ("ar", "ذهبي")
     assert resolve("He-Hebr", "en", {"en": "Gold", "he": "זהב"}) == ("he", "זהב")
 

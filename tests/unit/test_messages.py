@@ -10,7 +10,7 @@ import pytest
 from campaign_service.domain.access import SCOPE_READ, Access, Principal, authorize
 from campaign_service.domain.benefits import Benefits, Perk, benefits_violations
 from campaign_service.domain.errors import FieldViolation, InvalidArgument, NotFound, PermissionDenied
-from campaign_service.domain.locales import check_requested, check_supported
+from campaign_service.domain.locales import check_requested, enabled_violation
 from campaign_service.domain.text import text_violations
 from campaign_service.domain.tiers import TierSpec, check_mask, check_spec, check_tier_id
 
@@ -75,16 +75,18 @@ def test_check_spec_names_fields_under_its_prefix() -> None:
 def test_benefit_messages() -> None:
     [bonus] = benefits_violations(Benefits(bonus_points=-1), "b")
     assert (bonus.field, bonus.description) == ("b.bonus_points", "must be between 0 and 1000000000")
-    [label] = benefits_violations(Benefits(custom_perks=(Perk("p", {"fr-CA-xxxxxxxxxxxxxxx": "x"}),)), "b")
-    assert (label.field, label.description) == ("b.custom_perks[0].label", "unsupported locale 'fr-CA-xxxxxxxxxx'")
+    [label] = benefits_violations(Benefits(custom_perks=(Perk("p", {"fr-CA-xxxxxxxx": "x"}),)), "b")
+    assert (label.field, label.description) == (
+        "b.custom_perks[0].label",
+        "unknown locale 'fr-CA-xxxxxxxx': CLDR has no data for it",
+    )
+    [label] = benefits_violations(Benefits(custom_perks=(Perk("p", {"fr": "Salon"}),)), "b")
+    assert label.description == "locale 'fr' is not enabled for this merchant; enabled: en, ar, he"
 
 
 def test_locale_messages() -> None:
-    with pytest.raises(InvalidArgument) as raised:
-        check_supported("fr-CA-xxxxxxxxxxxxxxx", "tier.locale")
-    assert violations_of(raised.value) == [
-        ("tier.locale", "unsupported locale 'fr-CA-xxxxxxxxxx'; use one of en, ar, he")
-    ]
+    assert enabled_violation("fr-CA-xxxxxxxx", ("en",)) == "unknown locale 'fr-CA-xxxxxxxx': CLDR has no data for it"
+    assert enabled_violation("zh-TW", ("en",)) == "unknown locale 'zh-TW'; CLDR calls it 'zh-Hant-TW'"
     with pytest.raises(InvalidArgument) as raised:
         check_requested("not a tag", "locale")
     assert violations_of(raised.value) == [("locale", "not a well-formed BCP 47 language tag")]

@@ -20,18 +20,34 @@ def _gate(
     (tmp_path / "accepted.toml").write_text(accepted)
     env = {**os.environ, "CAMPAIGN_AUDIT_REQUIRED": "1" if required else "0"}
     return subprocess.run(
-        [sys.executable, str(GATE), gate, "--from-json", str(tmp_path / "report.json"),
-         "--accepted", str(tmp_path / "accepted.toml"), "--root", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        [
+            sys.executable,
+            str(GATE),
+            gate,
+            "--from-json",
+            str(tmp_path / "report.json"),
+            "--accepted",
+            str(tmp_path / "accepted.toml"),
+            "--root",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 
 def _bandit_report(tmp_path: Path) -> dict[str, Any]:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "m.py").write_text("import random\n\nJITTER = random.uniform(0.8, 1.2)\n")
-    return {"errors": [], "results": [
-        {"filename": "src/m.py", "line_number": 3, "test_id": "B311", "issue_text": "pseudo-random"},
-    ]}
+    return {
+        "errors": [],
+        "results": [
+            {"filename": "src/m.py", "line_number": 3, "test_id": "B311", "issue_text": "pseudo-random"},
+        ],
+    }
 
 
 LISTED_B311 = '[[bandit]]\ntest = "B311"\npath = "src/m.py"\ncode = "random.uniform(0.8, 1.2)"\nreason = "jitter"\n'
@@ -63,10 +79,12 @@ def test_an_entry_without_a_reason_is_refused(tmp_path: Path) -> None:
 
 
 def _audit_report(vulns: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"dependencies": [
-        {"name": "somepkg", "version": "1.0", "vulns": vulns},
-        {"name": "otherpkg", "version": "2.0", "vulns": []},
-    ]}
+    return {
+        "dependencies": [
+            {"name": "somepkg", "version": "1.0", "vulns": vulns},
+            {"name": "otherpkg", "version": "2.0", "vulns": []},
+        ]
+    }
 
 
 VULN = {"id": "PYSEC-2099-1", "aliases": ["CVE-2099-1"], "fix_versions": ["1.1"], "description": "x"}
@@ -93,10 +111,12 @@ def test_a_listed_vulnerability_that_is_gone_is_stale(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_database_is_said_and_fails_only_where_required(tmp_path: Path) -> None:
-    skipped = {"dependencies": [
-        {"name": n, "skip_reason": f"Dependency not found on PyPI and could not be audited: {n} (1.0)"}
-        for n in ("somepkg", "otherpkg")
-    ]}
+    skipped = {
+        "dependencies": [
+            {"name": n, "skip_reason": f"Dependency not found on PyPI and could not be audited: {n} (1.0)"}
+            for n in ("somepkg", "otherpkg")
+        ]
+    }
     here = _gate(tmp_path, "audit", skipped, "")
     assert here.returncode == 0
     assert "VULNERABILITY DATABASE NOT REACHABLE: 2 of 2 packages could not be checked" in here.stderr
@@ -109,10 +129,13 @@ def test_the_printed_entry_for_a_line_with_quotes_is_valid_toml_that_accepts_the
     (tmp_path / "src").mkdir()
     line = "sql = f\"SELECT {', '.join('p.' + c for c in COLUMNS.split(','))}\""
     (tmp_path / "src" / "q.py").write_text(f"COLUMNS = 'a,b'\n{line}\n")
-    report = {"errors": [], "results": [
-        {"filename": "src/q.py", "line_number": 2, "test_id": "B608", "issue_text": "sql"},
-    ]}
+    report = {
+        "errors": [],
+        "results": [
+            {"filename": "src/q.py", "line_number": 2, "test_id": "B608", "issue_text": "sql"},
+        ],
+    }
     printed = _gate(tmp_path, "bandit", report, "").stderr
-    entry = printed[printed.index("[[bandit]]"):].split("\n\n")[0].replace("TODO: why this is safe", "constant")
+    entry = printed[printed.index("[[bandit]]") :].split("\n\n")[0].replace("TODO: why this is safe", "constant")
     result = _gate(tmp_path, "bandit", report, entry + "\n")
     assert result.returncode == 0, result.stderr

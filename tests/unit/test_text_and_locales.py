@@ -7,7 +7,7 @@ import unicodedata
 import pytest
 
 from campaign_service.domain.errors import InvalidArgument
-from campaign_service.domain.locales import check_requested, check_supported, resolve
+from campaign_service.domain.locales import DEFAULT_LOCALES, check_requested, enabled_violation, resolve
 from campaign_service.domain.text import text_violations
 
 
@@ -66,13 +66,12 @@ def test_surrounding_whitespace_fails() -> None:
     assert problems(" Gold") == ["must not start or end with whitespace"]
 
 
-def test_supported_locales() -> None:
+def test_enabled_locales() -> None:
     for tag in ("en", "ar", "he"):
-        assert check_supported(tag, "locale") == tag
+        assert enabled_violation(tag, DEFAULT_LOCALES) is None
+    assert enabled_violation("fr", ("fr",)) is None
     for tag in ("fr", "EN", "en-US", "", "x" * 50):
-        with pytest.raises(InvalidArgument) as err:
-            check_supported(tag, "tier.locale")
-        assert err.value.violations[0].field == "tier.locale"
+        assert enabled_violation(tag, DEFAULT_LOCALES) is not None
 
 
 @pytest.mark.parametrize("tag", ["", "ar", "ar-SA", "he-IL", "en-GB", "zh-Hant-TW", "sr-Latn", "es-419"])

@@ -23,7 +23,8 @@ from campaign_service.service.errors import Unauthenticated
 from campaign_service.service.ports import TokenVerifier
 
 # Methods not listed here need the admin scope: a new RPC is closed until someone decides
-# (GetTierProgram, UpdateTierProgram and SetCustomerTier are admin on purpose).
+# (GetTierProgram, UpdateTierProgram, SetCustomerTier and the locale RPCs - GetMerchantLocales,
+# UpdateMerchantLocales, GetTranslationReport - are admin on purpose).
 METHOD_ACCESS: Mapping[str, Access] = {
     "GetVIPTier": Access.READ,
     "ListVIPTiers": Access.READ,

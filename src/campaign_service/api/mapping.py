@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from uuid import UUID
 
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.domain.benefits import Benefits, Perk
 from campaign_service.domain.ids import parse_uuid
+from campaign_service.domain.locales import MerchantLocales, describe
 from campaign_service.domain.tiers import TierSpec, VIPTier
+from campaign_service.domain.translations import LocaleCompleteness
 
-__all__ = ["parse_uuid", "spec_from_proto", "tier_to_proto"]
+__all__ = ["locales_to_proto", "parse_uuid", "report_to_proto", "spec_from_proto", "tier_to_proto"]
 
 
 def spec_from_proto(tier: pb.VIPTier) -> TierSpec:
@@ -51,7 +54,13 @@ def tier_to_proto(tier: VIPTier, locale: str) -> pb.VIPTier:
         version=tier.version,
         resolved_locale=display.locale,
         display_name=display.name,
-        display_perks=[pb.DisplayPerk(code=p.code, label=p.label, locale=p.locale) for p in display.perks],
+        display_perks=[
+            pb.DisplayPerk(code=p.code, label=p.label, locale=p.locale, direction=p.direction) for p in display.perks
+        ],
+        resolved_direction=display.direction,
+        display_min_points=display.min_points,
+        display_discount=display.discount,
+        display_bonus_points=display.bonus_points,
     )
     msg.created_at.FromDatetime(tier.created_at)
     msg.updated_at.FromDatetime(tier.updated_at)
@@ -66,3 +75,40 @@ def render_tier(tier: VIPTier, locale: str) -> bytes:
 def render_tiers(tiers: Sequence[VIPTier], locale: str) -> bytes:
     """The serialized ListVIPTiers answer (what the read cache stores)."""
     return pb.ListVIPTiersResponse(tiers=[tier_to_proto(t, locale) for t in tiers]).SerializeToString()
+
+
+def locales_to_proto(merchant_id: UUID, stored: MerchantLocales) -> pb.MerchantLocales:
+    msg = pb.MerchantLocales(
+        merchant_id=str(merchant_id),
+        locales=stored.locales,
+        version=stored.version,
+        details=[pb.LocaleInfo(**describe(tag)) for tag in stored.locales],
+    )
+    if stored.updated_at is not None:
+        msg.updated_at.FromDatetime(stored.updated_at)
+    return msg
+
+
+def report_to_proto(
+    merchant_id: UUID, stored: MerchantLocales, entries: Sequence[LocaleCompleteness]
+) -> pb.TranslationReport:
+    return pb.TranslationReport(
+        merchant_id=str(merchant_id),
+        locales_version=stored.version,
+        locales=[
+            pb.LocaleCompleteness(
+                locale=e.locale,
+                direction=e.direction,
+                total=e.total,
+                present=e.present,
+                percent_complete=round(100 * e.fraction, 2),
+                gaps=[
+                    pb.TranslationGap(
+                        tier_id=g.tier_id, perk_code=g.perk_code, fallback_locale=g.fallback_locale, copied=g.copied
+                    )
+                    for g in e.gaps
+                ],
+            )
+            for e in entries
+        ],
+    )

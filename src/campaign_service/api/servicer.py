@@ -10,7 +10,13 @@ from datetime import UTC
 
 import grpc
 
-from campaign_service.api.mapping import parse_uuid, spec_from_proto, tier_to_proto
+from campaign_service.api.mapping import (
+    locales_to_proto,
+    parse_uuid,
+    report_to_proto,
+    spec_from_proto,
+    tier_to_proto,
+)
 from campaign_service.api.pb import campaign_pb2 as pb
 from campaign_service.api.progression_mapping import (
     history_to_proto,
@@ -303,6 +309,33 @@ class CampaignServicer:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         change_id = parse_uuid(request.change_id, "change_id")
         return change_to_proto(await self._dated.cancel(merchant, change_id))
+
+    async def GetMerchantLocales(
+        self,
+        request: pb.GetMerchantLocalesRequest,
+        context: grpc.aio.ServicerContext[pb.GetMerchantLocalesRequest, pb.MerchantLocales],
+    ) -> pb.MerchantLocales:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        return locales_to_proto(merchant, await self._tiers.locales(merchant))
+
+    async def UpdateMerchantLocales(
+        self,
+        request: pb.UpdateMerchantLocalesRequest,
+        context: grpc.aio.ServicerContext[pb.UpdateMerchantLocalesRequest, pb.UpdateMerchantLocalesResponse],
+    ) -> pb.UpdateMerchantLocalesResponse:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        stored, changed = await self._tiers.update_locales(merchant, list(request.locales), request.expected_version)
+        return pb.UpdateMerchantLocalesResponse(locales=locales_to_proto(merchant, stored), changed=changed)
+
+    async def GetTranslationReport(
+        self,
+        request: pb.GetTranslationReportRequest,
+        context: grpc.aio.ServicerContext[pb.GetTranslationReportRequest, pb.TranslationReport],
+    ) -> pb.TranslationReport:
+        merchant = parse_uuid(request.merchant_id, "merchant_id")
+        stored, entries = await self._tiers.translation_report(merchant)
+        return report_to_proto(merchant, stored, entries)
+
 
 def _mode(value: str) -> ApplyMode:
     """The request's apply_mode; empty is the default (upgrades_only)."""

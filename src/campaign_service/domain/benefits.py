@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from campaign_service.domain.errors import FieldViolation
-from campaign_service.domain.locales import SUPPORTED_LOCALES
+from campaign_service.domain.locales import DEFAULT_LOCALES, enabled_violation
 from campaign_service.domain.text import text_violations
 
 MAX_BONUS_POINTS = 1_000_000_000
@@ -47,7 +47,10 @@ class Benefits:
         )
 
 
-def benefits_violations(benefits: Benefits, field_path: str) -> list[FieldViolation]:
+def benefits_violations(
+    benefits: Benefits, field_path: str, enabled: tuple[str, ...] = DEFAULT_LOCALES
+) -> list[FieldViolation]:
+    """Every reason `benefits` cannot be stored for a merchant with `enabled` locales."""
     out: list[FieldViolation] = []
     if not 0 <= benefits.bonus_points <= MAX_BONUS_POINTS:
         out.append(FieldViolation(f"{field_path}.bonus_points", f"must be between 0 and {MAX_BONUS_POINTS}"))
@@ -65,8 +68,9 @@ def benefits_violations(benefits: Benefits, field_path: str) -> list[FieldViolat
         if not perk.label:
             out.append(FieldViolation(f"{path}.label", "must have at least one locale"))
         for locale, text in perk.label.items():
-            if locale not in SUPPORTED_LOCALES:
-                out.append(FieldViolation(f"{path}.label", f"unsupported locale {locale[:16]!r}"))
+            problem = enabled_violation(locale, enabled)
+            if problem:
+                out.append(FieldViolation(f"{path}.label", problem))
                 continue
             out += text_violations(text, locale, f"{path}.label.{locale}", MAX_LABEL_CHARS)
     if not out:

@@ -9,7 +9,14 @@ from uuid import UUID
 
 from campaign_service.domain.benefits import Benefits, benefits_violations
 from campaign_service.domain.errors import FieldViolation, InvalidArgument, invalid
-from campaign_service.domain.locales import SUPPORTED_LOCALES, resolve
+from campaign_service.domain.locales import (
+    DEFAULT_LOCALES,
+    direction,
+    enabled_violation,
+    format_integer,
+    format_percent,
+    resolve,
+)
 from campaign_service.domain.text import text_violations
 
 MAX_NAME_CHARS = 100
@@ -63,13 +70,21 @@ class VIPTier:
     updated_at: datetime
 
     def display(self, requested_locale: str) -> Display:
-        names = {**self.spec.translations, self.spec.locale: self.spec.name}
+        names = {self.spec.locale: self.spec.name, **self.spec.translations}
         locale, name = resolve(requested_locale, self.spec.locale, names)
         perks = []
         for perk in self.spec.benefits.custom_perks:
             perk_locale, label = resolve(requested_locale, self.spec.locale, perk.label)
-            perks.append(DisplayPerk(perk.code, label, perk_locale))
-        return Display(locale, name, tuple(perks))
+            perks.append(DisplayPerk(perk.code, label, perk_locale, direction(perk_locale)))
+        return Display(
+            locale=locale,
+            name=name,
+            perks=tuple(perks),
+            direction=direction(locale),
+            min_points=format_integer(self.spec.min_points, locale),
+            discount=format_percent(self.spec.discount_percentage, locale),
+            bonus_points=format_integer(self.spec.benefits.bonus_points, locale),
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,7 @@ class DisplayPerk:
     code: str
     label: str
     locale: str
+    direction: str = "ltr"
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,11 @@ class Display:
     locale: str
     name: str
     perks: tuple[DisplayPerk, ...]
+    direction: str = "ltr"  # of `locale`: ltr or rtl
+    # Numbers written the way `locale` writes them (grouping, digits), for frontends.
+    min_points: str = ""
+    discount: str = ""
+    bonus_points: str = ""
 
 
 def check_tier_id(tier_id: str, field_path: str = "tier_id") -> str:
@@ -92,26 +113,26 @@ def check_tier_id(tier_id: str, field_path: str = "tier_id") -> str:
     return tier_id
 
 
-def spec_violations(spec: TierSpec, prefix: str = "tier.") -> list[FieldViolation]:
-    """Every reason `spec` cannot be stored, with field paths."""
+def spec_violations(
+    spec: TierSpec, prefix: str = "tier.", enabled: tuple[str, ...] = DEFAULT_LOCALES
+) -> list[FieldViolation]:
+    """Every reason `spec` cannot be stored for a merchant with `enabled` locales, with field paths."""
     out: list[FieldViolation] = []
-    if spec.locale not in SUPPORTED_LOCALES:
-        out.append(
-            FieldViolation(
-                f"{prefix}locale", f"unsupported locale {spec.locale[:16]!r}; use one of {', '.join(SUPPORTED_LOCALES)}"
-            )
-        )
+    problem = enabled_violation(spec.locale, enabled)
+    if problem:
+        out.append(FieldViolation(f"{prefix}locale", problem))
     else:
         out += text_violations(spec.name, spec.locale, f"{prefix}name", MAX_NAME_CHARS)
     if not 0 <= spec.min_points <= MAX_POINTS:
         out.append(FieldViolation(f"{prefix}min_points", f"must be between 0 and {MAX_POINTS}"))
     if not 0 <= spec.discount_percentage <= 100:
         out.append(FieldViolation(f"{prefix}discount_percentage", "must be between 0 and 100"))
-    out += benefits_violations(spec.benefits, f"{prefix}benefits")
+    out += benefits_violations(spec.benefits, f"{prefix}benefits", enabled)
     for locale, name in spec.translations.items():
         path = f"{prefix}translations.{locale[:16]}"
-        if locale not in SUPPORTED_LOCALES:
-            out.append(FieldViolation(path, f"unsupported locale; use one of {', '.join(SUPPORTED_LOCALES)}"))
+        problem = enabled_violation(locale, enabled)
+        if problem:
+            out.append(FieldViolation(path, problem))
         elif locale == spec.locale:
             out.append(FieldViolation(path, "duplicates the default locale; set `name` instead"))
         else:
@@ -119,8 +140,8 @@ def spec_violations(spec: TierSpec, prefix: str = "tier.") -> list[FieldViolatio
     return out
 
 
-def check_spec(spec: TierSpec, prefix: str = "tier.") -> TierSpec:
-    violations = spec_violations(spec, prefix)
+def check_spec(spec: TierSpec, prefix: str = "tier.", enabled: tuple[str, ...] = DEFAULT_LOCALES) -> TierSpec:
+    violations = spec_violations(spec, prefix, enabled)
     if violations:
         raise InvalidArgument(violations)
     return spec

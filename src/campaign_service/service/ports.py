@@ -10,6 +10,7 @@ from uuid import UUID
 
 from campaign_service.domain.access import Principal
 from campaign_service.domain.events import OutboxMessage
+from campaign_service.domain.locales import MerchantLocales
 from campaign_service.domain.tier_changes import ApplyMode, TierChangeJob
 from campaign_service.domain.tiers import TierSpec, VIPTier
 
@@ -123,6 +124,21 @@ class TierChangeJobs(Protocol):
         ...
 
 
+class LocaleRepository(Protocol):
+    """The locales a merchant stores text in (migration 0040: the database holds every tier
+    writer to them)."""
+
+    async def get(self, *, for_update: bool = False) -> MerchantLocales:
+        """The merchant's set (the default set, version 0, when it never chose one); with
+        `for_update`, locked until the transaction ends."""
+        ...
+
+    async def save(self, locales: tuple[str, ...]) -> MerchantLocales:
+        """Stores the set (its version moves on). Raises InvalidArgument when the database refuses
+        it (a removed locale still holds tier text)."""
+        ...
+
+
 class Repositories(Protocol):
     """What one database transaction scoped to one merchant holds (RLS applies to every
     statement). A new kind of record gets its repository here and on TenantUnitOfWork."""
@@ -139,6 +155,8 @@ class Repositories(Protocol):
     def cache_epoch(self) -> CacheEpoch: ...
     @property
     def tier_change_jobs(self) -> TierChangeJobs: ...
+    @property
+    def locales(self) -> LocaleRepository: ...
 
 
 AfterCommit = Callable[[], Awaitable[None]]

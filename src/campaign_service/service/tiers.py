@@ -12,13 +12,23 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 import structlog
 
-from campaign_service import context, topics
+from campaign_service import context, metrics, topics
 from campaign_service.domain import events
-from campaign_service.domain.errors import FailedPrecondition, NotFound, VersionConflict, invalid
+from campaign_service.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    VersionConflict,
+    invalid,
+)
+from campaign_service.domain.locales import MerchantLocales, locales_violations
+from campaign_service.domain.text import script_writable
 from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE, ApplyMode, TierChangeJob
 from campaign_service.domain.tiers import (
     MAX_POINTS,
@@ -30,11 +40,16 @@ from campaign_service.domain.tiers import (
     check_spec,
     check_tier_id,
 )
+from campaign_service.domain.translations import LocaleCompleteness, report
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import AfterCommit, CustomerAssignment, TierChangeListener
 from campaign_service.service.unit_of_work import TenantUnitOfWork, UnitOfWork
 
 log = structlog.get_logger(__name__)
+
+# The `vip_tier.updated` event of a change of the merchant's locales: like the programme's
+# (`_program`), a tier id no tier can have, on the topic audit consumers already read.
+LOCALES_EVENT_TIER_ID = "_locales"
 
 
 @dataclass(frozen=True)
@@ -83,9 +98,9 @@ class TierService:
     ) -> VIPTier:
         """Creates the tier; a re-assessment job (issue 14) applies it to the customers by `mode`."""
         check_tier_id(tier_id, "tier.tier_id")
-        check_spec(spec)
         _check_mode(mode)
         async with self._writing(merchant_id) as uow:
+            check_spec(spec, enabled=(await uow.locales.get()).locales)
             if await uow.tiers.count() >= MAX_TIERS_PER_MERCHANT:
                 raise FailedPrecondition(f"a merchant may have at most {MAX_TIERS_PER_MERCHANT} tiers")
             cleared = await uow.tiers.clear_default(tier_id) if spec.is_default else []
@@ -114,7 +129,7 @@ class TierService:
         job_id: UUID | None = None
         async with self._writing(merchant_id) as uow:
             current = await _locked(uow, tier_id, expected_version)
-            new_spec = check_spec(current.spec.patched(values, paths))
+            new_spec = check_spec(current.spec.patched(values, paths), enabled=(await uow.locales.get()).locales)
             changed = current.spec.changed_fields(new_spec)
             if not changed:
                 return UpdateResult(current, [])
@@ -158,6 +173,65 @@ class TierService:
             await uow.tiers.delete(tier_id)
             _announce(uow, merchant_id, current, ["deleted"])
         return job_id
+
+    async def locales(self, merchant_id: UUID) -> MerchantLocales:
+        async with self._uow(merchant_id, readonly=True) as uow:
+            return await uow.locales.get()
+
+    async def update_locales(
+        self, merchant_id: UUID, locales: list[str], expected_version: int = 0
+    ) -> tuple[MerchantLocales, bool]:
+        """Sets the locales the merchant stores text in; (the stored set, whether it changed).
+        A locale that still holds tier text cannot go (FAILED_PRECONDITION, naming the texts).
+        Announced as `vip_tier.updated` of `_locales`; every cached answer of the merchant goes."""
+        violations = locales_violations(locales, "locales") or [
+            FieldViolation(f"locales[{i}]", f"no letter of {tag!r}'s script is known to this server")
+            for i, tag in enumerate(locales)
+            if not script_writable(tag)
+        ]
+        if violations:
+            raise InvalidArgument(violations)
+        _check_expected_version(expected_version)
+        async with self._writing(merchant_id) as uow:
+            current = await uow.locales.get(for_update=True)
+            if expected_version and current.version != expected_version:
+                raise VersionConflict(f"the locales are at version {current.version}, not {expected_version}")
+            if tuple(locales) == current.locales:
+                return current, False
+            tiers = await uow.tiers.all()
+            removed = set(current.locales) - set(locales)
+            uses = [f"{tier.tier_id} {what}" for tier in tiers for what, tags in _texts(tier) if removed & tags]
+            if uses:
+                raise FailedPrecondition(
+                    f"removed locale(s) {', '.join(sorted(removed))} still hold text: {'; '.join(uses[:5])}"
+                    + (f" and {len(uses) - 5} more" if len(uses) > 5 else "")
+                )
+            saved = await uow.locales.save(tuple(locales))
+            uow.invalidate([t.tier_id for t in tiers])
+            uow.emit(
+                events.tier_updated(
+                    event_id=uuid.uuid4(),
+                    merchant_id=merchant_id,
+                    tier_id=LOCALES_EVENT_TIER_ID,
+                    updated_fields=["locales"],
+                    updated_at=saved.updated_at or datetime.now(UTC),
+                    actor=context.actor.get(),
+                    correlation_id=context.current_correlation_id(),
+                    traceparent=context.current_traceparent(),
+                )
+            )
+        log.info("merchant locales changed", locales=list(saved.locales), version=saved.version)
+        return saved, True
+
+    async def translation_report(self, merchant_id: UUID) -> tuple[MerchantLocales, list[LocaleCompleteness]]:
+        """Completeness of every enabled locale over the merchant's tiers (domain/translations.py)."""
+        async with self._uow(merchant_id, readonly=True) as uow:
+            locales = await uow.locales.get()
+            tiers = await uow.tiers.all()
+        completeness = report(tiers, locales.locales)
+        for entry in completeness:
+            metrics.TRANSLATION_COMPLETENESS.labels(entry.locale).observe(entry.fraction)
+        return locales, completeness
 
     @asynccontextmanager
     async def _writing(self, merchant_id: UUID) -> AsyncIterator[TenantUnitOfWork]:
@@ -214,6 +288,14 @@ async def _announce_cleared(uow: TenantUnitOfWork, merchant_id: UUID, tier_ids: 
 def _check_mode(mode: str) -> None:
     if mode not in APPLY_MODES:
         raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+
+
+def _texts(tier: VIPTier) -> list[tuple[str, set[str]]]:
+    """(what, locales) of each text a tier holds: its name and translations, each perk's label."""
+    spec = tier.spec
+    out = [("name", {spec.locale, *spec.translations})]
+    out += [(f"perk {p.code}", set(p.label)) for p in spec.benefits.custom_perks]
+    return out
 
 
 def _check_expected_version(expected_version: int) -> None:

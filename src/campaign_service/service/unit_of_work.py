@@ -30,6 +30,7 @@ from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.ports import (
     CustomerTierRepository,
     InboxRepository,
+    LocaleRepository,
     Repositories,
     TierChangeJobs,
     TierRepository,
@@ -57,6 +58,7 @@ class TenantUnitOfWork:
         self.customers: CustomerTierRepository = repositories.customers
         self.inbox: InboxRepository = repositories.inbox
         self.tier_change_jobs: TierChangeJobs = repositories.tier_change_jobs
+        self.locales: LocaleRepository = repositories.locales
         # The block ran to its end and its events are written: the commit is under way or done.
         self.completed = False
 
@@ -68,6 +70,11 @@ class TenantUnitOfWork:
     def changed_tier_ids(self) -> list[str]:
         """The tiers inserted, updated, deleted or cleared as default, in the order first written."""
         return list(self._tiers.written)
+
+    def invalidate(self, tier_ids: Sequence[str]) -> None:
+        """Counts `tier_ids` as written: their cached answers go after the commit (a change that
+        alters how tiers display without writing them, e.g. the merchant's locales)."""
+        self._tiers.written.update(dict.fromkeys(tier_ids))
 
     async def bump_cache_epoch(self) -> None:
         """Advances the read cache's durable epoch in this transaction (adapters/redis/cache.py)."""

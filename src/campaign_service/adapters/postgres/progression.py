@@ -218,6 +218,7 @@ class PgProgressionTransaction:
 
 
 
+
 def _state_columns(ws: Sequence[StateWrite]) -> list[list[Any]]:
     return [
         [w.merchant_id for w in ws],

@@ -15,6 +15,7 @@ from campaign_service.adapters.postgres.errors import translated
 from campaign_service.adapters.postgres.repositories.cache_epoch import PgCacheEpochBump
 from campaign_service.adapters.postgres.repositories.customers import PgCustomerTierRepository
 from campaign_service.adapters.postgres.repositories.inbox import PgInboxRepository
+from campaign_service.adapters.postgres.repositories.locales import PgLocaleRepository
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tier_change_jobs import PgTierChangeJobs
@@ -32,6 +33,7 @@ class PgRepositories:
     outbox: PgOutbox
     cache_epoch: PgCacheEpochBump
     tier_change_jobs: PgTierChangeJobs
+    locales: PgLocaleRepository
 
     @classmethod
     def on(cls, conn: Connection, merchant_id: UUID) -> PgRepositories:
@@ -42,6 +44,7 @@ class PgRepositories:
             outbox=PgOutbox(conn),
             cache_epoch=PgCacheEpochBump(conn),
             tier_change_jobs=PgTierChangeJobs(conn, merchant_id),
+            locales=PgLocaleRepository(conn, merchant_id),
         )
 
 

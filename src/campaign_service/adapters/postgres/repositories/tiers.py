@@ -149,10 +149,15 @@ class PgTierRepository:
 
     async def _write_translations(self, tier_id: str, translations: dict[str, str]) -> None:
         if translations:
-            await self._conn.executemany(
-                "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, $2, $3, $4)",
-                [(self._merchant, tier_id, loc, name) for loc, name in translations.items()],
-            )
+            try:
+                async with self._conn.transaction():
+                    await self._conn.executemany(
+                        "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name)"
+                        " VALUES ($1, $2, $3, $4)",
+                        [(self._merchant, tier_id, loc, name) for loc, name in translations.items()],
+                    )
+            except asyncpg.CheckViolationError as exc:  # a locale not enabled (migration 0040)
+                raise _check_failed(exc) from None
 
     async def clear_default(self, except_tier_id: str) -> list[str]:
         rows = await self._conn.fetch(
