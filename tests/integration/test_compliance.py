@@ -28,6 +28,17 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
     "vip_tier_translations": {"merchant_id", "tier_id", "locale", "name"},
     # Issue 16 (0040): the locales a merchant stores tier text in.
     "merchant_locales": {"merchant_id", "locales", "version", "updated_at"},
+    # Issue 14 (0030, 0031): re-assessment jobs, scheduled changes, the configuration version.
+    "tier_change_jobs": {
+        "merchant_id", "job_id", "change_id", "mode", "state", "config_version", "not_before",
+        "customers_total", "customers_done", "moved", "cursor", "created_at", "started_at",
+        "finished_at", "error",
+    },  # fmt: skip
+    "tier_scheduled_changes": {
+        "merchant_id", "change_id", "target", "kind", "payload", "mode", "effective_at", "state",
+        "config_version", "created_at", "created_by", "finished_at", "finished_by", "error",
+    },  # fmt: skip
+    "tier_config_heads": {"merchant_id", "version", "txid", "updated_at"},
     # Progression (0020): points, dates, tier ids, reason codes; changed_by/actor is the token
     # subject of a manual change (an operator or service, never the customer), '' otherwise.
     "customer_tiers": {
@@ -58,6 +69,7 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "cause_event_id",
         "from_tier_id",
         "direction",
+        "config_version",  # 0031: the configuration version that caused the move
         "reason",
         "program_version",
         "qualifying_points",
@@ -93,6 +105,7 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
     },
     "processed_events": {"event_id", "merchant_id", "event_type", "created_at"},
     "outbox_events": {
+        "shard",  # 0050: hashtext(key) & 15, for per-shard relay claims
         "event_id",
         "merchant_id",
         "topic",
