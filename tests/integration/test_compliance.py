@@ -33,11 +33,11 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "merchant_id", "job_id", "change_id", "mode", "state", "config_version", "not_before",
         "customers_total", "customers_done", "moved", "cursor", "created_at", "started_at",
         "finished_at", "error",
-    },  # fmt: skip
+    },
     "tier_scheduled_changes": {
         "merchant_id", "change_id", "target", "kind", "payload", "mode", "effective_at", "state",
         "config_version", "created_at", "created_by", "finished_at", "finished_by", "error",
-    },  # fmt: skip
+    },
     "tier_config_heads": {"merchant_id", "version", "txid", "updated_at"},
     # Progression (0020): points, dates, tier ids, reason codes; changed_by/actor is the token
     # subject of a manual change (an operator or service, never the customer), '' otherwise.
