@@ -139,7 +139,7 @@ async def test_a_paused_redis_costs_one_timeout_per_cool_down_not_two_per_batch(
     for the whole timeout. The first batch pays it once; later batches skip the fast path while the
     breaker (shared with the cache and the rate limit) is open."""
     server = own_redis()
-    client = service_redis("127.0.0.1", server.port, redis_timeout_ms=300)
+    client = service_redis("127.0.0.1", server.port, redis_timeout_ms=1000)
     breaker = RedisBreaker(retry_after_s=60)
     handler = CustomerCreatedHandler(PgUnitOfWork(app_pool), RedisProcessedEvents(client, breaker))
     merchant = await merchant_with_default()
@@ -152,6 +152,8 @@ async def test_a_paused_redis_costs_one_timeout_per_cool_down_not_two_per_batch(
         assert await handler.batch(events) == [None] * 3
         costs.append(time.perf_counter() - started)
     server.resume()
-    assert 0.3 <= costs[0] < 0.3 + 0.5, f"the first batch waits for one timeout: {costs}"
-    assert max(costs[1:]) < 0.2, f"later batches do not wait for Redis: {costs}"
+    # A wait for Redis costs the whole timeout (1 s); a batch that skips Redis costs only its
+    # transaction (well under it, even on a loaded machine).
+    assert 1.0 <= costs[0] < 1.0 + 0.8, f"the first batch waits for one timeout: {costs}"
+    assert max(costs[1:]) < 0.8, f"later batches do not wait for Redis: {costs}"
     assert not breaker.allows()
