@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, services, start
+from bench.harness import Database, Process, auth_env, free_port, fresh_database, save_result, services, start
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
 from campaign_service.adapters.postgres.pool import create_pool
@@ -271,9 +270,7 @@ def main() -> None:
         f" end to end {thr['end_to_end_events_per_s']:.0f} events/s, service CPU"
         f" {thr['service_cpu_share_while_draining']:.0%} of a core, peak RSS {thr['peak_rss_mib']:.0f} MiB"
     )
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "events.json").write_text(json.dumps(result, indent=2))
+    save_result("events", result)
 
 
 if __name__ == "__main__":

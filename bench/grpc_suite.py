@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import asyncpg
 from tests.tokens import mint_token
 
-from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, services, start
+from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, save_result, services, start
 
 SERVER_CORE = 1
 LOADGEN_CORE = 0
@@ -227,9 +227,7 @@ async def main() -> None:
         for rate in rates:
             line += f" {r[f'at_{rate}']['p50_ms']:>9.2f} {r[f'at_{rate}']['p99_ms']:>9.2f}"
         print(line + f" {r['peak_rss_mib']:>8.1f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grpc_suite.json").write_text(json.dumps(results, indent=2))
+    save_result("grpc_suite", results)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ pinned to cores, readiness and peak memory."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -102,3 +103,11 @@ def auth_env(tmp: Path) -> dict[str, str]:
     """Authentication is always on: the service trusts a JWKS file of a key made for this run."""
     jwks = SESSION_ISSUER.write_jwks(tmp / "jwks.json")
     return {"CAMPAIGN_JWT_JWKS_FILE": str(jwks), "CAMPAIGN_JWT_ISSUER": ISSUER}
+
+
+def save_result(name: str, result: object) -> Path:
+    """Writes a bench's figures to bench/results/<name>.json (what the closing notes quote)."""
+    out = ROOT / "bench" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return out

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import json
 import os
 import random
 import tempfile
@@ -36,7 +35,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
-from bench.harness import ROOT, fresh_database, services
+from bench.harness import fresh_database, save_result, services
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
 from campaign_service.adapters.schema_registry import registry_client
@@ -294,9 +293,7 @@ def main() -> None:
         f"latency  points.recorded -> vip_tier.assigned at {lat['rate_per_s']:.0f}/s, {lat['received']}/{lat['events']}:"
         f" p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  max {lat['max_ms']:.1f} ms"
     )
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "points.json").write_text(json.dumps(result, indent=2))
+    save_result("points", result)
 
 
 if __name__ == "__main__":

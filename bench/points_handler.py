@@ -29,7 +29,7 @@ from typing import Any
 import fastavro
 import uvloop
 
-from bench.harness import ROOT, fresh_database, services
+from bench.harness import fresh_database, save_result, services
 from bench.points import cluster_cpu_seconds, seed
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroReader, AvroWireCodec, _parse_for_reading, schema_text
@@ -148,9 +148,7 @@ def main() -> None:
         f"median of the passes after the first: handler CPU {result['median_cpu_ms_per_event']:.3f} ms/event,"
         f" PostgreSQL {result['median_pg_ms_per_event']:.3f} ms/event"
     )
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "points_handler.json").write_text(json.dumps(result, indent=2))
+    save_result("points_handler", result)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.harness import ROOT, Database, fresh_database, services
+from bench.harness import Database, fresh_database, save_result, services
 from bench.points import cluster_cpu_seconds
 from campaign_service import topics
 from campaign_service.domain.events import tier_assigned
@@ -204,9 +204,7 @@ def main() -> None:
     result = asyncio.run(run(args))
     for key, value in result.items():
         print(f"{key:<26} {value}")
-    out = ROOT / "bench" / "results" / "relay.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result("relay", result)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from tests.tokens import mint_token
 
 from bench.events import consumed_total, encoded_events, produce
 from bench.grpc_suite import PROTO, UNLIMITED, ghz_binary, redis_env, seed, service_env
-from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, services, start
+from bench.harness import Database, Process, auth_env, free_port, fresh_database, save_result, services, start
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
 from campaign_service.adapters.postgres.pool import create_pool
@@ -350,9 +350,7 @@ def main() -> None:
     args = parser.parse_args()
     result = asyncio.run(run(args))
     report(result)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "replicas.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_result("replicas", result)
 
 
 if __name__ == "__main__":

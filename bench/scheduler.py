@@ -35,7 +35,7 @@ from unittest import mock
 import asyncpg
 from tests.databases import ProvisionedDatabase
 
-from bench.harness import ROOT, fresh_database, services
+from bench.harness import fresh_database, save_result, services
 from bench.points import cluster_cpu_seconds
 from bench.scheduler_legacy import LEGACY_REASSESS
 from campaign_service.adapters.postgres import migrations, reassessment
@@ -293,9 +293,7 @@ def main() -> None:
             else float("nan")
         )
         print(f"same run: current is {ratio:.2f}x faster in wall time, {pg:.2f}x less PostgreSQL CPU than legacy")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scheduler.json").write_text(json.dumps(r, indent=2, default=str))
+    save_result("scheduler", r)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import time
 import uuid
@@ -27,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.harness import ROOT, fresh_database, services
+from bench.harness import fresh_database, save_result, services
 from bench.points import cluster_cpu_seconds
 from campaign_service.adapters.postgres.pool import create_pool
 from campaign_service.adapters.postgres.tenant import PgUnitOfWork
@@ -167,9 +166,7 @@ def main() -> None:
         f" PostgreSQL {a['postgres_cpu_s']} s ({a['postgres_cpu_us_per_customer']} us/customer)\n"
         f"load average {r['load_average'][0]:.1f}"
     )
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tier_change.json").write_text(json.dumps(r, indent=2))
+    save_result("tier_change", r)
 
 
 if __name__ == "__main__":
