@@ -239,7 +239,11 @@ def embedded_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def service(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    svc = start_service(database, tmp_path_factory.mktemp("service"))
+    """The session-wide service on the shared database, with its deadline scheduler off: on the
+    real clock it would re-assess, concurrently, customers that integration tests have made due at
+    fixed past dates and then re-assess themselves (a pass claims due customers of every merchant).
+    The scheduler in a real process is tested on a database of its own (test_scheduler_kill.py)."""
+    svc = start_service(database, tmp_path_factory.mktemp("service"), {"CAMPAIGN_SCHEDULER_INTERVAL_S": "0"})
     yield svc
     svc.stop()
 
