@@ -81,6 +81,17 @@ def run_ghz(binary: str, port: int, request: dict[str, str], token: str, seconds
     return {"sent": codes.get("OK", 0), "cpu_s": cpu}
 
 
+def run_queue_seconds(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a core (schedstat's run delay)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
 def redis_cpu_seconds() -> float | None:
     """CPU time of the Redis server, when scripts/services started it (CAMPAIGN_TEST_SERVICES_DIR)."""
     try:
@@ -324,7 +335,8 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
     producer = Producer({"bootstrap.servers": broker, "linger.ms": 5, "acks": "all", "enable.idempotence": True})
     rows = []
     try:
-        for n in (1, 2):
+        for config, n in [(c, n) for c in args.consumer_config for n in (1, 2)]:
+            batch, _, concurrency = config.partition(":")
             db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
             merchants = await default_tier_merchants(db, args.merchants)
             group = f"bench-replicas-{uuid.uuid4().hex[:8]}"
@@ -339,6 +351,8 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                 "CAMPAIGN_KAFKA_CONSUMER_GROUP": group,
                 "CAMPAIGN_SCHEDULER_INTERVAL_S": "0",
                 **({"CAMPAIGN_LOG_LEVEL": "info"} if args.logs else {}),
+                **({"CAMPAIGN_CONSUMER_BATCH_SIZE": batch} if batch and batch != "default" else {}),
+                **({"CAMPAIGN_CONSUMER_CONCURRENCY": concurrency} if concurrency else {}),
             }
             procs: list[Process] = []
             try:
@@ -353,6 +367,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                 stable = group_stable(broker, group, n)
                 backlog = await encoded_events(codec, merchants, args.backlog)
                 cpu0 = [cpu_seconds(p.proc.pid) for p in procs]
+                wait0 = [run_queue_seconds(p.proc.pid) for p in procs]
                 pg0 = cluster_cpu_seconds()
                 sampler = asyncio.create_task(wait_events(db))
                 t0 = time.monotonic()
@@ -362,9 +377,10 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                     consumed = [consumed_total(p.port) for p in procs]
                     if sum(consumed) >= args.backlog:
                         break
-                    await asyncio.sleep(0.1)
+                    await asyncio.sleep(0.25)  # each look renders the process's metrics: ~1 % of its CPU
                 consume_s = time.monotonic() - t0
                 cpu = [cpu_seconds(p.proc.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+                runq = [run_queue_seconds(p.proc.pid) - w for p, w in zip(procs, wait0, strict=True)]
                 pg1 = cluster_cpu_seconds()
                 sampler.cancel()
                 waits = await sampler
@@ -374,6 +390,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                     p.stop()
             rows.append(
                 {
+                    "config": config,
                     "consumers": n,
                     "partitions": partitions,
                     "group_stable_before_backlog": stable,
@@ -383,14 +400,15 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                     "events_per_cpu_s": sum(consumed) / max(sum(cpu), 1e-9),
                     "postgres_cpu_cores": (pg1 - pg0) / consume_s if pg0 is not None and pg1 is not None else None,
                     "postgres_backends": waits,
+                    # Seconds the service's threads were runnable but waited for a core, per event.
+                    "run_queue_ms_per_event": 1000 * sum(runq) / max(sum(consumed), 1),
                     "per_process": [
-                        {"events": c, "events_per_s": c / consume_s, "cpu_cores": u / consume_s}
-                        for c, u in zip(consumed, cpu, strict=True)
+                        {"events": c, "events_per_s": c / consume_s, "cpu_cores": u / consume_s, "run_queue_s": w}
+                        for c, u, w in zip(consumed, cpu, runq, strict=True)
                     ],
                 }
             )
-            print(f"events   {n} consumer(s): {sum(consumed) / consume_s:,.0f} events/s", flush=True)
-            print(f"         PostgreSQL backends (mean over the run): {waits}", flush=True)
+            print(f"events   {config} {n} consumer(s): {sum(consumed) / consume_s:,.0f} events/s", flush=True)
     finally:
         producer.flush(10)
         await codec.close()
@@ -488,18 +506,30 @@ def report(result: dict[str, Any]) -> None:
         one = result["events"][0]
         print(f"\ncustomer.created backlog of {result['backlog']} ({one['partitions']} partitions)")
         print(
-            f"{'consumers':>9} {'events/s':>9} {'x 1':>5} {'CPU cores':>9} {'events/CPU-s':>12} {'x/core':>7} {'published/s':>11}  per process"
+            f"{'config':>8} {'consumers':>9} {'events/s':>9} {'x 1':>5} {'service':>7} {'svc ms/ev':>9} {'runq ms/ev':>10}"
+            f" {'pg':>5} {'pg ms/ev':>8} {'ev/CPU-s':>8} {'x/core':>6} {'published/s':>11}  per process"
         )
         for r in result["events"]:
+            one = next(o for o in result["events"] if o["config"] == r["config"] and o["consumers"] == 1)
             per = "  ".join(
                 f"{p['events']:,.0f} ev {p['events_per_s']:,.0f}/s @{p['cpu_cores']:.2f}" for p in r["per_process"]
             )
             pub = f"{r['assigned_published_per_s']:,.0f}" if r["assigned_published_per_s"] else "-"
+            pg = r.get("postgres_cpu_cores") or 0.0
+            both = (r["total_cpu_cores"] + pg) / r["events_per_s"]  # CPU-s per event, service + PostgreSQL
+            both_one = (one["total_cpu_cores"] + (one.get("postgres_cpu_cores") or 0.0)) / one["events_per_s"]
             print(
-                f"{r['consumers']:>9} {r['events_per_s']:>9,.0f} {r['events_per_s'] / one['events_per_s']:>5.2f}"
-                f" {r['total_cpu_cores']:>9.2f} {r['events_per_cpu_s']:>12,.0f}"
-                f" {r['events_per_cpu_s'] / one['events_per_cpu_s']:>7.2f} {pub:>11}  {per}"
+                f"{r['config']:>8} {r['consumers']:>9} {r['events_per_s']:>9,.0f} {r['events_per_s'] / one['events_per_s']:>5.2f}"
+                f" {r['total_cpu_cores']:>7.2f} {1000 * r['total_cpu_cores'] / r['events_per_s']:>9.3f}"
+                f" {r['run_queue_ms_per_event']:>10.3f}"
+                f" {pg:>5.2f} {1000 * pg / r['events_per_s']:>8.3f} {1 / both:>8,.0f} {both_one / both:>6.2f} {pub:>11}  {per}"
             )
+            print(f"{'':>9} PostgreSQL backends (mean): {r.get('postgres_backends')}")
+        print(
+            "  config: consumer batch[:concurrency]; service/pg: cores busy over the drain (pg: every PostgreSQL"
+            " process, when CAMPAIGN_TEST_SERVICES_DIR is set); runq: the service's time runnable but waiting for"
+            " a core; ev/CPU-s: events per CPU-second of service + PostgreSQL; x/core: that against 1 consumer"
+        )
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f}")
 
 
@@ -523,9 +553,16 @@ def main() -> None:
     parser.add_argument("--merchants", type=int, default=20, help="events: merchants (one transaction each per batch)")
     parser.add_argument("--partitions", type=int, default=4, help="customer.created partitions (raised, never lowered)")
     parser.add_argument("--logs", default="", help="keep the service processes' logs in this directory")
+    parser.add_argument(
+        "--consumer-batch", type=int, default=0, help="events: CAMPAIGN_CONSUMER_BATCH_SIZE (0: default)"
+    )
+    parser.add_argument(
+        "--consumer-concurrency", type=int, default=0, help="events: CAMPAIGN_CONSUMER_CONCURRENCY (0: default)"
+    )
     parser.add_argument("--loadgen", default="h2load", choices=["h2load", "ghz"], help="lookups: the load generator")
     parser.add_argument("--only", default="", choices=["", "lookups", "events"])
     args = parser.parse_args()
+    args.consumer_config = args.consumer_config or ["default"]
     result = asyncio.run(run(args))
     report(result)
     save_result("replicas", result)
