@@ -554,10 +554,10 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4, help="customer.created partitions (raised, never lowered)")
     parser.add_argument("--logs", default="", help="keep the service processes' logs in this directory")
     parser.add_argument(
-        "--consumer-batch", type=int, default=0, help="events: CAMPAIGN_CONSUMER_BATCH_SIZE (0: default)"
-    )
-    parser.add_argument(
-        "--consumer-concurrency", type=int, default=0, help="events: CAMPAIGN_CONSUMER_CONCURRENCY (0: default)"
+        "--consumer-config",
+        action="append",
+        help="events: BATCH[:CONCURRENCY] (CAMPAIGN_CONSUMER_BATCH_SIZE, _CONCURRENCY) for 1 and 2 consumers;"
+        " repeat it to compare configurations in one run (default: the service's defaults)",
     )
     parser.add_argument("--loadgen", default="h2load", choices=["h2load", "ghz"], help="lookups: the load generator")
     parser.add_argument("--only", default="", choices=["", "lookups", "events"])
