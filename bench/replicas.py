@@ -361,7 +361,8 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                     senv = service_env(db, env, port, extra)
                     cmd = [sys.executable, "-m", "campaign_service", "serve"]
                     log = tmp / f"events-{n}-{i}.log"
-                    proc = start(cmd, port=port, core=int(CORES[n][i]), env=senv, log=log)
+                    core = int(CORES[n][i]) if args.pin_consumers else None
+                    proc = start(cmd, port=port, core=core, env=senv, log=log)
                     proc.port = int(senv["CAMPAIGN_HTTP_PORT"])  # metrics from here on
                     procs.append(proc)
                 stable = group_stable(broker, group, n)
@@ -566,6 +567,12 @@ def main() -> None:
         action="append",
         help="events: BATCH[:CONCURRENCY] (CAMPAIGN_CONSUMER_BATCH_SIZE, _CONCURRENCY) for 1 and 2 consumers;"
         " repeat it to compare configurations in one run (default: the service's defaults)",
+    )
+    parser.add_argument(
+        "--no-pin-consumers",
+        dest="pin_consumers",
+        action="store_false",
+        help="events: leave the consumer processes to the scheduler (default: one core each, as the lookups)",
     )
     parser.add_argument("--loadgen", default="h2load", choices=["h2load", "ghz"], help="lookups: the load generator")
     parser.add_argument("--only", default="", choices=["", "lookups", "events"])
