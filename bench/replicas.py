@@ -4,22 +4,29 @@ instances of one group draining customer.created, on this 2-core machine.
 Lookups: N `campaign-service serve` processes (own gRPC ports: the server sets
 grpc.so_reuseport=0, so two processes never share a port by accident), pinned with taskset (1
 process: core 1, the load generator on core 0, as bench.lookup; 2: cores 0 and 1; 4: two per
-core), one ghz per process with the total concurrency split between them, GetVIPTier served from
-the Redis cache (auth on, shared rate limit on with a limit never reached). Per process and in
-total: requests/s, the process's CPU (cores busy over the run), and requests per CPU-second.
-With the load generator on the same two cores, the total of 2 processes cannot double that of one
-process that had a core to itself, so the scaling per core (requests per CPU-second of the
-servers, 2 processes / 1 process) is printed beside the raw ratio.
+core), one load generator per process with the total concurrency split between them, GetVIPTier
+served from the Redis cache (auth on, shared rate limit on with a limit never reached). The load
+generator is h2load (nghttp2, C) posting a pre-encoded gRPC request (tens of microseconds of CPU
+per call; ghz, `--loadgen ghz`, spends about as much CPU per call as the server); calls are counted
+by each process's grpc_server_handled_total. Per process and in total: requests/s, CPU (cores busy
+over the run), requests per CPU-second; beside them the load generator's, Redis's and the whole
+machine's CPU. On a shared machine the servers only get the cores the other tenants leave, so the
+scaling per core (requests per server CPU-second, 2 processes / 1 process) is printed beside the
+raw ratio, with what it means for 2 processes with a core each.
 
 Events: a backlog of customer.created (over `--merchants` merchants with a default tier) produced
-while N service processes (one consumer group, cores as above) wait with the group stable;
-customer.created gets `--partitions` partitions first (only ever raised; the bench's own broker
-when it starts the dependencies itself). Per process: events consumed, events/s, CPU; in total:
-events/s consumed, and until every vip_tier.assigned is published (the relays of the N processes
-share the outbox's shards).
+while N service processes (one consumer group, cores as above unless --no-pin-consumers) wait
+with the group stable; customer.created gets `--partitions` partitions first (only ever raised;
+the bench's own broker when it starts the dependencies itself). Per process: events consumed,
+events/s, CPU; in total: events/s consumed, and until every vip_tier.assigned is published (the
+relays of the N processes share the outbox's shards); the service's CPU and run-queue wait
+(schedstat) per event, PostgreSQL's CPU per event (when CAMPAIGN_TEST_SERVICES_DIR names the
+scripts/services directory) and what its backends were doing (pg_stat_activity sampled every 20
+ms). `--consumer-config BATCH[:CONCURRENCY]`, repeated, compares consumer settings in one run.
 
     .venv/bin/python -m bench.replicas [--seconds 10] [--concurrency 32] [--backlog 20000]
-        [--partitions 4] [--only lookups|events]
+        [--partitions 4] [--only lookups|events] [--loadgen h2load|ghz]
+        [--consumer-config 200:8 ...] [--no-pin-consumers] [--logs DIR]
 """
 
 from __future__ import annotations
