@@ -15,7 +15,8 @@ scaling per core (requests per server CPU-second, 2 processes / 1 process) is pr
 raw ratio, with what it means for 2 processes with a core each.
 
 Events: a backlog of customer.created (over `--merchants` merchants with a default tier) produced
-while N service processes (one consumer group, cores as above unless --no-pin-consumers) wait
+while N service processes (one consumer group; on the cores the scheduler picks, or as above with
+--pin-consumers) wait
 with the group stable; customer.created gets `--partitions` partitions first (only ever raised;
 the bench's own broker when it starts the dependencies itself). Per process: events consumed,
 events/s, CPU; in total: events/s consumed, and until every vip_tier.assigned is published (the
@@ -26,7 +27,7 @@ ms). `--consumer-config BATCH[:CONCURRENCY]`, repeated, compares consumer settin
 
     .venv/bin/python -m bench.replicas [--seconds 10] [--concurrency 32] [--backlog 20000]
         [--partitions 4] [--only lookups|events] [--loadgen h2load|ghz]
-        [--consumer-config 200:8 ...] [--no-pin-consumers] [--logs DIR]
+        [--consumer-config 200:8 ...] [--pin-consumers] [--logs DIR]
 """
 
 from __future__ import annotations
@@ -406,6 +407,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
             rows.append(
                 {
                     "config": config,
+                    "pinned": args.pin_consumers,
                     "consumers": n,
                     "partitions": partitions,
                     "group_stable_before_backlog": stable,
@@ -589,10 +591,10 @@ def main() -> None:
         " repeat it to compare configurations in one run (default: the service's defaults)",
     )
     parser.add_argument(
-        "--no-pin-consumers",
-        dest="pin_consumers",
-        action="store_false",
-        help="events: leave the consumer processes to the scheduler (default: one core each, as the lookups)",
+        "--pin-consumers",
+        action="store_true",
+        help="events: one core each for the consumer processes, as the lookups (default: left to the scheduler,"
+        " like PostgreSQL and Kafka; on a shared machine the core others pin to starves the process pinned there)",
     )
     parser.add_argument("--loadgen", default="h2load", choices=["h2load", "ghz"], help="lookups: the load generator")
     parser.add_argument("--only", default="", choices=["", "lookups", "events"])
