@@ -240,7 +240,7 @@ async def test_two_activators_apply_a_change_once(
             InvalidArgument,
             "program.window",
         ),
-        (lambda d, m: d.schedule_delete(m, "silver", T0 + HOUR, mode="sometimes"), InvalidArgument, "mode"),
+        (lambda d, m: d.schedule_delete(m, "silver", T0 + HOUR, mode="sometimes"), InvalidArgument, "apply_mode"),
     ],
 )
 async def test_bad_input_names_the_field_and_stores_nothing(

@@ -14,6 +14,7 @@ from uuid import UUID
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme
 from campaign_service.domain.scheduled import ChangeKind, ChangeState, TierEdit
+from campaign_service.domain.tier_changes import ApplyMode
 from campaign_service.domain.tiers import VIPTier
 from campaign_service.service.progression_api_ports import ProgressionApiTransaction
 
@@ -25,7 +26,9 @@ class ScheduledChange:
     target: str  # a tier id, or "_program"
     kind: ChangeKind
     effective_at: datetime
-    mode: str
+    # How customers are re-assessed at its time; None only for a tier delete made without one
+    # (then it fails at its time if customers hold the tier).
+    mode: ApplyMode | None
     state: ChangeState = "pending"
     tier: TierEdit | None = None
     program: Programme | None = None  # the values of a programme edit
@@ -85,9 +88,17 @@ class ScheduledTransaction(Protocol):
 
     async def bump_cache_epoch(self) -> None: ...
 
-    async def enqueue_reassessment(self, change_id: UUID, mode: str, config_version: int, not_before: datetime) -> None:
+    async def enqueue_reassessment(
+        self, change_id: UUID, mode: ApplyMode | None, config_version: int, not_before: datetime
+    ) -> UUID:
         """Queues the re-assessment of every customer of the merchant (the job engine's), in
-        this transaction."""
+        this transaction (None: the default mode); once per change: again, it answers the same
+        job and sets its configuration version. The job id."""
+        ...
+
+    async def move_holders(self, tier_id: str, mode: ApplyMode, job_id: UUID, stamp: datetime) -> int:
+        """Moves the customers holding `tier_id` as deleting it in `mode` does (the job
+        engine's statement), flagged with `job_id`, at `stamp`; how many moved."""
         ...
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.progression import Ladder, Level, Programme
-from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode, Matrix
+from campaign_service.domain.tier_changes import ApplyMode, Matrix, apply_mode
 from campaign_service.domain.tiers import check_tier_id
 from campaign_service.service.progression_api import patched_programme, program_mask
 
@@ -52,12 +52,11 @@ class TierChangePreviewer:
         delete_tier_ids: list[str],
         programme: Programme | None = None,
         programme_paths: list[str] | None = None,
-        mode: ApplyMode,
+        mode: str,
         samples: int = 5,
         now: datetime | None = None,
     ) -> Matrix:
-        if mode not in APPLY_MODES:
-            raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+        checked = apply_mode(mode)
         if not 0 <= samples <= MAX_SAMPLES:
             raise invalid("samples_per_cell", f"must be 0..{MAX_SAMPLES}")
         if len(delete_tier_ids) > 1:
@@ -77,5 +76,5 @@ class TierChangePreviewer:
         if programme is not None and programme_paths:
             current = patched_programme(current, programme, program_mask(programme_paths))
         return await self._previews.preview_change(
-            merchant_id, current, Ladder(levels.values()), mode, gone, now or datetime.now(UTC), samples
+            merchant_id, current, Ladder(levels.values()), checked, gone, now or datetime.now(UTC), samples
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -24,7 +24,7 @@ from campaign_service.domain.errors import FailedPrecondition
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme
 from campaign_service.domain.scheduled import ChangeState, TierEdit
-from campaign_service.domain.tier_changes import ApplyMode
+from campaign_service.domain.tier_changes import DEFAULT_APPLY_MODE, ApplyMode
 from campaign_service.domain.tiers import TierSpec, VIPTier
 from campaign_service.service.scheduled_ports import ScheduledChange
 
@@ -278,11 +278,26 @@ class PgScheduledTransaction:
     async def bump_cache_epoch(self) -> None:
         await PgCacheEpochBump(self._conn).advance()
 
-    async def enqueue_reassessment(self, change_id: UUID, mode: str, config_version: int, not_before: datetime) -> None:
+    async def enqueue_reassessment(
+        self, change_id: UUID, mode: ApplyMode | None, config_version: int, not_before: datetime
+    ) -> UUID:
         # tier_change_jobs and its enqueue function are the job engine's (migration 0030):
         # idempotent per change, rolled back with this transaction.
-        await PgTierChangeJobs(self._conn, self._merchant).enqueue(
-            change_id, mode=cast(ApplyMode, mode), config_version=config_version, not_before=not_before
+        job_id = await PgTierChangeJobs(self._conn, self._merchant).enqueue(
+            change_id, mode=mode or DEFAULT_APPLY_MODE, config_version=config_version, not_before=not_before
+        )
+        await self._conn.execute(
+            "UPDATE tier_change_jobs SET config_version = $3 WHERE merchant_id = $1 AND job_id = $2"
+            " AND config_version <> $3 AND state = 'queued'",
+            self._merchant,
+            job_id,
+            config_version,
+        )
+        return job_id
+
+    async def move_holders(self, tier_id: str, mode: ApplyMode, job_id: UUID, stamp: datetime) -> int:
+        return await PgTierChangeJobs(self._conn, self._merchant).move_holders(
+            tier_id, mode=mode, job_id=job_id, stamp=stamp
         )
 
     @asynccontextmanager
