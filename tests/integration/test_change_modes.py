@@ -447,3 +447,51 @@ async def test_a_bad_apply_mode_is_refused_naming_apply_mode_by_every_rpc_and_st
         await superuser_conn.fetchval("SELECT count(*) FROM tier_scheduled_changes WHERE merchant_id = $1", merchant)
         == 0
     )
+
+
+# -- (e) preview with several deleted tiers --------------------------------------------------------------
+
+FIVE = [("basic", 0), ("bronze", 50), ("silver", 100), ("gold", 1000), ("platinum", 5000)]
+
+
+@pytest.mark.parametrize("mode", ["upgrades_only", "full", "next_period"])
+async def test_a_preview_deleting_several_tiers_equals_deleting_them_one_after_the_other(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any, mode: str
+) -> None:
+    merchant = await new_merchant()
+    now = datetime.now(UTC)
+    holders = [("gold", 10), ("gold", 60), ("gold", 2000), ("silver", 10), ("silver", 70), ("silver", 6000)]
+    others = [("platinum", 10), ("bronze", 0), ("basic", 900)]
+    ids = await seed(app_pool, merchant, FIVE, [(t, p, now) for t, p in holders + others])
+    previewer = TierChangePreviewer(PgTierChangeEngine(app_pool))
+    matrix = await previewer.preview(merchant, tiers=[], delete_tier_ids=["silver", "gold"], mode=mode, samples=10)
+    assert matrix.customers == len(ids)
+
+    tiers = TierService(PgUnitOfWork(app_pool))
+    assert await tiers.delete(merchant, "gold", mode=mode) is not None
+    assert await tiers.delete(merchant, "silver", mode=mode) is not None
+    after = await tiers_of(superuser_conn, merchant, ids)
+    # The holders of the deleted tiers: the preview's from -> to is where the two deletes took them.
+    moved = {(t, a) for (t, _), a in zip(holders, after[: len(holders)], strict=True)}
+    previewed = {key for key, cell in matrix.cells.items() if key[0] in ("silver", "gold") and cell.customers}
+    assert previewed == moved
+    for (t, _), a, cid in zip(holders, after[: len(holders)], ids[: len(holders)], strict=True):
+        assert cid in matrix.cells[(t, a)].samples
+    assert sum(c.customers for k, c in matrix.cells.items() if k[0] in ("silver", "gold")) == len(holders)
+    # upgrades_only / next_period: nobody loses more than the deleted tiers (bronze stays the floor).
+    if mode != "full":
+        assert after[:2] == ["bronze", "bronze"]
+
+
+async def test_a_preview_refuses_bad_deletions_naming_the_field(app_pool: Any, new_merchant: Any) -> None:
+    merchant = await new_merchant()
+    await seed(app_pool, merchant, [("basic", 0), ("gold", 1000)], [])
+    previewer = TierChangePreviewer(PgTierChangeEngine(app_pool))
+    for delete, field in [
+        (["gold", "nope"], "delete_tier_ids[1]"),
+        (["gold", "gold"], "delete_tier_ids[1]"),
+        (["gold", "basic"], "delete_tier_ids"),
+    ]:
+        with pytest.raises(InvalidArgument) as caught:
+            await previewer.preview(merchant, tiers=[], delete_tier_ids=delete, mode="full")
+        assert [v.field for v in caught.value.violations] == [field]
