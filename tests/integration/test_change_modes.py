@@ -495,3 +495,102 @@ async def test_a_preview_refuses_bad_deletions_naming_the_field(app_pool: Any, n
         with pytest.raises(InvalidArgument) as caught:
             await previewer.preview(merchant, tiers=[], delete_tier_ids=delete, mode="full")
         assert [v.field for v in caught.value.violations] == [field]
+
+
+# -- (d) as_of in the past: the configurations kept -----------------------------------------------------
+
+
+async def _tick() -> datetime:
+    """Now, with the database's clock moved on past it (timestamps are milliseconds)."""
+    await asyncio.sleep(0.005)
+    at = datetime.now(UTC)
+    await asyncio.sleep(0.005)
+    return at
+
+
+async def test_reads_as_of_a_past_time_answer_the_configuration_then(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any
+) -> None:
+    from campaign_service.api.mapping import render_tier, render_tiers
+    from campaign_service.domain.errors import NotFound
+    from campaign_service.domain.progression import Programme
+    from campaign_service.domain.tiers import TierSpec
+
+    dated = ScheduledChanges(PgScheduledChanges(app_pool))  # the real clock
+    tiers = TierService(PgUnitOfWork(app_pool))
+    merchant = await new_merchant()
+    before = await _tick()
+    await tiers.create(merchant, "basic", TierSpec(name="Basic", min_points=0, is_default=True))
+    await tiers.create(
+        merchant, "gold", TierSpec(name="Gold", min_points=1000, translations={"ar": "ذهب"}, discount_percentage=5)
+    )
+    first = await _tick()
+    gold_then = await tiers.get_tier(merchant, "gold")
+    await tiers.update(merchant, "gold", TierSpec(name="", min_points=1500), ["min_points"])
+    second = await _tick()
+    list_then = await tiers.list_tiers(merchant)
+    await tiers.delete(merchant, "gold")
+    third = await _tick()
+    await ProgressionApi(PgProgressionApi(app_pool)).update_programme(
+        merchant, Programme(window="calendar_year"), ["window"]
+    )
+    fourth = await _tick()
+
+    assert (await dated.tiers_at(merchant, before)).tiers == []
+    with pytest.raises(NotFound):
+        await dated.tier_at(merchant, "gold", before)
+    tier, _ = await dated.tier_at(merchant, "gold", first)
+    assert render_tier(tier, "ar") == render_tier(gold_then, "ar")  # every field, translations too
+    assert render_tiers((await dated.tiers_at(merchant, second)).tiers, "") == render_tiers(list_then, "")
+    assert (await dated.tier_at(merchant, "gold", second))[0].spec.min_points == 1500
+    with pytest.raises(NotFound):
+        await dated.tier_at(merchant, "gold", third)
+    assert [t.tier_id for t in (await dated.tiers_at(merchant, third)).tiers] == ["basic"]
+    assert (await dated.programme_at(merchant, third)).programme.window == "lifetime"
+    assert (await dated.programme_at(merchant, fourth)).programme.window == "calendar_year"
+    assert (await dated.programme_at(merchant, before)).programme == Programme()
+    # One kept version per configuration transaction.
+    versions = await superuser_conn.fetch(
+        "SELECT version FROM tier_config_versions WHERE merchant_id = $1 ORDER BY version", merchant
+    )
+    assert (
+        [v["version"] for v in versions]
+        == list(range(1, 6))
+        == list(range(1, await head(superuser_conn, merchant) + 1))
+    )
+
+
+async def test_a_scheduled_change_is_kept_from_its_effective_time_even_when_activated_late(
+    dated: ScheduledChanges, app_pool: Any, new_merchant: Any, clock: Clock
+) -> None:
+    from campaign_service.domain.tiers import TierSpec
+
+    merchant = await new_merchant()
+    await seed(app_pool, merchant, [("basic", 0), ("gold", 1000)], [])
+    at = T0 + HOUR
+    await dated.schedule_update(merchant, "gold", TierSpec(name="", min_points=2000), ["min_points"], at)
+    clock.now = at + 30 * timedelta(minutes=1)
+    # Past its time, not activated yet: a past read after it applies the pending change.
+    assert (await dated.tier_at(merchant, "gold", at + timedelta(minutes=10)))[0].spec.min_points == 2000
+    assert await dated.activate_merchant(merchant) == 1
+    clock.now = at + 2 * HOUR
+    ms = timedelta(milliseconds=1)
+    assert (await dated.tier_at(merchant, "gold", at - ms))[0].spec.min_points == 1000
+    gold, _ = await dated.tier_at(merchant, "gold", at)
+    assert (gold.spec.min_points, gold.updated_at) == (2000, at)
+
+
+async def test_as_of_before_the_configurations_kept_is_refused_naming_the_time(
+    dated: ScheduledChanges, app_pool: Any, new_merchant: Any, superuser_conn: Any
+) -> None:
+    merchant = await new_merchant()
+    await seed(app_pool, merchant, [("basic", 0)], [])
+    # As migration 0032 leaves a merchant configured before it: its first kept version is seeded.
+    kept_from = await superuser_conn.fetchval(
+        "UPDATE tier_config_versions SET seeded = true WHERE merchant_id = $1 RETURNING valid_from", merchant
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        await dated.tiers_at(merchant, kept_from - timedelta(milliseconds=1))
+    assert [v.field for v in caught.value.violations] == ["as_of"]
+    assert kept_from.isoformat() in caught.value.violations[0].description
+    assert [t.tier_id for t in (await dated.tiers_at(merchant, kept_from)).tiers] == ["basic"]

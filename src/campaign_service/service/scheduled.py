@@ -45,7 +45,13 @@ from campaign_service.service.progression_api import (
     program_mask,
 )
 from campaign_service.service.progression_api_ports import StoredProgramme
-from campaign_service.service.scheduled_ports import ScheduledChange, ScheduledStore, ScheduledTransaction
+from campaign_service.service.scheduled_ports import (
+    NotKept,
+    PastConfiguration,
+    ScheduledChange,
+    ScheduledStore,
+    ScheduledTransaction,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -241,21 +247,32 @@ class ScheduledChanges:
 
     # -- reads as of a time --------------------------------------------------------------------
 
-    def _as_of(self, as_of: datetime | None) -> datetime:
+    def _as_of(self, as_of: datetime | None) -> tuple[datetime, bool]:
+        """(the time read, whether it is in the past)."""
         now = self._clock()
         if as_of is None:
-            return now
+            return now, False
         if as_of.tzinfo is None:
             raise invalid("as_of", "must carry a time zone")
-        if as_of < now:
-            raise invalid("as_of", "must not be in the past (past configurations are not kept); leave it unset for now")
-        return as_of
+        return as_of, as_of < now
+
+    async def _past(self, tx: ScheduledTransaction, at: datetime) -> PastConfiguration:
+        """The configuration in force at a past time: the version kept for it, with the pending
+        changes due by then applied (a late activator had not made them a version yet)."""
+        kept = await tx.configuration_at(at)
+        if isinstance(kept, NotKept):
+            raise invalid(
+                "as_of",
+                f"configurations before {kept.kept_from.isoformat()} are not kept (the merchant's"
+                " configuration from before past configurations were recorded)",
+            )
+        return kept
 
     async def tiers_at(self, merchant_id: UUID, as_of: datetime | None = None) -> TierView:
-        at = self._as_of(as_of)
+        at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
             pending = await tx.pending()
-            tiers = await tx.tiers()
+            tiers = (await self._past(tx, at)).tiers if past else await tx.tiers()
         current, _ = _replayed(tiers, merchant_id, pending, at)
         return TierView(current, _next_tier_change(pending, at))
 
@@ -264,10 +281,13 @@ class ScheduledChanges:
     ) -> tuple[VIPTier, datetime | None]:
         """One tier as of a time (NotFound when it does not exist then) and until when that holds."""
         check_tier_id(tier_id)
-        at = self._as_of(as_of)
+        at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
             pending = await tx.pending()
-            if any(c.tier is not None and c.effective_at <= at for c in pending):
+            if past:
+                current, _ = _replayed((await self._past(tx, at)).tiers, merchant_id, pending, at)
+                tier = next((t for t in current if t.tier_id == tier_id), None)
+            elif any(c.tier is not None and c.effective_at <= at for c in pending):
                 current, _ = _replayed(await tx.tiers(), merchant_id, pending, at)
                 tier = next((t for t in current if t.tier_id == tier_id), None)
             else:  # the usual case: one row
@@ -277,9 +297,9 @@ class ScheduledChanges:
         return tier, _next_tier_change(pending, at)
 
     async def programme_at(self, merchant_id: UUID, as_of: datetime | None = None) -> StoredProgramme:
-        at = self._as_of(as_of)
+        at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
-            stored = await tx.progression.programme()
+            stored = (await self._past(tx, at)).programme if past else await tx.progression.programme()
             due = [c for c in await tx.pending() if c.program is not None and c.effective_at <= at]
         for change in due:
             assert change.program is not None
@@ -355,6 +375,7 @@ class ScheduledChanges:
         """Writes the change; (tier ids whose cached answers change, whether customers may move)."""
         at = change.effective_at
         actor = change.created_by
+        await tx.take_effect_at(at)
         if change.tier is not None:
             before = await tx.tiers(for_update=True)
             after = apply_tier_edit(before, change.merchant_id, change.tier, at)

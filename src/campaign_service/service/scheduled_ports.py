@@ -16,7 +16,7 @@ from campaign_service.domain.progression import Programme
 from campaign_service.domain.scheduled import ChangeKind, ChangeState, TierEdit
 from campaign_service.domain.tier_changes import ApplyMode
 from campaign_service.domain.tiers import VIPTier
-from campaign_service.service.progression_api_ports import ProgressionApiTransaction
+from campaign_service.service.progression_api_ports import ProgressionApiTransaction, StoredProgramme
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,22 @@ class ScheduledChange:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class PastConfiguration:
+    """The configuration (tiers, programme) in force at a past time, as kept (migration 0032)."""
+
+    tiers: list[VIPTier]
+    programme: StoredProgramme
+    version: int  # the configuration version (0: before the merchant's first configuration)
+
+
+@dataclass(frozen=True)
+class NotKept:
+    """A past time before the configurations kept: the earliest time one is known from."""
+
+    kept_from: datetime
+
+
 class ScheduledTransaction(Protocol):
     @property
     def progression(self) -> ProgressionApiTransaction:
@@ -52,10 +68,21 @@ class ScheduledTransaction(Protocol):
 
     async def tier(self, tier_id: str) -> VIPTier | None: ...
 
+    async def configuration_at(self, at: datetime) -> PastConfiguration | NotKept:
+        """The configuration version in force at `at` (the newest one in force from `at` or
+        before), as committed; empty before the merchant's first configuration; NotKept before
+        the configuration of a merchant configured before configurations were kept."""
+        ...
+
     async def write_tiers(self, before: Sequence[VIPTier], after: Sequence[VIPTier], effective_at: datetime) -> None:
         """Makes the stored tiers `after` (they were `before`): deletes, updates, inserts with the
         ids, versions and times `after` holds. Raises FailedPrecondition for a deleted tier that
         customers hold, InvalidArgument for a value the database refuses."""
+        ...
+
+    async def take_effect_at(self, effective_at: datetime) -> None:
+        """What this transaction writes of the configuration takes effect at `effective_at` (the
+        tiers' updated_at, the configuration version's valid_from), not at the commit."""
         ...
 
     async def pending(self) -> list[ScheduledChange]:
