@@ -563,17 +563,21 @@ async def test_reads_as_of_a_past_time_answer_the_configuration_then(
 async def test_a_scheduled_change_is_kept_from_its_effective_time_even_when_activated_late(
     dated: ScheduledChanges, app_pool: Any, new_merchant: Any, clock: Clock
 ) -> None:
+    from campaign_service.domain.progression import Programme
     from campaign_service.domain.tiers import TierSpec
 
     merchant = await new_merchant()
     await seed(app_pool, merchant, [("basic", 0), ("gold", 1000)], [])
     at = T0 + HOUR
     await dated.schedule_update(merchant, "gold", TierSpec(name="", min_points=2000), ["min_points"], at)
+    await dated.schedule_programme(merchant, Programme(grace_days=9), ["grace_days"], at)
     clock.now = at + 30 * timedelta(minutes=1)
     # Past its time, not activated yet: a past read after it applies the pending change.
     assert (await dated.tier_at(merchant, "gold", at + timedelta(minutes=10)))[0].spec.min_points == 2000
-    assert await dated.activate_merchant(merchant) == 1
+    assert await dated.activate_merchant(merchant) == 2
     clock.now = at + 2 * HOUR
+    assert (await dated.programme_at(merchant, at - timedelta(milliseconds=1))).programme.grace_days == 0
+    assert (await dated.programme_at(merchant, at)).programme.grace_days == 9
     ms = timedelta(milliseconds=1)
     assert (await dated.tier_at(merchant, "gold", at - ms))[0].spec.min_points == 1000
     gold, _ = await dated.tier_at(merchant, "gold", at)
