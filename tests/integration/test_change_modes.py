@@ -598,3 +598,40 @@ async def test_as_of_before_the_configurations_kept_is_refused_naming_the_time(
     assert [v.field for v in caught.value.violations] == ["as_of"]
     assert kept_from.isoformat() in caught.value.violations[0].description
     assert [t.tier_id for t in (await dated.tiers_at(merchant, kept_from)).tiers] == ["basic"]
+
+
+# -- (h) one merchant's failing activation does not hold up the others ---------------------------------
+
+
+async def test_a_merchant_whose_activation_raises_does_not_stop_the_others(
+    app_pool: Any, new_merchant: Any, superuser_conn: Any
+) -> None:
+    from campaign_service.domain.tiers import TierSpec
+
+    clock = Clock(datetime.now(UTC))
+    dated = ScheduledChanges(PgScheduledChanges(app_pool), clock=clock)
+    broken, fine = await new_merchant(), await new_merchant()
+    for merchant in (broken, fine):
+        await seed(app_pool, merchant, [("basic", 0), ("gold", 1000)], [])
+        await dated.schedule_update(
+            merchant, "gold", TierSpec(name="", min_points=1500), ["min_points"], clock.now + HOUR
+        )
+    # The broken merchant's change is due first and cannot be read back (a payload no code wrote).
+    at = clock.now + HOUR
+    await superuser_conn.execute(
+        'UPDATE tier_scheduled_changes SET payload = \'{"mask": ["min_points"]}\', effective_at = $2'
+        " WHERE merchant_id = $1",
+        broken,
+        at - timedelta(milliseconds=1),
+    )
+    try:
+        await dated.activate_due(at)
+        states = await superuser_conn.fetch(
+            "SELECT merchant_id, state FROM tier_scheduled_changes WHERE merchant_id = ANY($1::uuid[])",
+            [broken, fine],
+        )
+        assert {r["merchant_id"]: r["state"] for r in states} == {broken: "pending", fine: "applied"}
+    finally:  # never left due in the shared database
+        await superuser_conn.execute(
+            "UPDATE tier_scheduled_changes SET state = 'cancelled' WHERE merchant_id = $1", broken
+        )

@@ -1,0 +1,178 @@
+"""GetVIPTier throughput while a re-assessment job of 1,000,000 customers runs, against the same
+service idle, in one run (issue 14: reads stay within 10 % of their usual throughput).
+
+One service process (Redis cache, authentication, the shared rate limiter with a limit never
+reached) pinned to one core, ghz on the other, PostgreSQL unpinned (it is what the job loads).
+The service's own job runner runs the job, as in production (every replica runs it). Seeds, as
+the superuser, a merchant with 10 tiers for the reads (bench.grpc_suite) and another with N
+customers for the job (bench.tier_change: 20 % move in `full`). Then:
+  idle    ghz closed loop for --seconds: throughput, p50/p99, service CPU per request;
+  job     the job's ladder stored and the job enqueued (`full`); once the runner has started it,
+          the same ghz run while it runs: the same figures, plus the customers the job did in
+          that window and PostgreSQL's CPU (all its processes).
+The job must still be running when the window ends (else the row says so). Ratios are job/idle
+of the same run. Writes bench/results/reads_during_job.json.
+
+    .venv/bin/python -m bench.reads_during_job [--customers 1000000] [--seconds 10] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.tokens import mint_token
+
+from bench.grpc_suite import SERVER_CORE, UNLIMITED, Scenario, ghz, ghz_binary, redis_env, seed, service_env
+from bench.harness import auth_env, free_port, fresh_database, save_result, services, start
+from bench.lookup import cpu_seconds
+from bench.points import cluster_cpu_seconds
+from bench.tier_change import NEW
+from bench.tier_change import seed as seed_customers
+from campaign_service.adapters.postgres.pool import create_pool
+from campaign_service.adapters.postgres.tenant import PgUnitOfWork
+from campaign_service.adapters.postgres.tier_change_jobs import PgTierChangeEngine
+from campaign_service.domain.tier_changes import TierChangeJob
+
+
+async def job_state(engine: PgTierChangeEngine, merchant: uuid.UUID, job_id: uuid.UUID) -> TierChangeJob:
+    job = await engine.get(merchant, job_id)
+    assert job is not None
+    return job
+
+
+def window(
+    binary: str, port: int, scenario: Scenario, pid: int, seconds: int, concurrency: int
+) -> tuple[dict[str, Any], float, float | None, float]:
+    """One closed-loop ghz run: (report, service CPU s, PostgreSQL CPU s, wall s)."""
+    cpu, pg, wall = cpu_seconds(pid), cluster_cpu_seconds(), time.monotonic()
+    report = ghz(binary, port, scenario, seconds=seconds, concurrency=concurrency, rps=None)
+    pg1 = cluster_cpu_seconds()
+    return report, cpu_seconds(pid) - cpu, None if pg is None or pg1 is None else pg1 - pg, time.monotonic() - wall
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    binary = ghz_binary()
+    with services("postgres redis") as env, tempfile.TemporaryDirectory() as tmp:
+        db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
+        reader = await seed(db)
+        job_merchant = uuid.uuid4()
+        t0 = time.monotonic()
+        await seed_customers(db.superuser_dsn, db.name, job_merchant, args.customers)
+        seed_s = time.monotonic() - t0
+        port = free_port()
+        extra = {
+            **auth_env(Path(tmp)),
+            **redis_env(env),
+            **UNLIMITED,
+            "CAMPAIGN_TIER_CHANGE_JOBS_INTERVAL_S": "0.2",
+            "CAMPAIGN_TIER_CHANGE_JOBS_CHUNK_SIZE": str(args.chunk),
+        }
+        proc = start(
+            [sys.executable, "-m", "campaign_service", "serve"],
+            port=port,
+            core=SERVER_CORE,
+            env=service_env(db, env, port, extra),
+            log=Path(tmp, "service.log"),
+        )
+        pool = await create_pool(db.app_dsn, min_size=1, max_size=2)
+        engine = PgTierChangeEngine(pool)
+        token = mint_token(reader, ["tiers:read"], "bench", ttl_s=3600)
+        scenario = Scenario(
+            "GetVIPTier", "", "GetVIPTier", {"merchant_id": str(reader), "tier_id": "gold", "locale": "ar"},
+            {"authorization": f"Bearer {token}"},
+        )  # fmt: skip
+        try:
+            ghz(binary, port, scenario, seconds=2, concurrency=args.concurrency, rps=None)  # warm-up, fills
+            idle = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
+
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(job_merchant))
+                for tier, mp in NEW.items():
+                    await conn.execute(
+                        "UPDATE vip_tiers SET min_points = $3 WHERE merchant_id = $1 AND tier_id = $2",
+                        job_merchant, tier, mp,
+                    )  # fmt: skip
+            async with PgUnitOfWork(pool)(job_merchant) as work:
+                job_id = await work.tier_change_jobs.enqueue(uuid.uuid4(), mode="full", config_version=1)
+            started = time.monotonic()
+            while (await job_state(engine, job_merchant, job_id)).customers_done == 0:
+                if time.monotonic() - started > 120:
+                    sys.exit("the service's job runner did not start the job in 120 s")
+                await asyncio.sleep(0.05)
+            before = await job_state(engine, job_merchant, job_id)
+            during = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
+            after = await job_state(engine, job_merchant, job_id)
+            while (await job_state(engine, job_merchant, job_id)).state not in ("done", "failed"):
+                await asyncio.sleep(0.5)
+            final = await job_state(engine, job_merchant, job_id)
+            job_wall = time.monotonic() - started
+        finally:
+            await pool.close()
+            proc.stop()
+
+    def row(w: tuple[dict[str, Any], float, float | None, float]) -> dict[str, Any]:
+        report, cpu, pg, wall = w
+        n = max(1, report["count"])
+        return {
+            "rps": round(report["rps"], 1),
+            "p50_ms": round(report["p50_ms"], 2),
+            "p99_ms": round(report["p99_ms"], 2),
+            "errors": report["errors"],
+            "service_cpu_us_per_request": round(cpu / n * 1e6, 1),
+            "service_cpu_share": round(cpu / wall, 3),
+            "postgres_cpu_s": None if pg is None else round(pg, 2),
+        }
+
+    idle_row, job_row = row(idle), row(during)
+    return {
+        "customers": args.customers,
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
+        "seed_s": round(seed_s, 1),
+        "idle": idle_row,
+        "during_job": {
+            **job_row,
+            "job_customers_in_window": after.customers_done - before.customers_done,
+            "job_running_at_window_end": after.state == "running",
+        },
+        "throughput_ratio": round(job_row["rps"] / idle_row["rps"], 3) if idle_row["rps"] else None,
+        "job": {"state": final.state, "customers_done": final.customers_done, "moved": final.moved,
+                "wall_s_from_enqueue": round(job_wall, 1)},
+        "load_average": os.getloadavg(),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=20_000, help="customers per job chunk (the service's setting)")
+    args = parser.parse_args()
+    r = asyncio.run(run(args))
+    i, j = r["idle"], r["during_job"]
+    for name, x in (("idle", i), ("during job", j)):
+        print(
+            f"{name:<11} {x['rps']:>8.0f} rps  p50 {x['p50_ms']:.2f} ms  p99 {x['p99_ms']:.2f} ms  errors {x['errors']}"
+            f"  service CPU {x['service_cpu_us_per_request']:.0f} us/req ({x['service_cpu_share']:.2f} of a core)"
+            f"  PostgreSQL CPU {x['postgres_cpu_s']} s"
+        )
+    print(
+        f"ratio job/idle {r['throughput_ratio']}; the job did {j['job_customers_in_window']} customers in the window"
+        f" (still running at its end: {j['job_running_at_window_end']}); job {r['job']['state']},"
+        f" {r['job']['customers_done']} customers, {r['job']['moved']} moved, {r['job']['wall_s_from_enqueue']} s;"
+        f" load average {r['load_average'][0]:.1f}"
+    )
+    save_result("reads_during_job", r)
+
+
+if __name__ == "__main__":
+    main()
