@@ -6,12 +6,13 @@ reached) pinned to one core, ghz on the other, PostgreSQL unpinned (it is what t
 The service's own job runner runs the job, as in production (every replica runs it). Seeds, as
 the superuser, a merchant with 10 tiers for the reads (bench.grpc_suite) and another with N
 customers for the job (bench.tier_change: 20 % move in `full`). Then:
-  idle    ghz closed loop for --seconds: throughput, p50/p99, service CPU per request;
+  idle    ghz closed loop for --seconds: throughput, p50/p99, service CPU per request (before
+          the job, and again after it: how much the machine's load drifted over the run);
   job     the job's ladder stored and the job enqueued (`full`); once the runner has started it,
           the same ghz run while it runs: the same figures, plus the customers the job did in
           that window and PostgreSQL's CPU (all its processes).
-The job must still be running when the window ends (else the row says so). Ratios are job/idle
-of the same run. Writes bench/results/reads_during_job.json.
+The job must still be running when the window ends (else the row says so). The ratio is the
+throughput during the job over the mean of the two idle windows of the same run. Writes bench/results/reads_during_job.json.
 
     .venv/bin/python -m bench.reads_during_job [--customers 1000000] [--seconds 10] [--concurrency 32]
 """
@@ -90,7 +91,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             {"authorization": f"Bearer {token}"},
         )  # fmt: skip
         try:
-            ghz(binary, port, scenario, seconds=2, concurrency=args.concurrency, rps=None)  # warm-up, fills
+            ghz(binary, port, scenario, seconds=5, concurrency=args.concurrency, rps=None)  # warm-up, fills
             idle = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
 
             async with pool.acquire() as conn, conn.transaction():
@@ -114,6 +115,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.5)
             final = await job_state(engine, job_merchant, job_id)
             job_wall = time.monotonic() - started
+            # Idle again after the job: the drift of the machine's load over the run shows.
+            idle_after = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
         finally:
             await pool.close()
             proc.stop()
@@ -126,24 +129,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "p50_ms": round(report["p50_ms"], 2),
             "p99_ms": round(report["p99_ms"], 2),
             "errors": report["errors"],
+            "codes": report["codes"],
             "service_cpu_us_per_request": round(cpu / n * 1e6, 1),
             "service_cpu_share": round(cpu / wall, 3),
             "postgres_cpu_s": None if pg is None else round(pg, 2),
         }
 
-    idle_row, job_row = row(idle), row(during)
+    idle_row, job_row, after_row = row(idle), row(during), row(idle_after)
+    idle_rps = (idle_row["rps"] + after_row["rps"]) / 2
     return {
         "customers": args.customers,
         "seconds": args.seconds,
         "concurrency": args.concurrency,
         "seed_s": round(seed_s, 1),
         "idle": idle_row,
+        "idle_after_job": after_row,
         "during_job": {
             **job_row,
             "job_customers_in_window": after.customers_done - before.customers_done,
             "job_running_at_window_end": after.state == "running",
         },
-        "throughput_ratio": round(job_row["rps"] / idle_row["rps"], 3) if idle_row["rps"] else None,
+        "throughput_ratio": round(job_row["rps"] / idle_rps, 3) if idle_rps else None,
         "job": {"state": final.state, "customers_done": final.customers_done, "moved": final.moved,
                 "wall_s_from_enqueue": round(job_wall, 1)},
         "load_average": os.getloadavg(),
@@ -158,15 +164,15 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=20_000, help="customers per job chunk (the service's setting)")
     args = parser.parse_args()
     r = asyncio.run(run(args))
-    i, j = r["idle"], r["during_job"]
-    for name, x in (("idle", i), ("during job", j)):
+    i, j, a = r["idle"], r["during_job"], r["idle_after_job"]
+    for name, x in (("idle", i), ("during job", j), ("idle after", a)):
         print(
             f"{name:<11} {x['rps']:>8.0f} rps  p50 {x['p50_ms']:.2f} ms  p99 {x['p99_ms']:.2f} ms  errors {x['errors']}"
             f"  service CPU {x['service_cpu_us_per_request']:.0f} us/req ({x['service_cpu_share']:.2f} of a core)"
-            f"  PostgreSQL CPU {x['postgres_cpu_s']} s"
+            f"  PostgreSQL CPU {x['postgres_cpu_s']} s  codes {x['codes']}"
         )
     print(
-        f"ratio job/idle {r['throughput_ratio']}; the job did {j['job_customers_in_window']} customers in the window"
+        f"ratio during job / mean of the idle windows {r['throughput_ratio']}; the job did {j['job_customers_in_window']} customers in the window"
         f" (still running at its end: {j['job_running_at_window_end']}); job {r['job']['state']},"
         f" {r['job']['customers_done']} customers, {r['job']['moved']} moved, {r['job']['wall_s_from_enqueue']} s;"
         f" load average {r['load_average'][0]:.1f}"
