@@ -6,15 +6,19 @@ reached) pinned to one core, ghz on the other, PostgreSQL unpinned (it is what t
 The service's own job runner runs the job, as in production (every replica runs it). Seeds, as
 the superuser, a merchant with 10 tiers for the reads (bench.grpc_suite) and another with N
 customers for the job (bench.tier_change: 20 % move in `full`). Then:
-  idle    ghz closed loop for --seconds: throughput, p50/p99, service CPU per request (before
-          the job, and again after it: how much the machine's load drifted over the run);
+  idle    ghz for --seconds, closed loop (throughput) and paced at --rate (p50/p99), with the
+          service's CPU per request and PostgreSQL's CPU (all its processes) per window;
   job     the job's ladder stored and the job enqueued (`full`); once the runner has started it,
-          the same ghz run while it runs: the same figures, plus the customers the job did in
-          that window and PostgreSQL's CPU (all its processes).
-The job must still be running when the window ends (else the row says so). The ratio is the
-throughput during the job over the mean of the two idle windows of the same run. Writes bench/results/reads_during_job.json.
+          the same two windows while it runs, plus the customers per second the job did in each
+          (the job must still be running at a window's end: the row says);
+  after   the job's rate with no reads (to its end), then idle closed loop again (how much the
+          machine's load drifted over the run).
+Ratios: closed-loop throughput while the job runs over the mean of the two idle ones; p99 at
+the paced rate while it runs over idle. On 2 cores the job's PostgreSQL backend competes with
+ghz and the service for CPU: a closed loop that fills both cores starves the job (its
+customers/s in that window shows it), the paced window shows the shared case. Writes bench/results/reads_during_job.json.
 
-    .venv/bin/python -m bench.reads_during_job [--customers 1000000] [--seconds 10] [--concurrency 32]
+    .venv/bin/python -m bench.reads_during_job [--customers 1000000] [--seconds 10] [--concurrency 32] [--rate 500]
 """
 
 from __future__ import annotations
@@ -49,18 +53,38 @@ async def job_state(engine: PgTierChangeEngine, merchant: uuid.UUID, job_id: uui
     return job
 
 
-def window(
-    binary: str, port: int, scenario: Scenario, pid: int, seconds: int, concurrency: int
-) -> tuple[dict[str, Any], float, float | None, float]:
-    """One closed-loop ghz run: (report, service CPU s, PostgreSQL CPU s, wall s)."""
+Window = tuple[dict[str, Any], float, float | None, float]
+
+
+def window(binary: str, port: int, scenario: Scenario, pid: int, args: argparse.Namespace, rps: int | None) -> Window:
+    """One ghz run (closed loop when `rps` is None, else paced): (report, service CPU s,
+    PostgreSQL CPU s, wall s)."""
     cpu, pg, wall = cpu_seconds(pid), cluster_cpu_seconds(), time.monotonic()
-    report = ghz(binary, port, scenario, seconds=seconds, concurrency=concurrency, rps=None)
+    concurrency = args.concurrency if rps is None else 8
+    report = ghz(binary, port, scenario, seconds=args.seconds, concurrency=concurrency, rps=rps)
     pg1 = cluster_cpu_seconds()
     return report, cpu_seconds(pid) - cpu, None if pg is None or pg1 is None else pg1 - pg, time.monotonic() - wall
 
 
+def row(w: Window) -> dict[str, Any]:
+    report, cpu, pg, wall = w
+    n = max(1, report["count"])
+    return {
+        "rps": round(report["rps"], 1),
+        "p50_ms": round(report["p50_ms"], 2),
+        "p99_ms": round(report["p99_ms"], 2),
+        "errors": report["errors"],
+        "codes": report["codes"],
+        "service_cpu_us_per_request": round(cpu / n * 1e6, 1),
+        "service_cpu_share": round(cpu / wall, 3),
+        "postgres_cpu_s": None if pg is None else round(pg, 2),
+        "wall_s": round(wall, 2),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     binary = ghz_binary()
+    rows: dict[str, dict[str, Any]] = {}
     with services("postgres redis") as env, tempfile.TemporaryDirectory() as tmp:
         db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
         reader = await seed(db)
@@ -90,9 +114,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "GetVIPTier", "", "GetVIPTier", {"merchant_id": str(reader), "tier_id": "gold", "locale": "ar"},
             {"authorization": f"Bearer {token}"},
         )  # fmt: skip
+        pid = proc.proc.pid
         try:
             ghz(binary, port, scenario, seconds=5, concurrency=args.concurrency, rps=None)  # warm-up, fills
-            idle = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
+            rows["idle, closed loop"] = row(window(binary, port, scenario, pid, args, None))
+            rows[f"idle, {args.rate}/s"] = row(window(binary, port, scenario, pid, args, args.rate))
 
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT set_config('app.merchant_id', $1, true)", str(job_merchant))
@@ -108,50 +134,44 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if time.monotonic() - started > 120:
                     sys.exit("the service's job runner did not start the job in 120 s")
                 await asyncio.sleep(0.05)
-            before = await job_state(engine, job_merchant, job_id)
-            during = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
-            after = await job_state(engine, job_merchant, job_id)
+            for name, rate in (("job running, closed loop", None), (f"job running, {args.rate}/s", args.rate)):
+                before = await job_state(engine, job_merchant, job_id)
+                r = row(window(binary, port, scenario, pid, args, rate))
+                after = await job_state(engine, job_merchant, job_id)
+                r["job_customers_per_s"] = round((after.customers_done - before.customers_done) / r["wall_s"])
+                r["job_running_at_end"] = after.state == "running"
+                rows[name] = r
+            quiet_from = await job_state(engine, job_merchant, job_id)
+            quiet_started = time.monotonic()
             while (await job_state(engine, job_merchant, job_id)).state not in ("done", "failed"):
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.2)
             final = await job_state(engine, job_merchant, job_id)
+            quiet_s = time.monotonic() - quiet_started
             job_wall = time.monotonic() - started
             # Idle again after the job: the drift of the machine's load over the run shows.
-            idle_after = window(binary, port, scenario, proc.proc.pid, args.seconds, args.concurrency)
+            rows["idle after the job, closed loop"] = row(window(binary, port, scenario, pid, args, None))
         finally:
             await pool.close()
             proc.stop()
 
-    def row(w: tuple[dict[str, Any], float, float | None, float]) -> dict[str, Any]:
-        report, cpu, pg, wall = w
-        n = max(1, report["count"])
-        return {
-            "rps": round(report["rps"], 1),
-            "p50_ms": round(report["p50_ms"], 2),
-            "p99_ms": round(report["p99_ms"], 2),
-            "errors": report["errors"],
-            "codes": report["codes"],
-            "service_cpu_us_per_request": round(cpu / n * 1e6, 1),
-            "service_cpu_share": round(cpu / wall, 3),
-            "postgres_cpu_s": None if pg is None else round(pg, 2),
-        }
-
-    idle_row, job_row, after_row = row(idle), row(during), row(idle_after)
-    idle_rps = (idle_row["rps"] + after_row["rps"]) / 2
+    idle_rps = (rows["idle, closed loop"]["rps"] + rows["idle after the job, closed loop"]["rps"]) / 2
+    job_rps = rows["job running, closed loop"]["rps"]
+    idle_p99 = rows[f"idle, {args.rate}/s"]["p99_ms"]
     return {
         "customers": args.customers,
         "seconds": args.seconds,
         "concurrency": args.concurrency,
+        "rate": args.rate,
         "seed_s": round(seed_s, 1),
-        "idle": idle_row,
-        "idle_after_job": after_row,
-        "during_job": {
-            **job_row,
-            "job_customers_in_window": after.customers_done - before.customers_done,
-            "job_running_at_window_end": after.state == "running",
+        "windows": rows,
+        "throughput_ratio": round(job_rps / idle_rps, 3) if idle_rps else None,
+        "paced_p99_ratio": round(rows[f"job running, {args.rate}/s"]["p99_ms"] / idle_p99, 3) if idle_p99 else None,
+        "job": {
+            "state": final.state, "customers_done": final.customers_done, "moved": final.moved,
+            "wall_s_from_enqueue": round(job_wall, 1),
+            "customers_per_s_without_reads": round((final.customers_done - quiet_from.customers_done) / quiet_s)
+            if quiet_s > 0.5 else None,
         },
-        "throughput_ratio": round(job_row["rps"] / idle_rps, 3) if idle_rps else None,
-        "job": {"state": final.state, "customers_done": final.customers_done, "moved": final.moved,
-                "wall_s_from_enqueue": round(job_wall, 1)},
         "load_average": os.getloadavg(),
     }  # fmt: skip
 
@@ -161,21 +181,28 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=500, help="requests/s of the paced windows")
     parser.add_argument("--chunk", type=int, default=20_000, help="customers per job chunk (the service's setting)")
     args = parser.parse_args()
     r = asyncio.run(run(args))
-    i, j, a = r["idle"], r["during_job"], r["idle_after_job"]
-    for name, x in (("idle", i), ("during job", j), ("idle after", a)):
-        print(
-            f"{name:<11} {x['rps']:>8.0f} rps  p50 {x['p50_ms']:.2f} ms  p99 {x['p99_ms']:.2f} ms  errors {x['errors']}"
-            f"  service CPU {x['service_cpu_us_per_request']:.0f} us/req ({x['service_cpu_share']:.2f} of a core)"
-            f"  PostgreSQL CPU {x['postgres_cpu_s']} s  codes {x['codes']}"
+    for name, x in r["windows"].items():
+        job = (
+            f"  job {x['job_customers_per_s']} customers/s (running at the end: {x['job_running_at_end']})"
+            if "job_customers_per_s" in x
+            else ""
         )
+        print(
+            f"{name:<32} {x['rps']:>7.0f} rps  p50 {x['p50_ms']:6.2f} ms  p99 {x['p99_ms']:7.2f} ms"
+            f"  service CPU {x['service_cpu_us_per_request']:4.0f} us/req ({x['service_cpu_share']:.2f} core)"
+            f"  PostgreSQL CPU {x['postgres_cpu_s']} s  codes {x['codes']}{job}"
+        )
+    j = r["job"]
     print(
-        f"ratio during job / mean of the idle windows {r['throughput_ratio']}; the job did {j['job_customers_in_window']} customers in the window"
-        f" (still running at its end: {j['job_running_at_window_end']}); job {r['job']['state']},"
-        f" {r['job']['customers_done']} customers, {r['job']['moved']} moved, {r['job']['wall_s_from_enqueue']} s;"
-        f" load average {r['load_average'][0]:.1f}"
+        f"closed-loop throughput while the job runs / mean of the idle ones: {r['throughput_ratio']};"
+        f" p99 at {r['rate']}/s while it runs / idle: {r['paced_p99_ratio']}\n"
+        f"job {j['state']}: {j['customers_done']} customers, {j['moved']} moved, {j['wall_s_from_enqueue']} s from"
+        f" enqueue; {j['customers_per_s_without_reads']} customers/s with no reads running; load average"
+        f" {r['load_average'][0]:.1f}"
     )
     save_result("reads_during_job", r)
 

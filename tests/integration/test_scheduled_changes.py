@@ -157,7 +157,7 @@ async def test_a_cancelled_change_never_takes_effect(
     assert cancelled.state == "cancelled"
     clock.now = T0 + 2 * HOUR
     assert (await dated.tier_at(merchant, "silver"))[0].tier_id == "silver"
-    await dated.activate_due()
+    await dated.activate_merchant(merchant)  # this merchant's only (shared database)
     assert await stored_min_points(superuser_conn, merchant, "silver") == 100
     assert await jobs_of(superuser_conn, merchant) == []
     assert await dated.list_changes(merchant) == []
@@ -176,7 +176,7 @@ async def test_cancelling_is_refused_once_the_time_has_come_and_it_then_takes_ef
         await dated.cancel(merchant, change.change_id)
     with pytest.raises(NotFound):
         await dated.tier_at(merchant, "silver")
-    await dated.activate_due()
+    await dated.activate_merchant(merchant)  # this merchant's only (shared database)
     assert await stored_min_points(superuser_conn, merchant, "silver") is None
     with pytest.raises(NotFound):
         await dated.cancel(merchant, uuid.uuid4())
@@ -299,7 +299,7 @@ async def test_a_scheduled_programme_change_takes_effect_and_every_move_records_
     assert (await dated.programme_at(merchant, at)).programme.window == "calendar_year"
     clock.now = at
     assert (await dated.programme_at(merchant)).programme.window == "calendar_year"
-    await dated.activate_due()
+    await dated.activate_merchant(merchant)  # this merchant's only (shared database)
     stored = await ProgressionApi(PgProgressionApi(app_pool)).get_programme(merchant)
     assert (stored.programme.window, stored.programme.downgrade_policy) == ("calendar_year", "to_qualified")
     [row] = await changes_of(superuser_conn, merchant)
@@ -373,5 +373,5 @@ async def test_no_cached_answer_outlives_the_effective_time(app_pool: Any, ladde
     assert (await gold(), await listed()) == (1000, [0, 100, 1000])
     await asyncio.sleep((at - datetime.now(UTC)).total_seconds() + 0.01)
     assert (await gold(), await listed()) == (1500, [0, 100, 1500])  # no activation has run
-    await dated.activate_due()
+    await dated.activate_merchant(merchant)  # this merchant's only (shared database)
     assert (await gold(), await listed()) == (1500, [0, 100, 1500])
