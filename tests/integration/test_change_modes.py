@@ -8,6 +8,7 @@ request messages, the real use cases and database, no network)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -635,3 +636,73 @@ async def test_a_merchant_whose_activation_raises_does_not_stop_the_others(
         await superuser_conn.execute(
             "UPDATE tier_scheduled_changes SET state = 'cancelled' WHERE merchant_id = $1", broken
         )
+
+
+# -- migration 0032 on a database configured before it ------------------------------------------------
+
+
+async def test_migration_0032_keeps_what_was_configured_before_it_and_old_deletes_keep_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncpg
+
+    from campaign_service.adapters.postgres import migrations
+    from campaign_service.adapters.postgres.pool import create_pool
+    from campaign_service.adapters.postgres.provision import provision
+    from campaign_service.domain.tiers import TierSpec
+    from tests.conftest import required_env
+    from tests.databases import ProvisionedDatabase
+
+    superuser_dsn = required_env("CAMPAIGN_TEST_PG_DSN")
+    db = ProvisionedDatabase(superuser_dsn, f"campaign_test_m32_{uuid.uuid4().hex[:8]}")
+    await provision(superuser_dsn, db.name)
+    # Every other migration first: a database in service gets 0032 after 0040 and 0050.
+    every = migrations.available()
+    monkeypatch.setattr(migrations, "available", lambda: [m for m in every if m.version != 32])
+    owner = await asyncpg.connect(db.owner_dsn)
+    pool = await create_pool(db.app_dsn, min_size=1, max_size=2)
+    try:
+        await migrations.migrate(owner)
+        configured, bare = uuid.uuid4(), uuid.uuid4()
+        await owner.executemany("INSERT INTO merchants (id) VALUES ($1)", [(configured,), (bare,)])
+        tiers = TierService(PgUnitOfWork(pool))
+        await tiers.create(configured, "basic", TierSpec(name="Basic", min_points=0, is_default=True))
+        await tiers.create(configured, "gold", TierSpec(name="Gold", min_points=1000))
+        clock = Clock(datetime.now(UTC))
+        dated = ScheduledChanges(PgScheduledChanges(pool), clock=clock)
+        # Before 0032 the API never passed a mode: the column's default, not a caller's choice.
+        await dated.schedule_delete(configured, "gold", clock.now + HOUR, mode="upgrades_only")
+        await dated.schedule_update(configured, "basic", TierSpec(name="B"), ["name"], clock.now + HOUR, mode="full")
+
+        monkeypatch.setattr(migrations, "available", lambda: every)
+        assert "0032_change_modes.sql" in await migrations.migrate(owner)
+
+        su = await asyncpg.connect(superuser_dsn, database=db.name)
+        try:
+            kept = await su.fetch("SELECT merchant_id, version, seeded, tiers FROM tier_config_versions")
+            head = await su.fetchval("SELECT version FROM tier_config_heads WHERE merchant_id = $1", configured)
+            modes = await su.fetch("SELECT kind, mode FROM tier_scheduled_changes ORDER BY kind")
+        finally:
+            await su.close()
+        assert [(r["merchant_id"], r["version"], r["seeded"]) for r in kept] == [(configured, head, True)]
+        assert [t["tier_id"] for t in json.loads(kept[0]["tiers"])] == ["basic", "gold"]
+        assert [(r["kind"], r["mode"]) for r in modes] == [("tier_delete", None), ("tier_update", "full")]
+        kept_from = (await dated.tiers_at(configured)).tiers[0].updated_at  # (a time before the migration)
+        with pytest.raises(InvalidArgument):
+            await dated.tiers_at(configured, kept_from)
+        assert (await dated.tiers_at(bare, kept_from)).tiers == []
+        # Writes after the migration are kept as they commit.
+        between = await _tick()
+        await tiers.update(configured, "gold", TierSpec(name="", min_points=1500), ["min_points"])
+        after = await _tick()
+        clock.now = datetime.now(UTC)
+        assert (await dated.tier_at(configured, "gold", between))[0].spec.min_points == 1000
+        assert (await dated.tier_at(configured, "gold", after))[0].spec.min_points == 1500
+    finally:
+        await pool.close()
+        await owner.close()
+        cleanup = await asyncpg.connect(superuser_dsn)
+        try:
+            await cleanup.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+        finally:
+            await cleanup.close()
