@@ -38,6 +38,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +56,7 @@ from tests.tokens import mint_token
 
 from bench.events import consumed_total, encoded_events, produce
 from bench.grpc_suite import PROTO, UNLIMITED, ghz_binary, redis_env, seed, service_env
-from bench.harness import Database, Process, auth_env, free_port, fresh_database, save_result, services, start
+from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, save_result, services, start
 from bench.points import cluster_cpu_seconds
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
@@ -202,6 +203,8 @@ def handled(http_port: int) -> dict[str, float]:
 
 async def lookups(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     binary = ghz_binary() if args.loadgen == "ghz" else ""
+    if args.loadgen == "h2load" and not shutil.which("h2load"):  # Debian's nghttp2-client
+        subprocess.run(["bash", "-c", f"source {ROOT}/scripts/lib/loadgen.sh && h2load_install"], check=True)
     db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
     merchant = await seed(db)
     request = {"merchant_id": str(merchant), "tier_id": "gold", "locale": "ar"}
