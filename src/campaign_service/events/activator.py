@@ -14,10 +14,10 @@ which read the stored configuration.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
+from campaign_service.backoff import first_of
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.scheduled import ScheduledChanges
 from campaign_service.service.scheduled_ports import ScheduledStore
@@ -42,12 +42,6 @@ class Activator:
             except Unavailable as exc:
                 log.warning("activation pass failed; retrying", error=str(exc))
             self._changes.scheduled.clear()
-            woken = asyncio.ensure_future(self._changes.scheduled.wait())
-            stopped = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({woken, stopped}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (woken, stopped):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            # first_of leaves the losers cancelled without awaiting them: awaiting one under
+            # suppress(CancelledError) swallowed a shutdown's cancel arriving meanwhile (a hang).
+            await first_of(self._changes.scheduled.wait(), stop.wait(), within=wait)

@@ -25,12 +25,17 @@ async def bounded(what: str, step: Callable[[], Awaitable[Any]], timeout_s: floa
 
 @contextlib.asynccontextmanager
 async def background(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
-    """`work` runs as a task while the block runs; leaving the block cancels it and waits for it."""
+    """`work` runs as a task while the block runs; leaving the block cancels it and waits for it,
+    cancelling again every `STEP_TIMEOUT_S` while it runs on: a cancel swallowed on the way (by
+    `suppress(CancelledError)`, or by 3.11's `asyncio.wait_for` when its inner call finishes at the
+    same moment) must not keep the process from stopping."""
     task = asyncio.create_task(work, name=name)
     try:
         yield task
     finally:
         task.cancel()
-        await asyncio.wait([task])
+        while not (await asyncio.wait([task], timeout=STEP_TIMEOUT_S))[0]:
+            log.warning("background task ignored its cancellation; cancelling again", task=name)
+            task.cancel()
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", task=name, error=repr(task.exception()))
