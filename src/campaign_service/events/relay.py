@@ -27,6 +27,7 @@ from campaign_service.domain.events import OutboxMessage
 from campaign_service.events.ports import EventPublisher, OutboxStore
 
 log = structlog.get_logger(__name__)
+_STEP_CLAIM, _STEP_PUBLISH, _STEP_MARK = (metrics.RELAY_STEP_SECONDS.labels(s) for s in ("claim", "publish", "mark"))
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,15 @@ class OutboxRelay:
         """Publishes up to one batch of the oldest pending rows."""
         delivered: list[OutboxMessage] = []
         failed: dict[str, list[OutboxMessage]] = {}
+        started = time.perf_counter()
         async with self._store.claim(self._settings.batch_size) as claim:
             batch = claim.messages
             more = claim.more
             if not batch:
                 return BatchResult(0, 0, more=more)
+            claimed = time.perf_counter()
             results = await self._publisher.publish(batch)
+            published = time.perf_counter()
             for message, error in zip(batch, results, strict=True):
                 if error is None:
                     delivered.append(message)
@@ -93,6 +97,9 @@ class OutboxRelay:
             await claim.mark_published([m.event_id for m in delivered])
             for error, messages in failed.items():
                 await claim.mark_failed([m.event_id for m in messages], error)
+        _STEP_CLAIM.observe(claimed - started)
+        _STEP_PUBLISH.observe(published - claimed)
+        _STEP_MARK.observe(time.perf_counter() - published)
         for topic, n in Counter(m.topic for m in delivered).items():
             metrics.OUTBOX_PUBLISHED.labels(topic).inc(n)
         for messages in failed.values():

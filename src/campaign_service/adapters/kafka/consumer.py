@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -29,6 +30,9 @@ from campaign_service.adapters.kafka.producer import DeliveryFailed, KafkaProduc
 from campaign_service.adapters.kafka.wire import AvroReader, Undecodable
 from campaign_service.backoff import Backoff, sleep_unless
 from campaign_service.events.ports import BatchHandler, Deferred, InboundEvent, Outcome, Rejected
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -103,10 +107,14 @@ class KafkaEventSubscriber:
         await self._call(consumer.subscribe, [self._topic])
         log.info("consuming", topic=self._topic, group=self._config["group.id"], batch_size=self._batch)
         try:
+            steps = metrics.CONSUMER_STEP_SECONDS
+            fetch, handle, commit = (steps.labels(self._topic, s) for s in ("fetch", "handle", "commit"))
             while not stop.is_set():
+                started = time.perf_counter()
                 messages = await self._call(_fetch, consumer, self._batch, 0.25)
                 if messages:
-                    await self._process(consumer, handler, messages, stop)
+                    fetch.observe(time.perf_counter() - started)
+                    await self._process(consumer, handler, messages, stop, handle, commit)
         finally:
             # Offsets of everything handled are already committed; close() leaves the group now
             # so partitions move to another instance without waiting for the session timeout.
@@ -115,8 +123,15 @@ class KafkaEventSubscriber:
             log.info("consumer stopped", topic=self._topic)
 
     async def _process(
-        self, consumer: Consumer, handler: BatchHandler, messages: Sequence[Message], stop: asyncio.Event
+        self,
+        consumer: Consumer,
+        handler: BatchHandler,
+        messages: Sequence[Message],
+        stop: asyncio.Event,
+        handle_step: Histogram,
+        commit_step: Histogram,
     ) -> None:
+        started = time.perf_counter()
         received: list[Message] = []
         for m in messages:
             err = m.error()
@@ -142,7 +157,10 @@ class KafkaEventSubscriber:
             if first_failed > first:
                 commits.append(TopicPartition(topic, partition, first_failed))
             rewinds.append(TopicPartition(topic, partition, first_failed))
+        handled = time.perf_counter()
+        handle_step.observe(handled - started)
         await self._commit(consumer, commits)
+        commit_step.observe(time.perf_counter() - handled)
         await self._rewind(consumer, rewinds)
         if rewinds:
             await sleep_unless(stop, self._retry.next())
