@@ -59,6 +59,8 @@ def consumer_config(
         "auto.offset.reset": "earliest",
         "reconnect.backoff.max.ms": 1000,
         "error_cb": _log_error,
+        # Offsets are committed asynchronously (see KafkaEventSubscriber._commit); this reports failures.
+        "on_commit": _log_commit,
         "logger": logging.getLogger("librdkafka.consumer"),
     }
 
@@ -67,6 +69,17 @@ def _log_error(err: KafkaError) -> None:
     # Connection failures are already in librdkafka's own log lines; say only what changes state.
     if err.fatal() or err.code() == KafkaError._ALL_BROKERS_DOWN:
         log.warning("kafka consumer error", error=err.str(), fatal=err.fatal())
+
+
+def _log_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    # Not fatal: the messages come again (e.g. after a rebalance) and dedupe absorbs them.
+    failed = [tp for tp in partitions if tp.error is not None]
+    if err is not None or failed:
+        log.warning(
+            "offset commit failed",
+            error=str(err if err is not None else failed[0].error),
+            partitions=[f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in (failed or partitions)][:10],
+        )
 
 
 def _text(value: str | bytes | None) -> str:
@@ -98,6 +111,9 @@ class KafkaEventSubscriber:
         self._dlq_timeout = dead_letter_timeout_s
         # Every call into the (blocking) consumer happens on this one thread, in order.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        # The offsets last committed (asynchronously), by partition: committed again, waiting for
+        # the broker, when the consumer stops.
+        self._committed: dict[tuple[str, int], int] = {}
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
@@ -116,8 +132,10 @@ class KafkaEventSubscriber:
                     fetch.observe(time.perf_counter() - started)
                     await self._process(consumer, handler, messages, stop, handle, commit)
         finally:
-            # Offsets of everything handled are already committed; close() leaves the group now
-            # so partitions move to another instance without waiting for the session timeout.
+            # The offsets of everything handled, committed again and waited for (the last
+            # asynchronous commits may still be in flight); close() leaves the group now so
+            # partitions move to another instance without waiting for the session timeout.
+            await self._commit_and_wait(consumer)
             await self._call(consumer.close)
             self._thread.shutdown(wait=False)
             log.info("consumer stopped", topic=self._topic)
@@ -212,18 +230,41 @@ class KafkaEventSubscriber:
             )
 
     async def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        """Commits without waiting for the broker: the next fetch does not wait a round trip to the
+        group coordinator (bench.points_latency). A commit that fails or is lost (the instance dies
+        first) only makes its messages come again, and the handlers' deduplication absorbs them,
+        as after a crash between a database commit and the offset commit."""
         if not offsets:
             return
         try:
-            await self._call(consumer.commit, offsets=offsets, asynchronous=False)
+            await self._call(consumer.commit, offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             # Not fatal: the messages come again (e.g. after a rebalance) and dedupe absorbs them.
             log.warning("offset commit failed", error=str(exc))
             return
         for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        for tp in offsets:
             _, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    async def _commit_and_wait(self, consumer: Consumer) -> None:
+        """The last offsets again, synchronously, for the partitions still assigned (a revoked
+        one's new owner may have committed further: never move it back)."""
+        if not self._committed:
+            return
+        try:
+            assigned = {(tp.topic, tp.partition) for tp in await self._call(consumer.assignment)}
+        except KafkaException:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._committed.items() if (t, p) in assigned]
+        if not offsets:
+            return
+        try:
+            await self._call(consumer.commit, offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. partitions revoked meanwhile: their new owner goes on
+            log.info("final offset commit failed", error=str(exc))
 
     async def _rewind(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
