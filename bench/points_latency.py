@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import os
 import random
+import subprocess
 import tempfile
 import threading
 import time
@@ -360,8 +361,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await statements.reset()
                         hist0 = step_histograms(service.port)
                         cpu0, db_cpu0, load0 = cpu_seconds(service.proc.pid), cluster_cpu_seconds(), os.getloadavg()
+                        spy = None
+                        if args.py_spy:  # a profile of the service during the measured window
+                            out = bench.tmp / f"py-spy-{name}-{round_no}.txt"
+                            spy = subprocess.Popen(
+                                [args.py_spy, "record", "-p", str(service.proc.pid), "-d", str(int(args.events / args.rate)),
+                                 "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            )  # fmt: skip
                         sent = await asyncio.to_thread(produce_paced, producer, events, args.rate)
                         complete = watcher.wait_for(list(sent), 120)
+                        if spy is not None:
+                            spy.wait(30)
+                            print(f"py-spy profile: {out}")
                         cpu1, db_cpu1 = cpu_seconds(service.proc.pid), cluster_cpu_seconds()
                         cycle = step_summary(hist0, step_histograms(service.port))
                         sql = await statements.top()
@@ -466,6 +478,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--variant", action="append", default=[], help="NAME[:CAMPAIGN_X=1,CAMPAIGN_Y=2]")
+    parser.add_argument("--py-spy", help="path of py-spy: profile the service during each measured window")
     parser.add_argument("--baseline-src", help="src/ of another checkout, for the variants named base*")
     args = parser.parse_args()
     result = asyncio.run(run(args))
