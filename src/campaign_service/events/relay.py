@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -54,18 +54,37 @@ class BatchResult:
     more: bool = False  # rows are pending that the claim left (past its limit, or held elsewhere)
 
 
+@dataclass
+class _ClaimLoop:
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: bool = True
+
+
 class OutboxRelay:
     def __init__(self, store: OutboxStore, publisher: EventPublisher, settings: RelaySettings | None = None) -> None:
         self._store = store
         self._publisher = publisher
         self._settings = settings or RelaySettings()
-        self._wakes: list[asyncio.Event] = []  # one per claim loop, while run() runs
+        self._loops: list[_ClaimLoop] = []  # while run() runs
         self.last_error: str | None = None
 
     def wake(self) -> None:
-        """Something was written to the outbox: publish it now rather than at the next poll."""
-        for wake in self._wakes:
-            wake.set()
+        """Something was written to the outbox: publish it now rather than at the next poll.
+
+        One idle claim loop is woken (a claim of its own per loop only cost empty claims: each
+        commit of a consumer batch notifies); when none is idle, every loop looks again when its
+        claim is done. A claim that leaves rows behind wakes another loop itself."""
+        if not self._wake_idle():
+            for loop in self._loops:
+                loop.wake.set()
+
+    def _wake_idle(self) -> bool:
+        idle = next((loop for loop in self._loops if loop.idle), None)
+        if idle is None:
+            return False
+        idle.idle = False  # taken: the next wake goes to another
+        idle.wake.set()
+        return True
 
     async def publish_batch(self) -> BatchResult:
         """Publishes up to one batch of the oldest pending rows."""
@@ -120,19 +139,23 @@ class OutboxRelay:
         the whole round of claims (bench.points_latency: the relay's share of the latency)."""
         s = self._settings
         log.info("outbox relay started", batch_size=s.batch_size, concurrency=s.concurrency)
-        self._wakes = [asyncio.Event() for _ in range(s.concurrency)]
+        self._loops = [_ClaimLoop() for _ in range(s.concurrency)]
         async with asyncio.TaskGroup() as tasks:
-            for wake in self._wakes:
-                tasks.create_task(self._claim_loop(wake, stop))
+            for loop in self._loops:
+                tasks.create_task(self._claim_loop(loop, stop))
             tasks.create_task(self._housekeeping(stop))
         log.info("outbox relay stopped")
 
-    async def _claim_loop(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    async def _claim_loop(self, loop: _ClaimLoop, stop: asyncio.Event) -> None:
         s = self._settings
         backoff = Backoff(s.backoff_initial_s, s.backoff_max_s)
+        wake = loop.wake
         while not stop.is_set():
             wake.clear()
+            loop.idle = False
             result = await self._publish_one()
+            if result.more and result.claimed:
+                self._wake_idle()  # another loop takes the shards this claim left
             if self.last_error and not result.error:
                 log.info("outbox publishing recovered", published=result.published)
             self.last_error = result.error
@@ -143,10 +166,9 @@ class OutboxRelay:
             backoff.reset()
             if result.more and result.claimed:
                 continue  # more is waiting
-            if result.more:  # waiting, in shards that other claims hold
-                await first_of(stop.wait(), wake.wait(), within=s.busy_retry_s)
-                continue
-            await first_of(stop.wait(), wake.wait(), within=s.poll_interval_s)
+            loop.idle = True
+            # Pending rows in shards that other claims hold: look again soon; else wait for a wake.
+            await first_of(stop.wait(), wake.wait(), within=s.busy_retry_s if result.more else s.poll_interval_s)
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """The backlog gauges every stats interval, and the purges every purge interval."""
