@@ -21,7 +21,8 @@ load average. The database and broker timestamps have millisecond precision.
 
 Variants (`--variant NAME[:KEY=VALUE,...]`, repeatable) run the same measurement against the same
 database with other service settings, one after the other and then again in the same order
-(`--rounds`), so that their ratios come from one run on one machine state. `--baseline-src DIR`
+(`--rounds`, every other round in reverse order), so that their ratios come from one run on one
+machine state; the ratios are printed per round and as the median over rounds. `--baseline-src DIR`
 runs the variants named `base*` from another checkout's src/ (e.g. `git archive main src`), and
 against the schema before this branch's migration 0024 (the bench sets the function back and
 forth): the before/after of the change in the same run.
@@ -38,6 +39,7 @@ import asyncio
 import contextlib
 import os
 import random
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -367,7 +369,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 finally:
                     await conn.close()
             for round_no in range(args.rounds):
-                for name, settings in variants:
+                # A B, B A, A B, ...: a drift of the machine's load favours no variant.
+                for name, settings in variants if round_no % 2 == 0 else variants[::-1]:
                     bench.extra_env = dict(settings)
                     base = bool(args.baseline_src) and name.startswith("base")
                     if base:
@@ -469,25 +472,33 @@ def print_run(r: dict[str, Any], rate: float) -> None:
 
 
 def print_ratios(result: dict[str, Any]) -> None:
-    """Each variant's TOTAL p50/p99 (mean over rounds) against the first variant's."""
-    by: dict[str, list[dict[str, Any]]] = {}
-    for r in result["runs"]:
-        by.setdefault(r["variant"], []).append(r)
-    if len(by) < 2:
-        return
+    """Each variant's TOTAL p50/p99 against the first variant's: per round (the runs next to each
+    other, the fairest pairs on a shared machine) and the median over rounds."""
     total = "TOTAL produce->read back"
-
-    def mean(runs: list[dict[str, Any]], key: str) -> float:
-        return float(sum(r["steps"][total][key] for r in runs)) / len(runs)
-
-    first = next(iter(by))
-    print(f"\nsame-run ratios against {first} (TOTAL, mean over rounds):")
-    for name, runs in by.items():
-        p50, p99 = mean(runs, "p50_ms"), mean(runs, "p99_ms")
-        print(
-            f"  {name:12} p50 {p50:7.1f} ms ({p50 / mean(by[first], 'p50_ms'):.2f}x)"
-            f"  p99 {p99:7.1f} ms ({p99 / mean(by[first], 'p99_ms'):.2f}x)"
-        )
+    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in result["runs"]:
+        by_round.setdefault(r["round"], {})[r["variant"]] = r["steps"][total]
+    names = list(dict.fromkeys(r["variant"] for r in result["runs"]))
+    if len(names) < 2:
+        return
+    first = names[0]
+    print(f"\nsame-run ratios against {first} (TOTAL produce->read back):")
+    for name in names[1:]:
+        ratios: dict[str, list[float]] = {"p50_ms": [], "p99_ms": []}
+        for round_no, runs in sorted(by_round.items()):
+            if name in runs and first in runs:
+                for key in ratios:
+                    ratios[key].append(runs[name][key] / runs[first][key])
+                print(
+                    f"  round {round_no}: {name} p50 {runs[name]['p50_ms']:.1f} / {first} {runs[first]['p50_ms']:.1f} ms"
+                    f" = {ratios['p50_ms'][-1]:.2f}x, p99 {runs[name]['p99_ms']:.1f} / {runs[first]['p99_ms']:.1f} ms"
+                    f" = {ratios['p99_ms'][-1]:.2f}x"
+                )
+        if ratios["p50_ms"]:
+            print(
+                f"  {name}: median over rounds p50 {statistics.median(ratios['p50_ms']):.2f}x,"
+                f" p99 {statistics.median(ratios['p99_ms']):.2f}x"
+            )
 
 
 def main() -> None:
