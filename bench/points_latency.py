@@ -20,7 +20,7 @@ and prints p50/p95/p99/max of each step and of the whole, with the service's CPU
 load average. The database and broker timestamps have millisecond precision.
 
 Variants (`--variant NAME[:KEY=VALUE,...]`, repeatable) run the same measurement against the same
-database with other service settings, one after the other and then again in the same order
+database with other service settings, one after the other and then again
 (`--rounds`, every other round in reverse order), so that their ratios come from one run on one
 machine state; the ratios are printed per round and as the median over rounds. `--baseline-src DIR`
 runs the variants named `base*` from another checkout's src/ (e.g. `git archive main src`), and
