@@ -12,7 +12,7 @@ measures:
 Writes bench/results/points.json.
 
     .venv/bin/python -m bench.points [--merchants 10000] [--customers 1000000] [--backlog 200000]
-        [--rate 500] [--events 5000] [--warmup 1000]
+        [--rate 500] [--events 5000] [--warmup 1000] [--env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size,
         }
         watcher = AssignedWatcher(env["KAFKA_BROKER"])
-        bench.extra_env = {"CAMPAIGN_POINTS_BATCH_SIZE": str(args.batch_size)}
+        bench.extra_env = {"CAMPAIGN_POINTS_BATCH_SIZE": str(args.batch_size), **dict(kv.split("=", 1) for kv in args.env)}
         recreate_topic(env["KAFKA_BROKER"])  # events of earlier runs would be dead letters here
         service = None
         try:
@@ -281,6 +281,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=1000)
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the service (e.g. PYTHONPATH=<other checkout>/src)"
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     thr, lat = result["throughput"], result["latency"]

@@ -102,6 +102,22 @@ DEAD_LETTERED = Counter(
     ["event_type", "reason"],
 )
 RETRIES = Counter("campaign_retries", "Retries of bounded retry loops, by loop.", ["loop"])
+# Where an event's time goes between the buses (issue 13's latency target): each step of a
+# consumer's cycle (fetch: waiting for the first message and taking what is ready; handle: decode
+# and the handler's transaction; commit: the offset commit) and of a relay claim (claim: lock and
+# read rows; publish: encode, produce and wait for the broker's acks; mark: mark and commit).
+CONSUMER_STEP_SECONDS = Histogram(
+    "campaign_consumer_step_seconds",
+    "Duration of each step of a consumer's fetch-handle-commit cycle, by topic.",
+    ["topic", "step"],
+    buckets=LATENCY_BUCKETS,
+)
+RELAY_STEP_SECONDS = Histogram(
+    "campaign_relay_step_seconds",
+    "Duration of each step of an outbox relay claim (claim, publish, mark).",
+    ["step"],
+    buckets=LATENCY_BUCKETS,
+)
 PROCESSED_CACHE_ERRORS = Counter(
     "campaign_processed_cache_errors",
     "Redis failures of the processed-events fast path (the database decides).",

@@ -3,11 +3,12 @@
 A whole batch is ONE transaction scoped to the set of its merchants (RLS compares every row with
 that set), in a fixed number of set-based statements whatever the batch holds:
   1. programme and tiers of the batch's merchants (unknown merchants are absent: dead-lettered)
-  2. dedupe rows in processed_events (the events recorded for the first time go on)
-  3. qualifying points added to per-customer per-local-day buckets (the day of `occurred_at`)
-  4. the touched customers' tier rows locked, with their window sums
-  5. the new states of the customers who moved (history rows come from the table's triggers)
-  6. their `vip_tier.assigned` outbox rows
+  2. dedupe rows in processed_events (the events recorded for the first time go on), and in the
+     same statement their qualifying points added to per-customer per-local-day buckets (the day
+     of `occurred_at`)
+  3. the touched customers' tier rows locked, with their window sums
+  4. the new states of the customers who moved (history rows come from the table's triggers) and
+     their `vip_tier.assigned` outbox rows, in one statement
 The Kafka offsets are committed by the transport after the commit. A redelivered event is a
 duplicate at step 2 and changes nothing. Within a batch, a customer's entries are summed and the
 customer evaluated once: crossing two thresholds in one batch is one move (skipping is allowed).
@@ -223,21 +224,24 @@ class PointsRecordedHandler:
                 if e.merchant_id not in setups:
                     outcomes[i] = Rejected("unknown_merchant", f"merchant {e.merchant_id} is not provisioned")
             candidates = [(e, i) for e, i in first.items() if todo[i].merchant_id in setups]
-            fresh = await tx.mark_processed([(e, todo[i].merchant_id) for e, i in candidates], SOURCE)
+            # Each candidate's points go to its local day; only those of the events recorded now
+            # (not duplicates) are added, in the same statement as the dedupe rows.
+            contributions: list[tuple[UUID, UUID, UUID, date, int]] = []
+            for event_id, i in candidates:
+                event = todo[i]
+                counted = event.counted
+                if counted:
+                    day = setups[event.merchant_id][0].local_day(event.occurred_at)
+                    contributions.append((event_id, event.merchant_id, event.customer_id, day, counted))
+            fresh = await tx.record_points([(e, todo[i].merchant_id) for e, i in candidates], SOURCE, contributions)
             tally["duplicate"] += len(candidates) - len(fresh)
             entries = [todo[i] for e, i in candidates if e in fresh]
             if not entries:
                 return tally
-            buckets: Counter[tuple[UUID, UUID, date]] = Counter()
             by_customer: dict[CustomerKey, list[PointsRecorded]] = {}
             for e in entries:
-                programme, ladder = setups[e.merchant_id]
-                counted = e.counted
-                if counted:
-                    buckets[(e.merchant_id, e.customer_id, programme.local_day(e.occurred_at))] += counted
-                if ladder:
+                if setups[e.merchant_id][1]:  # a ladder
                     by_customer.setdefault((e.merchant_id, e.customer_id), []).append(e)
-            await tx.add_points({k: v for k, v in buckets.items() if v})
             states = await tx.lock_customers({key: (setups[key[0]][0].window_start(now), None) for key in by_customer})
             writes: list[StateWrite] = []
             messages: list[OutboxMessage] = []
@@ -255,8 +259,7 @@ class PointsRecordedHandler:
                 if change is not None:
                     writes.append(change[0])
                     messages.append(change[1])
-            await tx.write_states(writes)
-            await tx.add_outbox(messages)
+            await tx.write_moves(writes, messages)
         tally["moved"] += len(writes)  # one event per move caused it
         tally["recorded"] += len(entries) - len(writes)
         count_moves(writes)

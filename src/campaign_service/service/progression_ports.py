@@ -42,6 +42,16 @@ class ProgressionTransaction(Protocol):
 
     async def add_points(self, buckets: Mapping[tuple[UUID, UUID, date], int]) -> None: ...
 
+    async def record_points(
+        self,
+        events: Sequence[tuple[UUID, UUID]],
+        event_type: str,
+        points: Sequence[tuple[UUID, UUID, UUID, date, int]],
+    ) -> set[UUID]:
+        """mark_processed(events, event_type), then the (event_id, merchant, customer, day, points)
+        contributions of the events recorded now added to their days; the event ids recorded now."""
+        ...
+
     async def lock_customers(
         self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
     ) -> dict[CustomerKey, tuple[TierState | None, int]]:
@@ -53,6 +63,10 @@ class ProgressionTransaction(Protocol):
         ...
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    async def write_moves(self, writes: Sequence[StateWrite], messages: Sequence[OutboxMessage]) -> None:
+        """write_states(writes) then add_outbox(messages), in one round trip where it can."""
+        ...
 
     async def reassess_due(
         self, merchants: Sequence[UUID], at: datetime, stamp: datetime, limit: int, after: CustomerKey | None

@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -29,6 +30,9 @@ from campaign_service.adapters.kafka.producer import DeliveryFailed, KafkaProduc
 from campaign_service.adapters.kafka.wire import AvroReader, Undecodable
 from campaign_service.backoff import Backoff, sleep_unless
 from campaign_service.events.ports import BatchHandler, Deferred, InboundEvent, Outcome, Rejected
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -55,6 +59,8 @@ def consumer_config(
         "auto.offset.reset": "earliest",
         "reconnect.backoff.max.ms": 1000,
         "error_cb": _log_error,
+        # Offsets are committed asynchronously (see KafkaEventSubscriber._commit); this reports failures.
+        "on_commit": _log_commit,
         "logger": logging.getLogger("librdkafka.consumer"),
     }
 
@@ -63,6 +69,17 @@ def _log_error(err: KafkaError) -> None:
     # Connection failures are already in librdkafka's own log lines; say only what changes state.
     if err.fatal() or err.code() == KafkaError._ALL_BROKERS_DOWN:
         log.warning("kafka consumer error", error=err.str(), fatal=err.fatal())
+
+
+def _log_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    # Not fatal: the messages come again (e.g. after a rebalance) and dedupe absorbs them.
+    failed = [tp for tp in partitions if tp.error is not None]
+    if err is not None or failed:
+        log.warning(
+            "offset commit failed",
+            error=str(err if err is not None else failed[0].error),
+            partitions=[f"{tp.topic}/{tp.partition}@{tp.offset}" for tp in (failed or partitions)][:10],
+        )
 
 
 def _text(value: str | bytes | None) -> str:
@@ -94,6 +111,9 @@ class KafkaEventSubscriber:
         self._dlq_timeout = dead_letter_timeout_s
         # Every call into the (blocking) consumer happens on this one thread, in order.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
+        # The offsets last committed (asynchronously), by partition: committed again, waiting for
+        # the broker, when the consumer stops.
+        self._committed: dict[tuple[str, int], int] = {}
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, functools.partial(fn, *args, **kwargs))
@@ -103,20 +123,33 @@ class KafkaEventSubscriber:
         await self._call(consumer.subscribe, [self._topic])
         log.info("consuming", topic=self._topic, group=self._config["group.id"], batch_size=self._batch)
         try:
+            steps = metrics.CONSUMER_STEP_SECONDS
+            fetch, handle, commit = (steps.labels(self._topic, s) for s in ("fetch", "handle", "commit"))
             while not stop.is_set():
+                started = time.perf_counter()
                 messages = await self._call(_fetch, consumer, self._batch, 0.25)
                 if messages:
-                    await self._process(consumer, handler, messages, stop)
+                    fetch.observe(time.perf_counter() - started)
+                    await self._process(consumer, handler, messages, stop, handle, commit)
         finally:
-            # Offsets of everything handled are already committed; close() leaves the group now
-            # so partitions move to another instance without waiting for the session timeout.
+            # The offsets of everything handled, committed again and waited for (the last
+            # asynchronous commits may still be in flight); close() leaves the group now so
+            # partitions move to another instance without waiting for the session timeout.
+            await self._commit_and_wait(consumer)
             await self._call(consumer.close)
             self._thread.shutdown(wait=False)
             log.info("consumer stopped", topic=self._topic)
 
     async def _process(
-        self, consumer: Consumer, handler: BatchHandler, messages: Sequence[Message], stop: asyncio.Event
+        self,
+        consumer: Consumer,
+        handler: BatchHandler,
+        messages: Sequence[Message],
+        stop: asyncio.Event,
+        handle_step: Histogram,
+        commit_step: Histogram,
     ) -> None:
+        started = time.perf_counter()
         received: list[Message] = []
         for m in messages:
             err = m.error()
@@ -142,7 +175,10 @@ class KafkaEventSubscriber:
             if first_failed > first:
                 commits.append(TopicPartition(topic, partition, first_failed))
             rewinds.append(TopicPartition(topic, partition, first_failed))
+        handled = time.perf_counter()
+        handle_step.observe(handled - started)
         await self._commit(consumer, commits)
+        commit_step.observe(time.perf_counter() - handled)
         await self._rewind(consumer, rewinds)
         if rewinds:
             await sleep_unless(stop, self._retry.next())
@@ -194,18 +230,41 @@ class KafkaEventSubscriber:
             )
 
     async def _commit(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        """Commits without waiting for the broker: the next fetch does not wait a round trip to the
+        group coordinator (bench.points_latency). A commit that fails or is lost (the instance dies
+        first) only makes its messages come again, and the handlers' deduplication absorbs them,
+        as after a crash between a database commit and the offset commit."""
         if not offsets:
             return
         try:
-            await self._call(consumer.commit, offsets=offsets, asynchronous=False)
+            await self._call(consumer.commit, offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             # Not fatal: the messages come again (e.g. after a rebalance) and dedupe absorbs them.
             log.warning("offset commit failed", error=str(exc))
             return
         for tp in offsets:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        for tp in offsets:
             _, high = consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+    async def _commit_and_wait(self, consumer: Consumer) -> None:
+        """The last offsets again, synchronously, for the partitions still assigned (a revoked
+        one's new owner may have committed further: never move it back)."""
+        if not self._committed:
+            return
+        try:
+            assigned = {(tp.topic, tp.partition) for tp in await self._call(consumer.assignment)}
+        except KafkaException:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._committed.items() if (t, p) in assigned]
+        if not offsets:
+            return
+        try:
+            await self._call(consumer.commit, offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. partitions revoked meanwhile: their new owner goes on
+            log.info("final offset commit failed", error=str(exc))
 
     async def _rewind(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
         for tp in offsets:
