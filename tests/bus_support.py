@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from confluent_kafka import Consumer, TopicPartition
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
@@ -206,6 +207,41 @@ class Bus:
             await exchange.publish(message, routing_key=key, mandatory=True, timeout=15)
         finally:
             await connection.close()
+
+    async def start_at_end(self, groups: Mapping[str, str]) -> None:
+        """Makes consumers that start later begin at what comes after now: `groups` maps each
+        consumed topic to the (new) Kafka consumer group that will read it. On Kafka the group's
+        offsets are committed at the topic's end (a new group would otherwise start at the
+        earliest offset and wade through every earlier test's events, dead-lettering those of
+        merchants its database does not know); on RabbitMQ the topic's queues are purged."""
+        if self.name == "kafka":
+            await asyncio.to_thread(self._commit_ends, groups)
+            return
+        connection = await aio_pika.connect(self._env("CAMPAIGN_TEST_RABBITMQ_URL"), timeout=10)
+        try:
+            channel = await connection.channel()
+            for topic in groups:
+                await topology.declare(channel, topic, QUEUES)
+                for name in topology.queue_names(topic, QUEUES):
+                    await (await channel.get_queue(name, ensure=False)).purge()
+        finally:
+            await connection.close()
+
+    def _commit_ends(self, groups: Mapping[str, str]) -> None:
+        for topic, group in groups.items():
+            consumer = Consumer(
+                {"bootstrap.servers": self._env("KAFKA_BROKER"), "group.id": group, "enable.auto.commit": False}
+            )
+            try:
+                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                ends = [
+                    TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                    for p in partitions
+                ]
+                if ends:  # a topic not made yet has no backlog
+                    consumer.commit(offsets=ends, asynchronous=False)
+            finally:
+                consumer.close()
 
     def kill(self) -> None:
         dependency_sh(self.name, f"{self.name}_kill")
