@@ -19,8 +19,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from confluent_kafka import Consumer, TopicPartition
 
 from campaign_service import topics
-from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
+from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable, schema_text
 from campaign_service.adapters.rabbitmq import topology
+from campaign_service.adapters.schema_registry import registry_client
 from tests.dependencies import dependency_sh
 from tests.kafka_support import CustomerEvents, Received, TopicReader
 
@@ -142,6 +143,7 @@ class Bus:
         self._kafka_readers: list[TopicReader] = []
         self._rabbit_readers: list[RabbitTopicReader] = []
         self._kafka_producer: CustomerEvents | None = None
+        self._upstream: AvroWireCodec | None = None
 
     def service_env(self) -> dict[str, str]:
         """What a service process needs to use this bus (besides the registry)."""
@@ -184,19 +186,38 @@ class Bus:
         await self.raw(value, key=key or str(merchant_id), headers=headers, message_id=str(event_id))
         return event_id
 
+    async def event(self, topic: str, payload: dict[str, Any], *, key: str) -> uuid.UUID:
+        """Produces one event of an upstream topic (points.recorded as the Points service,
+        customer.deleted as the Core Service; their schemas are our reader copies) and waits for
+        the broker's ack. The payload's event_id."""
+        if self._upstream is None:
+            self._upstream = AvroWireCodec(
+                registry_client(self._env("CAMPAIGN_SCHEMA_REGISTRY_URL")),
+                produces={t: schema_text(t) for t in (topics.POINTS_RECORDED, topics.CUSTOMER_DELETED)},
+            )
+        value = await self._upstream.encode(topic, payload)
+        await self.raw(value, key=key, topic=topic, message_id=str(payload["event_id"]))
+        return uuid.UUID(str(payload["event_id"]))
+
     async def raw(
-        self, value: bytes, *, key: str, headers: dict[str, str] | None = None, message_id: str | None = None
+        self,
+        value: bytes,
+        *,
+        key: str,
+        headers: dict[str, str] | None = None,
+        message_id: str | None = None,
+        topic: str = topics.CUSTOMER_CREATED,
     ) -> None:
-        """Produces bytes as customer.created (poison, when they are not a valid record)."""
+        """Produces bytes as an event of `topic` (poison, when they are not a valid record)."""
         if self.name == "kafka":
             if self._kafka_producer is None:
                 self._kafka_producer = CustomerEvents(self._env("KAFKA_BROKER"), self._core)
-            await self._kafka_producer.raw(value, key=key, headers=list((headers or {}).items()))
+            await self._kafka_producer.raw(value, key=key, headers=list((headers or {}).items()), topic=topic)
             return
         connection = await aio_pika.connect(self._env("CAMPAIGN_TEST_RABBITMQ_URL"), timeout=10)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            exchange, _ = await topology.declare(channel, topics.CUSTOMER_CREATED, QUEUES)
+            exchange, _ = await topology.declare(channel, topic, QUEUES)
             message = aio_pika.Message(
                 value,
                 headers=dict(headers or {}),
@@ -270,3 +291,6 @@ class Bus:
         if self._kafka_producer is not None:
             self._kafka_producer.close()
             self._kafka_producer = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
