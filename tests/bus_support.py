@@ -50,7 +50,8 @@ def created_payload(merchant_id: uuid.UUID, customer_id: uuid.UUID | None, event
 class RabbitTopicReader:
     """Reads a topic's queues (or a dead-letter queue) from what arrives after it was made: the
     queues are purged first. It is the topic's downstream consumer while it lives; after a broker
-    restart it reconnects and reads on (what the queues kept)."""
+    restart it reconnects and reads on (what the queues kept, and what it had not acked yet, which
+    may so be received twice)."""
 
     def __init__(self, url: str, topic: str, codec: AvroWireCodec, queues: int) -> None:
         self.topic = topic
@@ -79,7 +80,9 @@ class RabbitTopicReader:
             queue = await channel.get_queue(name, ensure=False)
             if purge:
                 await queue.purge()
-            await queue.consume(arrived, no_ack=True)
+            # Acked once recorded (poll): a message the broker had sent when it was SIGKILLed may
+            # never arrive (the kernel resets the connection), and with no_ack it would be gone.
+            await queue.consume(arrived, no_ack=False)
 
     async def poll(self) -> None:
         # A plain connection's is_closed stays False when the broker goes away; its channel's does not.
@@ -104,6 +107,8 @@ class RabbitTopicReader:
                     for k, v in (m.headers or {}).items()
                 }
                 self.received.append(Received(self.topic, 0, m.routing_key, headers, m.body, payload, time.monotonic()))
+                with contextlib.suppress(Exception):  # its connection is gone: it comes again
+                    await m.ack()
 
     async def close(self) -> None:
         if self._connection is not None:

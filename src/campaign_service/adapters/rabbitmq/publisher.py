@@ -3,17 +3,17 @@ Kafka), to the topic's exchange with the event key as routing key, persistent, e
 the broker before `publish` reports it delivered (the relay marks the outbox row only then).
 
 A batch goes out as ONE write: its publishes are encoded here (frames.py) and queued on the
-connection's writer in outbox order under the channel's lock, each with the delivery tag and
-confirmation future aiormq's channel would have given it, so aiormq's reader settles them as it
-settles its own publishes (acks, `multiple` acks, nacks, mandatory returns by message id, the
-channel's close). aio-pika's per-message publish cost ~0.3 ms of client CPU and ~0.25 ms of the
+connection's writer in outbox order under the channel's lock, each with the delivery tag aiormq's
+channel would have given it and a confirmation future in its table, so aiormq's reader settles
+them as it settles its own publishes (acks, `multiple` acks, nacks, mandatory returns by message
+id); a closing channel ends the wait (_Written). aio-pika's per-message publish cost ~0.3 ms of client CPU and ~0.25 ms of the
 broker's (a socket write and a drain per message): ~800 confirmed messages/s; see
 bench/relay.py --bus rabbitmq for what this does."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import aio_pika
@@ -88,14 +88,19 @@ class RabbitEventPublisher:
 
     async def publish(self, batch: Sequence[OutboxMessage]) -> list[str | None]:
         results: list[str | None] = [None] * len(batch)
-        pending = await self._send(batch, results)
-        if pending:
-            await asyncio.wait([f for _, f in pending], timeout=self._wait_s)
-        broken = False
-        for i, confirmed in pending:
+        written = await self._send(batch, results)
+        if written is None:
+            return results
+        try:
+            await written.settled(self._wait_s)
+        finally:
+            written.release()
+        lost = written.channel_error()
+        broken = lost is not None
+        for i, confirmed in written.pending:
             if not confirmed.done():
                 confirmed.cancel()
-                results[i] = "no publisher confirm in time"
+                results[i] = f"{type(lost).__name__}: {lost}"[:300] if lost else "no publisher confirm in time"
                 broken = True
                 continue
             error = confirmed.exception() if not confirmed.cancelled() else asyncio.CancelledError()
@@ -110,7 +115,7 @@ class RabbitEventPublisher:
 
     async def _send(
         self, batch: Sequence[OutboxMessage], results: list[str | None]
-    ) -> list[tuple[int, asyncio.Future[object]]]:
+    ) -> _Written | None:
         """Encodes the batch and writes it in one go; errors before sending go into `results`."""
         encoded: list[tuple[int, OutboxMessage, bytes]] = []
         for i, message in enumerate(batch):
@@ -129,7 +134,7 @@ class RabbitEventPublisher:
                 break
             encoded.append((i, message, body))
         if not encoded:
-            return []
+            return None
         try:
             channel = cast("aiormq.Channel", await (await self._channel.get()).get_underlay_channel())
             return await _write_confirmed(channel, encoded)
@@ -137,40 +142,72 @@ class RabbitEventPublisher:
             for i, _, _ in encoded:
                 results[i] = str(exc) or type(exc).__name__
             await self._channel.reset()
-            return []
+            return None
 
     async def close(self) -> None:
         await self._channel.close()
 
 
-async def _write_confirmed(
-    channel: aiormq.Channel, encoded: Sequence[tuple[int, OutboxMessage, bytes]]
-) -> list[tuple[int, asyncio.Future[object]]]:
-    """Queues the publishes on the connection's writer as one frame sequence, in order, and
-    returns each one's confirmation future (index, future). Under the channel's lock, as aiormq's
-    own basic_publish: delivery tags are the channel's next ones, in the order the broker sees the
-    publishes; the message id maps back to the tag for a mandatory return."""
+class _Written:
+    """A batch on the wire: each publish's (index, confirmation future), settled by aiormq's reader
+    (acks, `multiple` acks, nacks, returns). The futures are plain ones, not in aiormq's future
+    store (registering each costs more than the rest of its bookkeeping); one `closed` future of
+    the batch is, so a channel or connection that closes ends the wait at once."""
+
+    def __init__(self, channel: aiormq.Channel) -> None:
+        self.channel = channel
+        self.pending: list[tuple[int, asyncio.Future[object]]] = []
+        self._ids: list[tuple[str, int]] = []  # message id, delivery tag (for returns)
+        self._closed: asyncio.Future[object] = channel.create_future()
+
+    def add(self, index: int, message_id: str) -> None:
+        channel = self.channel
+        channel.delivery_tag += 1
+        tag = channel.delivery_tag
+        confirmed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        channel.confirmations[tag] = confirmed
+        channel.message_id_delivery_tag[message_id] = tag
+        self._ids.append((message_id, tag))
+        self.pending.append((index, confirmed))
+
+    async def settled(self, timeout_s: float) -> None:
+        """Until every publish is settled, the channel closes, or `timeout_s` has passed. The
+        confirms come about in order: each wait is for the first still open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for _, confirmed in self.pending:
+            while not confirmed.done() and not self._closed.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                await asyncio.wait([confirmed, self._closed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if self._closed.done():
+                return
+
+    def channel_error(self) -> BaseException | None:
+        """Why the channel closed while the batch waited (None: it did not)."""
+        if not self._closed.done() or self._closed.cancelled():
+            return None
+        return self._closed.exception()
+
+    def release(self) -> None:
+        """Drops the message id -> tag entries (as aiormq does once a publish is settled)."""
+        ids = self.channel.message_id_delivery_tag
+        for message_id, tag in self._ids:
+            if ids.get(message_id) == tag:
+                del ids[message_id]
+        if not self._closed.done():
+            self._closed.set_result(None)  # leaves the channel's future store
+
+
+async def _write_confirmed(channel: aiormq.Channel, encoded: Sequence[tuple[int, OutboxMessage, bytes]]) -> _Written:
+    """Queues the publishes on the connection's writer as one frame sequence, in order. Under the
+    channel's lock, as aiormq's own basic_publish: delivery tags are the channel's next ones, in
+    the order the broker sees the publishes; the message id maps back to the tag for a return."""
     frames = [message_frames(channel.number, message, body, channel.max_content_size) for _, message, body in encoded]
-    pending: list[tuple[int, asyncio.Future[object]]] = []
     async with channel.lock:
+        written = _Written(channel)
         for i, message, _ in encoded:
-            channel.delivery_tag += 1
-            tag = channel.delivery_tag
-            confirmed = channel.create_future()
-            channel.confirmations[tag] = confirmed
-            message_id = str(message.event_id)
-            channel.message_id_delivery_tag[message_id] = tag
-            confirmed.add_done_callback(_forget(channel, message_id, tag))
-            pending.append((i, confirmed))
+            written.add(i, str(message.event_id))
         await channel.write_queue.put(ChannelFrame(payload=b"".join(frames), should_close=False))
-    return pending
-
-
-def _forget(channel: aiormq.Channel, message_id: str, tag: int) -> Callable[[asyncio.Future[object]], None]:
-    """Drops the message id -> tag entry once the publish is settled (as aiormq does)."""
-
-    def forget(_: asyncio.Future[object]) -> None:
-        if channel.message_id_delivery_tag.get(message_id) == tag:
-            del channel.message_id_delivery_tag[message_id]
-
-    return forget
+    return written
