@@ -73,7 +73,8 @@ def topic_end(broker: str, topic: str) -> int:
 
 
 async def queued(url: str, topic: str, queues: int, *, purge: bool = False, delete: bool = False) -> int:
-    """The messages waiting in the topic's RabbitMQ queues (nothing consumes them here). `delete`
+    """The messages waiting in the topic's RabbitMQ queues (nothing consumes them here; 0 after
+    `purge`). `delete`
     removes the queues afterwards: on a shared test broker, queues of another count than the
     tests' (--queues) would stay bound to the exchange and take a share of every key."""
     connection = await aio_pika.connect(url, timeout=10)
@@ -83,9 +84,10 @@ async def queued(url: str, topic: str, queues: int, *, purge: bool = False, dele
         total = 0
         for name in topology.queue_names(topic, queues):
             queue = await channel.declare_queue(name, passive=True)
-            total += queue.declaration_result.message_count or 0
             if purge:
                 await queue.purge()
+            else:
+                total += queue.declaration_result.message_count or 0
             if delete:
                 await queue.delete(if_unused=False, if_empty=False)
         return total
