@@ -39,6 +39,8 @@ ALLOWED_COLUMNS: dict[str, set[str]] = {
         "config_version", "created_at", "created_by", "finished_at", "finished_by", "error",
     },
     "tier_config_heads": {"merchant_id", "version", "txid", "updated_at"},
+    # Issue 14 (0032): past configurations (tier rows and the programme row as JSON; no customer data).
+    "tier_config_versions": {"merchant_id", "version", "valid_from", "tiers", "programme", "seeded"},
     # Progression (0020): points, dates, tier ids, reason codes; changed_by/actor is the token
     # subject of a manual change (an operator or service, never the customer), '' otherwise.
     "customer_tiers": {

@@ -233,7 +233,7 @@ async def test_the_set_based_chunk_decides_as_the_domain_rules(
     row = await superuser_conn.fetchrow("SELECT * FROM tier_programs WHERE merchant_id = $1", merchant)
     prog = programme_from_row(row)
     ladder = Ladder([Level("basic", 0, 0, True), Level("silver", 1000), Level("gold", 5000, 500)])
-    period_end = prog._midnight(datetime(2036, 12, 1).date())
+    period_end = prog._midnight(datetime(2026, 12, 1).date())
     now = period_end + timedelta(days=prog.grace_days, hours=1)
     first, end = prog.assessment_window(period_end)
     states: dict[uuid.UUID, tuple[TierState, int]] = {}

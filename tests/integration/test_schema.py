@@ -30,6 +30,7 @@ TENANT_TABLES = [
     "tier_scheduled_changes",
     "tier_config_heads",
     "merchant_locales",
+    "tier_config_versions",
 ]
 
 

@@ -82,6 +82,10 @@ INSERT_FOR: dict[str, Callable[[asyncpg.Connection[Any], uuid.UUID], Awaitable[A
     "tier_config_heads": lambda c, m: c.execute(
         "INSERT INTO tier_config_heads (merchant_id, version, txid) VALUES ($1, 1, 0)", m
     ),
+    # Written at commit by the trigger on tier_config_heads (0032); directly only by the tests of refused writes.
+    "tier_config_versions": lambda c, m: c.execute(
+        "INSERT INTO tier_config_versions (merchant_id, version, valid_from, tiers) VALUES ($1, 99, now(), '[]')", m
+    ),
     # populate's first tier write created the merchant's row (the default set): a second is a change.
     "merchant_locales": lambda c, m: c.execute(
         "INSERT INTO merchant_locales (merchant_id, locales) VALUES ($1, '{en,ar,he,fr}')"

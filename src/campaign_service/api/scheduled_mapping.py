@@ -30,7 +30,7 @@ def change_to_proto(c: ScheduledChange) -> pb.ScheduledChange:
         kind=c.kind,
         tier_id=c.tier.tier_id if c.tier is not None else "",
         state=c.state,
-        mode=c.mode,
+        mode=c.mode or "",
         created_by=c.created_by,
         config_version=c.config_version or 0,
         error=c.error or "",

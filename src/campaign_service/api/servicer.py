@@ -27,7 +27,7 @@ from campaign_service.api.progression_mapping import (
 from campaign_service.api.scheduled_mapping import change_to_proto, optional_time
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.locales import check_requested
-from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE, ApplyMode, TierChangeJob
+from campaign_service.domain.tier_changes import TierChangeJob
 from campaign_service.domain.tiers import VIPTier
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.progression_api import ProgressionApi
@@ -92,7 +92,7 @@ class CampaignServicer:
         effective_at = optional_time(request, "effective_at")
         if effective_at is not None:
             change = await self._dated.schedule_create(
-                merchant, request.tier.tier_id, spec_from_proto(request.tier), effective_at
+                merchant, request.tier.tier_id, spec_from_proto(request.tier), effective_at, request.apply_mode
             )
             assert change.tier is not None
             assert change.tier.spec is not None
@@ -102,7 +102,7 @@ class CampaignServicer:
             msg.scheduled_change_id = str(change.change_id)
             return msg
         tier = await self._tiers.create(
-            merchant, request.tier.tier_id, spec_from_proto(request.tier), _mode(request.apply_mode)
+            merchant, request.tier.tier_id, spec_from_proto(request.tier), request.apply_mode
         )
         return tier_to_proto(tier, "")
 
@@ -117,7 +117,12 @@ class CampaignServicer:
             if request.expected_version:
                 raise invalid("expected_version", "not with effective_at (the version then is not known yet)")
             change = await self._dated.schedule_update(
-                merchant, request.tier_id, spec_from_proto(request.tier), list(request.update_mask.paths), effective_at
+                merchant,
+                request.tier_id,
+                spec_from_proto(request.tier),
+                list(request.update_mask.paths),
+                effective_at,
+                request.apply_mode,
             )
             return pb.UpdateVIPTierResponse(success=True, scheduled_change=change_to_proto(change))
         result = await self._tiers.update(
@@ -126,7 +131,7 @@ class CampaignServicer:
             spec_from_proto(request.tier),
             list(request.update_mask.paths),
             request.expected_version,
-            _mode(request.apply_mode),
+            request.apply_mode,
         )
         return pb.UpdateVIPTierResponse(
             job_id=str(result.job_id) if result.job_id else "",
@@ -146,10 +151,9 @@ class CampaignServicer:
         if effective_at is not None:
             if request.expected_version:
                 raise invalid("expected_version", "not with effective_at (the version then is not known yet)")
-            change = await self._dated.schedule_delete(merchant, request.tier_id, effective_at)
+            change = await self._dated.schedule_delete(merchant, request.tier_id, effective_at, request.apply_mode)
             return pb.DeleteVIPTierResponse(success=True, scheduled_change=change_to_proto(change))
-        mode = _mode(request.apply_mode) if request.apply_mode else None
-        job = await self._tiers.delete(merchant, request.tier_id, request.expected_version, mode)
+        job = await self._tiers.delete(merchant, request.tier_id, request.expected_version, request.apply_mode)
         return pb.DeleteVIPTierResponse(success=True, job_id=str(job) if job else "")
 
     async def GetTierChangeJob(
@@ -175,7 +179,7 @@ class CampaignServicer:
             delete_tier_ids=list(request.delete_tier_ids),
             programme=programme_from_proto(request.program) if request.program_mask.paths else None,
             programme_paths=list(request.program_mask.paths),
-            mode=_mode(request.apply_mode),
+            mode=request.apply_mode,
             samples=request.samples_per_cell,
         )
         return pb.PreviewTierChangeResponse(
@@ -245,16 +249,28 @@ class CampaignServicer:
             if request.expected_version:
                 raise invalid("expected_version", "not with effective_at (the version then is not known yet)")
             change = await self._dated.schedule_programme(
-                merchant, programme_from_proto(request.program), list(request.update_mask.paths), effective_at
+                merchant,
+                programme_from_proto(request.program),
+                list(request.update_mask.paths),
+                effective_at,
+                request.apply_mode,
             )
             current = await self._progression.get_programme(merchant)
             return pb.UpdateTierProgramResponse(
                 program=programme_to_proto(merchant, current), scheduled_change=change_to_proto(change)
             )
-        stored, changed = await self._progression.update_programme(
-            merchant, programme_from_proto(request.program), list(request.update_mask.paths), request.expected_version
+        result = await self._progression.update_programme(
+            merchant,
+            programme_from_proto(request.program),
+            list(request.update_mask.paths),
+            request.expected_version,
+            mode=request.apply_mode,
         )
-        return pb.UpdateTierProgramResponse(program=programme_to_proto(merchant, stored), updated_fields=changed)
+        return pb.UpdateTierProgramResponse(
+            program=programme_to_proto(merchant, result.stored),
+            updated_fields=result.changed,
+            job_id=str(result.job_id) if result.job_id else "",
+        )
 
     async def GetCustomerTierStatus(
         self,
@@ -335,14 +351,6 @@ class CampaignServicer:
         merchant = parse_uuid(request.merchant_id, "merchant_id")
         stored, entries = await self._tiers.translation_report(merchant)
         return report_to_proto(merchant, stored, entries)
-
-
-def _mode(value: str) -> ApplyMode:
-    """The request's apply_mode; empty is the default (upgrades_only)."""
-    for mode in APPLY_MODES:
-        if mode == (value or DEFAULT_APPLY_MODE):
-            return mode
-    raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
 
 
 def job_to_proto(job: TierChangeJob) -> pb.TierChangeJob:

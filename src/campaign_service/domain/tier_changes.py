@@ -20,9 +20,27 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 from uuid import UUID
 
+from campaign_service.domain.errors import invalid
+
 ApplyMode = Literal["upgrades_only", "full", "next_period"]
 APPLY_MODES: tuple[ApplyMode, ...] = get_args(ApplyMode)
 DEFAULT_APPLY_MODE: ApplyMode = "upgrades_only"
+
+
+def apply_mode(value: str | None) -> ApplyMode:
+    """The apply mode a request names (empty or None: the default, upgrades_only). The one
+    check of an apply mode: every use case that takes one (tier and programme writes, scheduled
+    changes, previews) calls this or `optional_apply_mode`; INVALID_ARGUMENT names `apply_mode`."""
+    for mode in APPLY_MODES:
+        if mode == (value or DEFAULT_APPLY_MODE):
+            return mode
+    raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+
+
+def optional_apply_mode(value: str | None) -> ApplyMode | None:
+    """As `apply_mode`, but empty or None stays None (a delete without a mode: refused while
+    customers hold the tier)."""
+    return apply_mode(value) if value else None
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 

@@ -22,6 +22,7 @@ from campaign_service import context, metrics
 from campaign_service.domain import events
 from campaign_service.domain.errors import FieldViolation, InvalidArgument, NotFound, VersionConflict, invalid
 from campaign_service.domain.progression import Ladder, Level, Programme, TierState, at_deadline
+from campaign_service.domain.tier_changes import apply_mode
 from campaign_service.domain.tiers import VIPTier, check_tier_id
 from campaign_service.service.progression import millis
 from campaign_service.service.progression_api_ports import (
@@ -48,6 +49,11 @@ PROGRAM_FIELDS: dict[str, str] = {
 # The `vip_tier.updated` event of a programme change: a tier id no tier can have (tier ids start
 # with a letter or digit), so audit consumers see it on the topic they already read.
 PROGRAM_EVENT_TIER_ID = "_program"
+# Fields whose change re-times every customer's period (a grace change only moves the deadlines).
+_PERIOD_FIELDS = frozenset({"window", "rolling_months", "time_zone", "downgrade_policy"})
+# Programme fields whose change can move customers: a re-assessment job follows (made now or
+# scheduled).
+QUALIFYING_PROGRAM_FIELDS = _PERIOD_FIELDS | {"grace_days"}
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 _REASON = re.compile(r"[a-z0-9_.-]{1,64}")
@@ -89,6 +95,13 @@ def patched_programme(current: Programme, values: Programme, paths: list[str]) -
 
 def changed_paths(old: Programme, new: Programme) -> list[str]:
     return [p for p, attr in PROGRAM_FIELDS.items() if getattr(old, attr) != getattr(new, attr)]
+
+
+@dataclass(frozen=True)
+class ProgrammeUpdate:
+    stored: StoredProgramme
+    changed: list[str]  # the paths that changed (empty: nothing changed, no event)
+    job_id: UUID | None = None  # the re-assessment job the change started, if any
 
 
 @dataclass(frozen=True)
@@ -159,8 +172,13 @@ class ProgressionApi:
         mask: list[str],
         expected_version: int = 0,
         now: datetime | None = None,
-    ) -> tuple[StoredProgramme, list[str]]:
+        mode: str = "",
+    ) -> ProgrammeUpdate:
+        """A change of a field that decides who qualifies (QUALIFYING_PROGRAM_FIELDS) is applied
+        to the customers by a re-assessment job (issue 14) in the apply mode `mode` (empty: the
+        default), queued in the change's transaction; its id is in the result."""
         paths = program_mask(mask)
+        checked = apply_mode(mode)
         if expected_version < 0:
             raise invalid("expected_version", "must be >= 0 (0: any version)")
         async with self._store(merchant_id) as tx:
@@ -172,9 +190,10 @@ class ProgressionApi:
             new = patched_programme(current.programme, values, paths)
             changed = changed_paths(current.programme, new)
             if not changed:
-                return current, []
+                return ProgrammeUpdate(current, [])
             saved = await tx.save_programme(new)
             rescheduled = await _reschedule(tx, current.programme, saved.programme, changed, now or datetime.now(UTC))
+            job_id = await tx.enqueue_reassessment(checked) if QUALIFYING_PROGRAM_FIELDS & set(changed) else None
             await tx.add_outbox(
                 [
                     events.tier_updated(
@@ -189,8 +208,14 @@ class ProgressionApi:
                     )
                 ]
             )
-        log.info("tier programme changed", fields=changed, version=saved.programme.version, rescheduled=rescheduled)
-        return saved, changed
+        log.info(
+            "tier programme changed",
+            fields=changed,
+            version=saved.programme.version,
+            rescheduled=rescheduled,
+            job_id=str(job_id) if job_id else None,
+        )
+        return ProgrammeUpdate(saved, changed, job_id)
 
     # -- customer status ------------------------------------------------------------------------
 
@@ -297,8 +322,6 @@ class ProgressionApi:
         return AssignResult(moved, previous, tier_id)
 
 
-# Fields whose change re-times every customer's period (a grace change only moves the deadlines).
-_PERIOD_FIELDS = frozenset({"window", "rolling_months", "time_zone", "downgrade_policy"})
 
 
 async def _reschedule(

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme, TierState
+from campaign_service.domain.tier_changes import ApplyMode
 from campaign_service.domain.tiers import VIPTier
 
 
@@ -87,6 +88,12 @@ class ProgressionApiTransaction(Protocol):
         ...
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+    async def enqueue_reassessment(self, mode: ApplyMode) -> UUID | None:
+        """When the merchant has customers: queues the re-assessment of all of them in `mode`
+        (a job of the job engine, migration 0030) in this transaction, naming the configuration
+        version this transaction makes; the job id (None: no customer, no job)."""
+        ...
 
     async def merchant_exists(self) -> bool:
         """Whether the transaction's merchant is provisioned."""

@@ -31,28 +31,32 @@ from campaign_service.domain.scheduled import (
     apply_tier_edit,
     changed_tier_ids,
 )
+from campaign_service.domain.tier_changes import ApplyMode, apply_mode, optional_apply_mode
 from campaign_service.domain.tiers import MUTABLE_FIELDS, TierSpec, VIPTier, check_mask, check_tier_id
 from campaign_service.service.errors import Unavailable
 from campaign_service.service.ports import AfterCommit, TierChangeListener
 from campaign_service.service.progression import millis
 from campaign_service.service.progression_api import (
-    _PERIOD_FIELDS,
     PROGRAM_EVENT_TIER_ID,
+    QUALIFYING_PROGRAM_FIELDS,
     _reschedule,
     changed_paths,
     patched_programme,
     program_mask,
 )
 from campaign_service.service.progression_api_ports import StoredProgramme
-from campaign_service.service.scheduled_ports import ScheduledChange, ScheduledStore, ScheduledTransaction
+from campaign_service.service.scheduled_ports import (
+    NotKept,
+    PastConfiguration,
+    ScheduledChange,
+    ScheduledStore,
+    ScheduledTransaction,
+)
 
 log = structlog.get_logger(__name__)
 
-MODES = ("upgrades_only", "full", "next_period")
 MAX_AHEAD = timedelta(days=5 * 366)
 MAX_LIST = 200
-# Programme fields whose change can move customers (a re-assessment job follows).
-QUALIFYING_PROGRAM_FIELDS = _PERIOD_FIELDS | {"grace_days"}
 
 
 def system_clock() -> datetime:
@@ -107,7 +111,7 @@ class ScheduledChanges:
 
     # -- scheduling ---------------------------------------------------------------------------
 
-    def _check_time(self, effective_at: datetime, mode: str) -> datetime:
+    def _check_time(self, effective_at: datetime) -> datetime:
         now = self._clock()
         if effective_at.tzinfo is None:
             raise invalid("effective_at", "must carry a time zone")
@@ -116,16 +120,15 @@ class ScheduledChanges:
             raise invalid("effective_at", "must be in the future (leave it unset to change now)")
         if effective_at > now + MAX_AHEAD:
             raise invalid("effective_at", "must be within 5 years")
-        if mode not in MODES:
-            raise invalid("mode", f"must be one of {', '.join(MODES)}")
         return effective_at
 
     async def schedule_create(
-        self, merchant_id: UUID, tier_id: str, spec: TierSpec, effective_at: datetime, mode: str = "upgrades_only"
+        self, merchant_id: UUID, tier_id: str, spec: TierSpec, effective_at: datetime, mode: str = ""
     ) -> ScheduledChange:
+        """`mode`: how customers are re-assessed at its time (empty: the default)."""
         check_tier_id(tier_id, "tier.tier_id")
         edit = TierEdit("tier_create", tier_id, spec, frozenset(MUTABLE_FIELDS), uuid.uuid4())
-        return await self._schedule_tier(merchant_id, edit, effective_at, mode)
+        return await self._schedule_tier(merchant_id, edit, effective_at, apply_mode(mode))
 
     async def schedule_update(
         self,
@@ -134,22 +137,26 @@ class ScheduledChanges:
         values: TierSpec,
         mask: list[str],
         effective_at: datetime,
-        mode: str = "upgrades_only",
+        mode: str = "",
     ) -> ScheduledChange:
         check_tier_id(tier_id)
         edit = TierEdit("tier_update", tier_id, values, check_mask(mask))
-        return await self._schedule_tier(merchant_id, edit, effective_at, mode)
+        return await self._schedule_tier(merchant_id, edit, effective_at, apply_mode(mode))
 
     async def schedule_delete(
-        self, merchant_id: UUID, tier_id: str, effective_at: datetime, mode: str = "upgrades_only"
+        self, merchant_id: UUID, tier_id: str, effective_at: datetime, mode: str | None = None
     ) -> ScheduledChange:
+        """As DeleteVIPTier at `effective_at`: with an apply mode, the tier's holders then are
+        moved by it (as an immediate delete with that mode moves them); without one (None or
+        empty), the change fails at its time if customers still hold the tier."""
         check_tier_id(tier_id)
-        return await self._schedule_tier(merchant_id, TierEdit("tier_delete", tier_id), effective_at, mode)
+        checked = optional_apply_mode(mode)
+        return await self._schedule_tier(merchant_id, TierEdit("tier_delete", tier_id), effective_at, checked)
 
     async def _schedule_tier(
-        self, merchant_id: UUID, edit: TierEdit, effective_at: datetime, mode: str
+        self, merchant_id: UUID, edit: TierEdit, effective_at: datetime, mode: ApplyMode | None
     ) -> ScheduledChange:
-        at = self._check_time(effective_at, mode)
+        at = self._check_time(effective_at)
         change = ScheduledChange(
             uuid.uuid4(), merchant_id, edit.tier_id, edit.kind, at, mode, tier=edit, created_by=context.actor.get()
         )
@@ -178,17 +185,18 @@ class ScheduledChanges:
         values: Programme,
         mask: list[str],
         effective_at: datetime,
-        mode: str = "upgrades_only",
+        mode: str = "",
     ) -> ScheduledChange:
         paths = program_mask(mask)
-        at = self._check_time(effective_at, mode)
+        at = self._check_time(effective_at)
+        checked = apply_mode(mode)
         change = ScheduledChange(
             uuid.uuid4(),
             merchant_id,
             PROGRAM_TARGET,
             "program_update",
             at,
-            mode,
+            checked,
             program=values,
             program_mask=tuple(paths),
             created_by=context.actor.get(),
@@ -239,21 +247,32 @@ class ScheduledChanges:
 
     # -- reads as of a time --------------------------------------------------------------------
 
-    def _as_of(self, as_of: datetime | None) -> datetime:
+    def _as_of(self, as_of: datetime | None) -> tuple[datetime, bool]:
+        """(the time read, whether it is in the past)."""
         now = self._clock()
         if as_of is None:
-            return now
+            return now, False
         if as_of.tzinfo is None:
             raise invalid("as_of", "must carry a time zone")
-        if as_of < now:
-            raise invalid("as_of", "must not be in the past (past configurations are not kept); leave it unset for now")
-        return as_of
+        return as_of, as_of < now
+
+    async def _past(self, tx: ScheduledTransaction, at: datetime) -> PastConfiguration:
+        """The configuration in force at a past time: the version kept for it, with the pending
+        changes due by then applied (a late activator had not made them a version yet)."""
+        kept = await tx.configuration_at(at)
+        if isinstance(kept, NotKept):
+            raise invalid(
+                "as_of",
+                f"configurations before {kept.kept_from.isoformat()} are not kept (the merchant's"
+                " configuration from before past configurations were recorded)",
+            )
+        return kept
 
     async def tiers_at(self, merchant_id: UUID, as_of: datetime | None = None) -> TierView:
-        at = self._as_of(as_of)
+        at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
             pending = await tx.pending()
-            tiers = await tx.tiers()
+            tiers = (await self._past(tx, at)).tiers if past else await tx.tiers()
         current, _ = _replayed(tiers, merchant_id, pending, at)
         return TierView(current, _next_tier_change(pending, at))
 
@@ -262,10 +281,13 @@ class ScheduledChanges:
     ) -> tuple[VIPTier, datetime | None]:
         """One tier as of a time (NotFound when it does not exist then) and until when that holds."""
         check_tier_id(tier_id)
-        at = self._as_of(as_of)
+        at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
             pending = await tx.pending()
-            if any(c.tier is not None and c.effective_at <= at for c in pending):
+            if past:
+                current, _ = _replayed((await self._past(tx, at)).tiers, merchant_id, pending, at)
+                tier = next((t for t in current if t.tier_id == tier_id), None)
+            elif any(c.tier is not None and c.effective_at <= at for c in pending):
                 current, _ = _replayed(await tx.tiers(), merchant_id, pending, at)
                 tier = next((t for t in current if t.tier_id == tier_id), None)
             else:  # the usual case: one row
@@ -275,9 +297,9 @@ class ScheduledChanges:
         return tier, _next_tier_change(pending, at)
 
     async def programme_at(self, merchant_id: UUID, as_of: datetime | None = None) -> StoredProgramme:
-        at = self._as_of(as_of)
+        at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
-            stored = await tx.progression.programme()
+            stored = (await self._past(tx, at)).programme if past else await tx.progression.programme()
             due = [c for c in await tx.pending() if c.program is not None and c.effective_at <= at]
         for change in due:
             assert change.program is not None
@@ -291,12 +313,27 @@ class ScheduledChanges:
     # -- activation ------------------------------------------------------------------------------
 
     async def activate_due(self, now: datetime | None = None, max_merchants: int = 1000) -> int:
-        """Applies every change due at `now` (the clock when None); how many were applied or failed."""
+        """Applies every change due at `now` (the clock when None); how many were applied or failed.
+        One merchant whose activation raises (other than Unavailable: the database is away for
+        everyone) is logged and left for the next pass: it does not hold up the merchants after it."""
         at = now or self._clock()
         done = 0
         for merchant_id in await self._store.due_merchants(at, max_merchants):
-            while await self._activate_one(merchant_id, at):
-                done += 1
+            try:
+                done += await self.activate_merchant(merchant_id, at)
+            except Unavailable:
+                raise
+            except Exception:
+                log.exception("activating a merchant's due changes failed; next pass", merchant_id=str(merchant_id))
+        return done
+
+    async def activate_merchant(self, merchant_id: UUID, now: datetime | None = None) -> int:
+        """Applies the changes of one merchant due at `now` (the clock when None), in time order;
+        how many were applied or failed."""
+        at = now or self._clock()
+        done = 0
+        while await self._activate_one(merchant_id, at):
+            done += 1
         return done
 
     async def _activate_one(self, merchant_id: UUID, at: datetime) -> bool:
@@ -338,10 +375,16 @@ class ScheduledChanges:
         """Writes the change; (tier ids whose cached answers change, whether customers may move)."""
         at = change.effective_at
         actor = change.created_by
+        await tx.take_effect_at(at)
         if change.tier is not None:
             before = await tx.tiers(for_update=True)
             after = apply_tier_edit(before, change.merchant_id, change.tier, at)
             touched = changed_tier_ids(before, after)
+            if change.kind == "tier_delete" and change.mode is not None:
+                # As an immediate delete with a mode: the holders move first, flagged with the
+                # change's re-assessment job (enqueued here; enqueueing is once per change).
+                job_id = await tx.enqueue_reassessment(change.change_id, change.mode, 0, at)
+                await tx.move_holders(change.target, change.mode, job_id, at)
             await tx.write_tiers(before, after, at)
             old = {t.tier_id: t for t in before}
             new = {t.tier_id: t for t in after}

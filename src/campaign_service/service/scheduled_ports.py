@@ -14,8 +14,9 @@ from uuid import UUID
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme
 from campaign_service.domain.scheduled import ChangeKind, ChangeState, TierEdit
+from campaign_service.domain.tier_changes import ApplyMode
 from campaign_service.domain.tiers import VIPTier
-from campaign_service.service.progression_api_ports import ProgressionApiTransaction
+from campaign_service.service.progression_api_ports import ProgressionApiTransaction, StoredProgramme
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,9 @@ class ScheduledChange:
     target: str  # a tier id, or "_program"
     kind: ChangeKind
     effective_at: datetime
-    mode: str
+    # How customers are re-assessed at its time; None only for a tier delete made without one
+    # (then it fails at its time if customers hold the tier).
+    mode: ApplyMode | None
     state: ChangeState = "pending"
     tier: TierEdit | None = None
     program: Programme | None = None  # the values of a programme edit
@@ -35,6 +38,22 @@ class ScheduledChange:
     config_version: int | None = None
     finished_at: datetime | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class PastConfiguration:
+    """The configuration (tiers, programme) in force at a past time, as kept (migration 0032)."""
+
+    tiers: list[VIPTier]
+    programme: StoredProgramme
+    version: int  # the configuration version (0: before the merchant's first configuration)
+
+
+@dataclass(frozen=True)
+class NotKept:
+    """A past time before the configurations kept: the earliest time one is known from."""
+
+    kept_from: datetime
 
 
 class ScheduledTransaction(Protocol):
@@ -49,10 +68,21 @@ class ScheduledTransaction(Protocol):
 
     async def tier(self, tier_id: str) -> VIPTier | None: ...
 
+    async def configuration_at(self, at: datetime) -> PastConfiguration | NotKept:
+        """The configuration version in force at `at` (the newest one in force from `at` or
+        before), as committed; empty before the merchant's first configuration; NotKept before
+        the configuration of a merchant configured before configurations were kept."""
+        ...
+
     async def write_tiers(self, before: Sequence[VIPTier], after: Sequence[VIPTier], effective_at: datetime) -> None:
         """Makes the stored tiers `after` (they were `before`): deletes, updates, inserts with the
         ids, versions and times `after` holds. Raises FailedPrecondition for a deleted tier that
         customers hold, InvalidArgument for a value the database refuses."""
+        ...
+
+    async def take_effect_at(self, effective_at: datetime) -> None:
+        """What this transaction writes of the configuration takes effect at `effective_at` (the
+        tiers' updated_at, the configuration version's valid_from), not at the commit."""
         ...
 
     async def pending(self) -> list[ScheduledChange]:
@@ -85,9 +115,17 @@ class ScheduledTransaction(Protocol):
 
     async def bump_cache_epoch(self) -> None: ...
 
-    async def enqueue_reassessment(self, change_id: UUID, mode: str, config_version: int, not_before: datetime) -> None:
+    async def enqueue_reassessment(
+        self, change_id: UUID, mode: ApplyMode | None, config_version: int, not_before: datetime
+    ) -> UUID:
         """Queues the re-assessment of every customer of the merchant (the job engine's), in
-        this transaction."""
+        this transaction (None: the default mode); once per change: again, it answers the same
+        job and sets its configuration version. The job id."""
+        ...
+
+    async def move_holders(self, tier_id: str, mode: ApplyMode, job_id: UUID, stamp: datetime) -> int:
+        """Moves the customers holding `tier_id` as deleting it in `mode` does (the job
+        engine's statement), flagged with `job_id`, at `stamp`; how many moved."""
         ...
 
     def savepoint(self) -> AbstractAsyncContextManager[None]:

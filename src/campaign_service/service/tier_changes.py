@@ -1,13 +1,14 @@
 """PreviewTierChange (issue 14): who would move, and where, if a proposed change were applied.
 
-The proposal (tier thresholds and entry bonuses created or changed, at most one tier deleted, a
-programme patch) is turned into the configuration it would make, and that configuration is
+The proposal (tier thresholds and entry bonuses created or changed, tiers deleted, a programme
+patch) is turned into the configuration it would make, and that configuration is
 evaluated over every customer by the same statement a re-assessment job applies
 (adapters/postgres/tier_change_jobs.py), read-only: nothing is stored or locked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -15,7 +16,7 @@ from uuid import UUID
 
 from campaign_service.domain.errors import invalid
 from campaign_service.domain.progression import Ladder, Level, Programme
-from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode, Matrix
+from campaign_service.domain.tier_changes import ApplyMode, Matrix, apply_mode
 from campaign_service.domain.tiers import check_tier_id
 from campaign_service.service.progression_api import patched_programme, program_mask
 
@@ -26,7 +27,7 @@ class TierChangePreviews(Protocol):
     async def setup(self, merchant_id: UUID) -> tuple[Programme, Ladder]: ...
 
     async def preview_change(
-        self, merchant_id: UUID, programme: Programme, ladder: Ladder, mode: ApplyMode, gone_tier: str | None,
+        self, merchant_id: UUID, programme: Programme, ladder: Ladder, mode: ApplyMode, gone_tiers: Sequence[str],
         stamp: datetime, samples: int,
     ) -> Matrix: ...  # fmt: skip
 
@@ -52,16 +53,13 @@ class TierChangePreviewer:
         delete_tier_ids: list[str],
         programme: Programme | None = None,
         programme_paths: list[str] | None = None,
-        mode: ApplyMode,
+        mode: str,
         samples: int = 5,
         now: datetime | None = None,
     ) -> Matrix:
-        if mode not in APPLY_MODES:
-            raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
+        checked = apply_mode(mode)
         if not 0 <= samples <= MAX_SAMPLES:
             raise invalid("samples_per_cell", f"must be 0..{MAX_SAMPLES}")
-        if len(delete_tier_ids) > 1:
-            raise invalid("delete_tier_ids", "at most one tier per preview")
         current, ladder = await self._previews.setup(merchant_id)
         levels = {lv.tier_id: lv for lv in ladder.levels}
         for i, edit in enumerate(tiers):
@@ -71,11 +69,15 @@ class TierChangePreviewer:
             old = levels.get(edit.tier_id)
             default = old.is_default if old else False
             levels[edit.tier_id] = Level(edit.tier_id, edit.min_points, edit.bonus_points, default)
-        gone = delete_tier_ids[0] if delete_tier_ids else None
-        if gone is not None and gone not in levels:
-            raise invalid("delete_tier_ids[0]", f"unknown tier {gone!r}")
+        for i, gone in enumerate(delete_tier_ids):
+            if gone not in levels:
+                raise invalid(f"delete_tier_ids[{i}]", f"unknown tier {gone!r}")
+            if gone in delete_tier_ids[:i]:
+                raise invalid(f"delete_tier_ids[{i}]", f"tier {gone!r} is named twice")
+        if levels and not set(levels) - set(delete_tier_ids):
+            raise invalid("delete_tier_ids", "leaves no tier a customer can hold")
         if programme is not None and programme_paths:
             current = patched_programme(current, programme, program_mask(programme_paths))
         return await self._previews.preview_change(
-            merchant_id, current, Ladder(levels.values()), mode, gone, now or datetime.now(UTC), samples
+            merchant_id, current, Ladder(levels.values()), checked, delete_tier_ids, now or datetime.now(UTC), samples
         )

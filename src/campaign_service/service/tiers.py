@@ -29,7 +29,7 @@ from campaign_service.domain.errors import (
 )
 from campaign_service.domain.locales import MerchantLocales, locales_violations
 from campaign_service.domain.text import script_writable
-from campaign_service.domain.tier_changes import APPLY_MODES, DEFAULT_APPLY_MODE, ApplyMode, TierChangeJob
+from campaign_service.domain.tier_changes import TierChangeJob, apply_mode, optional_apply_mode
 from campaign_service.domain.tiers import (
     MAX_POINTS,
     MAX_TIERS_PER_MERCHANT,
@@ -93,12 +93,11 @@ class TierService:
             raise NotFound("customer has no tier")
         return assignment, tier
 
-    async def create(
-        self, merchant_id: UUID, tier_id: str, spec: TierSpec, mode: ApplyMode = DEFAULT_APPLY_MODE
-    ) -> VIPTier:
-        """Creates the tier; a re-assessment job (issue 14) applies it to the customers by `mode`."""
+    async def create(self, merchant_id: UUID, tier_id: str, spec: TierSpec, mode: str = "") -> VIPTier:
+        """Creates the tier; a re-assessment job (issue 14) applies it to the customers by the
+        apply mode (empty: the default)."""
         check_tier_id(tier_id, "tier.tier_id")
-        _check_mode(mode)
+        checked = apply_mode(mode)
         async with self._writing(merchant_id) as uow:
             check_spec(spec, enabled=(await uow.locales.get()).locales)
             if await uow.tiers.count() >= MAX_TIERS_PER_MERCHANT:
@@ -106,7 +105,7 @@ class TierService:
             cleared = await uow.tiers.clear_default(tier_id) if spec.is_default else []
             tier = await uow.tiers.insert(tier_id, spec)
             if await uow.customers.any():
-                await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=tier.version)
+                await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=checked, config_version=tier.version)
             _announce(uow, merchant_id, tier, list(MUTABLE_FIELDS))
             await _announce_cleared(uow, merchant_id, cleared)
         return tier
@@ -118,14 +117,14 @@ class TierService:
         values: TierSpec,
         mask: list[str],
         expected_version: int = 0,
-        mode: ApplyMode = DEFAULT_APPLY_MODE,
+        mode: str = "",
     ) -> UpdateResult:
-        """A change of min_points is applied to the customers by a
-        re-assessment job (issue 14) in `mode`; its id is in the result."""
+        """A change of min_points is applied to the customers by a re-assessment job (issue 14)
+        in the apply mode (empty: the default); its id is in the result."""
         check_tier_id(tier_id)
         paths = check_mask(mask)
         _check_expected_version(expected_version)
-        _check_mode(mode)
+        checked = apply_mode(mode)
         job_id: UUID | None = None
         async with self._writing(merchant_id) as uow:
             current = await _locked(uow, tier_id, expected_version)
@@ -136,7 +135,7 @@ class TierService:
             cleared = await uow.tiers.clear_default(tier_id) if "is_default" in changed and new_spec.is_default else []
             tier = await uow.tiers.update(tier_id, new_spec, changed)
             if "min_points" in changed and await uow.customers.any():
-                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=tier.version)
+                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=checked, config_version=tier.version)
             _announce(uow, merchant_id, tier, changed)
             await _announce_cleared(uow, merchant_id, cleared)
         return UpdateResult(tier, changed, job_id)
@@ -150,26 +149,26 @@ class TierService:
         return job
 
     async def delete(
-        self, merchant_id: UUID, tier_id: str, expected_version: int = 0, mode: ApplyMode | None = None
+        self, merchant_id: UUID, tier_id: str, expected_version: int = 0, mode: str | None = None
     ) -> UUID | None:
-        """Deletes the tier. Customers holding it make this FAILED_PRECONDITION unless `mode` is
-        given: then, in this transaction, a re-assessment job is enqueued for the change and the
-        holders are moved by that mode (adapters/postgres/tier_change_jobs.py says where to),
-        flagged with the job; the job id (None when no mode was given)."""
+        """Deletes the tier. Customers holding it make this FAILED_PRECONDITION unless an apply
+        mode is given (None or empty: none): then, in this transaction, a re-assessment job is
+        enqueued for the change and the holders are moved by that mode
+        (adapters/postgres/tier_change_jobs.py says where to), flagged with the job; the job id
+        (None when no mode was given)."""
         check_tier_id(tier_id)
         _check_expected_version(expected_version)
-        if mode is not None:
-            _check_mode(mode)
+        checked = optional_apply_mode(mode)
         job_id: UUID | None = None
         async with self._writing(merchant_id) as uow:
             current = await _locked(uow, tier_id, expected_version)
             holders = await uow.customers.holders(tier_id)
-            if holders and mode is None:
+            if holders and checked is None:
                 raise FailedPrecondition(f"{holders} customer(s) hold tier {tier_id!r}; move them first")
-            if mode is not None:
-                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=mode, config_version=current.version)
+            if checked is not None:
+                job_id = await uow.tier_change_jobs.enqueue(uuid.uuid4(), mode=checked, config_version=current.version)
                 if holders:
-                    await uow.tier_change_jobs.move_holders(tier_id, mode=mode, job_id=job_id)
+                    await uow.tier_change_jobs.move_holders(tier_id, mode=checked, job_id=job_id)
             await uow.tiers.delete(tier_id)
             _announce(uow, merchant_id, current, ["deleted"])
         return job_id
@@ -283,11 +282,6 @@ async def _announce_cleared(uow: TenantUnitOfWork, merchant_id: UUID, tier_ids: 
         tier = await uow.tiers.get(other)
         if tier is not None:
             _announce(uow, merchant_id, tier, ["is_default"])
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in APPLY_MODES:
-        raise invalid("apply_mode", f"must be one of {', '.join(APPLY_MODES)}")
 
 
 def _texts(tier: VIPTier) -> list[tuple[str, set[str]]]:

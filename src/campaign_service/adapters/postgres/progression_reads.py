@@ -4,6 +4,7 @@ The engine's batch statements are in progression.py; nothing here is on its hot 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import date, datetime
@@ -16,9 +17,11 @@ from campaign_service.adapters.postgres.errors import translated
 from campaign_service.adapters.postgres.progression import programme_from_row, state_from_row
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
+from campaign_service.adapters.postgres.repositories.tier_change_jobs import PgTierChangeJobs
 from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme, TierState
+from campaign_service.domain.tier_changes import ApplyMode
 from campaign_service.domain.tiers import VIPTier
 from campaign_service.service.progression_api_ports import (
     Erased,
@@ -188,6 +191,19 @@ class PgProgressionApiTransaction:
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         await PgOutbox(self._conn).add(messages)
+
+    async def enqueue_reassessment(self, mode: ApplyMode) -> UUID | None:
+        if not await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM customer_tiers WHERE merchant_id = $1)", self._merchant
+        ):
+            return None
+        # The version the configuration triggers (migration 0031) moved this transaction to.
+        version = await self._conn.fetchval(
+            "SELECT version FROM tier_config_heads WHERE merchant_id = $1", self._merchant
+        )
+        return await PgTierChangeJobs(self._conn, self._merchant).enqueue(
+            uuid.uuid4(), mode=mode, config_version=int(version or 0)
+        )
 
     async def merchant_exists(self) -> bool:
         return bool(await self._conn.fetchval("SELECT EXISTS (SELECT 1 FROM merchants WHERE id = $1)", self._merchant))

@@ -7,31 +7,44 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from campaign_service.adapters.postgres.errors import _check_failed, translated
-from campaign_service.adapters.postgres.progression_reads import PgProgressionApiTransaction
+from campaign_service.adapters.postgres.progression_reads import PgProgressionApiTransaction, _stored
 from campaign_service.adapters.postgres.repositories.cache_epoch import PgCacheEpochBump
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tier_change_jobs import PgTierChangeJobs
-from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository, _spec_args
+from campaign_service.adapters.postgres.repositories.tiers import PgTierRepository, _spec_args, _tier
 from campaign_service.domain.benefits import Benefits, Perk
 from campaign_service.domain.errors import FailedPrecondition
 from campaign_service.domain.events import OutboxMessage
 from campaign_service.domain.progression import Programme
 from campaign_service.domain.scheduled import ChangeState, TierEdit
-from campaign_service.domain.tier_changes import ApplyMode
+from campaign_service.domain.tier_changes import DEFAULT_APPLY_MODE, ApplyMode
 from campaign_service.domain.tiers import TierSpec, VIPTier
-from campaign_service.service.scheduled_ports import ScheduledChange
+from campaign_service.service.progression_api_ports import StoredProgramme
+from campaign_service.service.scheduled_ports import NotKept, PastConfiguration, ScheduledChange
 
 _CHANGE_COLUMNS = (
     "change_id, merchant_id, target, kind, payload, mode, effective_at, state, config_version, created_at,"
     " created_by, finished_at, error"
 )
+
+
+# The tiers of a kept configuration version, typed as the tier reads' columns.
+_PAST_TIERS = """
+SELECT t.* FROM tier_config_versions v,
+    jsonb_to_recordset(v.tiers) AS t(id uuid, merchant_id uuid, tier_id text, name text, locale text,
+        min_points integer, discount_percentage integer, free_shipping boolean, exclusive_access boolean,
+        benefits jsonb, is_default boolean, version bigint, created_at timestamptz, updated_at timestamptz,
+        translations jsonb)
+WHERE v.merchant_id = $1 AND v.version = $2
+ORDER BY t.min_points, t.tier_id
+"""
 
 
 def _spec_json(spec: TierSpec) -> dict[str, Any]:
@@ -145,11 +158,39 @@ class PgScheduledTransaction:
     async def tier(self, tier_id: str) -> VIPTier | None:
         return await self._tiers.get(tier_id)
 
+    async def configuration_at(self, at: datetime) -> PastConfiguration | NotKept:
+        row = await self._conn.fetchrow(
+            "SELECT version, programme IS NOT NULL AS has_programme FROM tier_config_versions"
+            " WHERE merchant_id = $1 AND valid_from <= $2 ORDER BY version DESC LIMIT 1",
+            self._merchant,
+            at,
+        )
+        if row is None:
+            first = await self._conn.fetchrow(
+                "SELECT valid_from, seeded FROM tier_config_versions WHERE merchant_id = $1"
+                " ORDER BY version LIMIT 1",
+                self._merchant,
+            )
+            if first is not None and first["seeded"]:
+                return NotKept(first["valid_from"])
+            return PastConfiguration([], StoredProgramme(Programme(), None), 0)
+        version = row["version"]
+        tiers = await self._conn.fetch(_PAST_TIERS, self._merchant, version)
+        programme = None
+        if row["has_programme"]:
+            programme = await self._conn.fetchrow(
+                "SELECT p.* FROM tier_config_versions v, jsonb_populate_record(NULL::tier_programs, v.programme) p"
+                " WHERE v.merchant_id = $1 AND v.version = $2",
+                self._merchant,
+                version,
+            )
+        return PastConfiguration([_tier(r) for r in tiers], _stored(programme), int(version))
+
     async def write_tiers(self, before: Sequence[VIPTier], after: Sequence[VIPTier], effective_at: datetime) -> None:
         old = {t.tier_id: t for t in before}
         new = {t.tier_id: t for t in after}
         # vip_tiers_touch stamps updated_at with this (migration 0031): the time it took effect.
-        await self._conn.execute("SELECT set_config('app.effective_at', $1, true)", effective_at.isoformat())
+        await self.take_effect_at(effective_at)
         for tier_id in sorted(old.keys() - new.keys()):
             try:
                 async with self._conn.transaction():
@@ -187,7 +228,11 @@ class PgScheduledTransaction:
                     "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, $2, $3, $4)",
                     [(self._merchant, tier_id, loc, name) for loc, name in t.spec.translations.items()],
                 )
-        await self._conn.execute("SELECT set_config('app.effective_at', '', true)")
+
+    async def take_effect_at(self, effective_at: datetime) -> None:
+        # Until the commit: read by vip_tiers_touch (tiers' updated_at) and by the configuration
+        # triggers (migrations 0031, 0032: the head's time, the configuration's valid_from).
+        await self._conn.execute("SELECT set_config('app.effective_at', $1, true)", effective_at.isoformat())
 
     async def pending(self) -> list[ScheduledChange]:
         rows = await self._conn.fetch(
@@ -278,11 +323,26 @@ class PgScheduledTransaction:
     async def bump_cache_epoch(self) -> None:
         await PgCacheEpochBump(self._conn).advance()
 
-    async def enqueue_reassessment(self, change_id: UUID, mode: str, config_version: int, not_before: datetime) -> None:
+    async def enqueue_reassessment(
+        self, change_id: UUID, mode: ApplyMode | None, config_version: int, not_before: datetime
+    ) -> UUID:
         # tier_change_jobs and its enqueue function are the job engine's (migration 0030):
         # idempotent per change, rolled back with this transaction.
-        await PgTierChangeJobs(self._conn, self._merchant).enqueue(
-            change_id, mode=cast(ApplyMode, mode), config_version=config_version, not_before=not_before
+        job_id = await PgTierChangeJobs(self._conn, self._merchant).enqueue(
+            change_id, mode=mode or DEFAULT_APPLY_MODE, config_version=config_version, not_before=not_before
+        )
+        await self._conn.execute(
+            "UPDATE tier_change_jobs SET config_version = $3 WHERE merchant_id = $1 AND job_id = $2"
+            " AND config_version <> $3 AND state = 'queued'",
+            self._merchant,
+            job_id,
+            config_version,
+        )
+        return job_id
+
+    async def move_holders(self, tier_id: str, mode: ApplyMode, job_id: UUID, stamp: datetime) -> int:
+        return await PgTierChangeJobs(self._conn, self._merchant).move_holders(
+            tier_id, mode=mode, job_id=job_id, stamp=stamp
         )
 
     @asynccontextmanager

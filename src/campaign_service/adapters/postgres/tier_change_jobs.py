@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -57,20 +57,20 @@ MAX_UUID = UUID(int=(1 << 128) - 1)
 # $1 merchant, $2 keyset start (exclusive), $3 keyset end (inclusive), $4 limit, $5 stamp,
 # $6 mode, $7 ladder tier ids (rank order), $8 their min_points, $9 their entry bonuses,
 # $10 first local day of the window (NULL: lifetime), $11 period end and $12 deadline of an
-# upward move (NULL: none), $13 entry-bonus policy, $14 programme version, $15 a deleted tier
-# whose holders move (NULL: none), $16 the rank of the tier just below it (-1: none),
-# $17 only that tier's holders.
+# upward move (NULL: none), $13 entry-bonus policy, $14 programme version, $15 the deleted tiers
+# whose holders move (empty: none), $16 for each of them the rank of the tier just below it that
+# stays (-1: none), $17 only those tiers' holders.
 _CLAIM = """
 WITH claimed AS MATERIALIZED (
     SELECT ct.customer_id, ct.tier_id, ct.floor_tier_id, ct.floor_until, ct.held_tiers
     FROM customer_tiers ct
     WHERE ct.merchant_id = $1 AND ct.customer_id > $2 AND ct.customer_id <= $3
-      AND (NOT $17::boolean OR ct.tier_id = $15::text)
+      AND (NOT $17::boolean OR ct.tier_id = ANY($15::text[]))
     ORDER BY ct.customer_id LIMIT $4 {lock}
 )"""
 
 EVALUATE_NOW = """, typed AS (  -- every parameter's type, for the tails that do not read them all
-    SELECT $5::timestamptz, $6::text, $11::timestamptz, $12::timestamptz, $13::text, $14::bigint, $16::int
+    SELECT $5::timestamptz, $6::text, $11::timestamptz, $12::timestamptz, $13::text, $14::bigint, $16::int[]
 ), bounds AS MATERIALIZED (
     SELECT (SELECT customer_id FROM claimed ORDER BY customer_id DESC LIMIT 1) AS hi,
            (SELECT count(*) FROM claimed) AS n
@@ -83,8 +83,8 @@ EVALUATE_NOW = """, typed AS (  -- every parameter's type, for the tails that do
     GROUP BY q.customer_id
 ), ranked AS (
     SELECT c.customer_id, c.tier_id AS old_tier, c.held_tiers, coalesce(s.pts, 0) AS pts,
-           c.tier_id IS NOT DISTINCT FROM $15::text AS gone,
-           CASE WHEN c.tier_id IS NOT DISTINCT FROM $15::text THEN $16::int
+           c.tier_id = ANY($15::text[]) AS gone,
+           CASE WHEN c.tier_id = ANY($15::text[]) THEN ($16::int[])[array_position($15::text[], c.tier_id)]
                 ELSE coalesce(array_position($7::text[], c.tier_id) - 1, -1) END AS cur,
            width_bucket(greatest(coalesce(s.pts, 0), 0), $8::bigint[]) - 1 AS reached,
            CASE WHEN c.floor_tier_id IS NULL OR (c.floor_until IS NOT NULL AND c.floor_until <= $5) THEN -1
@@ -160,21 +160,26 @@ PREVIEW_CHUNK = _CLAIM.format(lock="") + EVALUATE_NOW + _MATRIX
 @dataclass(frozen=True)
 class Configuration:
     """What a chunk is evaluated against: the ladder and programme (in force, or proposed), the
-    mode, and optionally a deleted tier whose holders must move."""
+    mode, and optionally deleted tiers whose holders must move."""
 
     programme: Programme
     ladder: Ladder
     mode: ApplyMode
-    gone_tier: str | None = None
-    gone_below: int = -1  # the rank in `ladder` of the tier just below the deleted one
+    gone_tiers: tuple[str, ...] = ()
+    gone_below: tuple[int, ...] = ()  # for each, the rank in `ladder` of the tier just below it
 
     @staticmethod
-    def deleting(programme: Programme, ladder: Ladder, mode: ApplyMode, tier_id: str) -> Configuration:
-        """`ladder` still holding `tier_id`: the configuration without it, its holders to move."""
-        gone = ladder.get(tier_id)
-        rest = Ladder(lv for lv in ladder.levels if lv.tier_id != tier_id)
-        below = -1 if gone is None else ladder.rank(tier_id) - 1
-        return Configuration(programme, rest, mode, tier_id, below)
+    def deleting(programme: Programme, ladder: Ladder, mode: ApplyMode, *tier_ids: str) -> Configuration:
+        """`ladder` still holding `tier_ids`: the configuration without them, their holders to
+        move. The tier "just below" a deleted one is the nearest one below it that stays (with
+        silver and gold both deleted, gold's holders keep at least bronze)."""
+        gone = set(tier_ids)
+        rest = Ladder(lv for lv in ladder.levels if lv.tier_id not in gone)
+        below = []
+        for tier_id in tier_ids:
+            under = [lv for lv in ladder.levels[: max(ladder.rank(tier_id), 0)] if lv.tier_id not in gone]
+            below.append(rest.rank(under[-1].tier_id) if under else -1)
+        return Configuration(programme, rest, mode, tuple(tier_ids), tuple(below))
 
     def params(self, stamp: datetime) -> list[Any]:
         """$5..$16 of the statements."""
@@ -192,8 +197,8 @@ class Configuration:
             p.deadline(period_end),
             p.entry_bonus,
             p.version,
-            self.gone_tier,
-            self.gone_below,
+            list(self.gone_tiers),
+            list(self.gone_below),
         ]
 
 
@@ -301,15 +306,12 @@ class PgTierChangeEngine:
         return total
 
     async def preview_change(
-        self, merchant_id: UUID, programme: Programme, ladder: Ladder, mode: ApplyMode, gone_tier: str | None,
+        self, merchant_id: UUID, programme: Programme, ladder: Ladder, mode: ApplyMode, gone_tiers: Sequence[str],
         stamp: datetime, samples: int,
     ) -> Matrix:  # fmt: skip
         """The preview of a proposed configuration (service.tier_changes' port): `ladder` still
-        holds `gone_tier` when one is to be deleted."""
-        if gone_tier is None:
-            config = Configuration(programme, ladder, mode)
-        else:
-            config = Configuration.deleting(programme, ladder, mode, gone_tier)
+        holds the `gone_tiers` to be deleted."""
+        config = Configuration.deleting(programme, ladder, mode, *gone_tiers)
         return await self.preview(merchant_id, config, stamp, samples=samples)
 
     async def get(self, merchant_id: UUID, job_id: UUID) -> TierChangeJob | None:

@@ -58,13 +58,17 @@ class PgTierChangeJobs:
         )
         return job_from_row(row) if row is not None else None
 
-    async def move_holders(self, tier_id: str, *, mode: ApplyMode, job_id: UUID) -> int:
+    async def move_holders(
+        self, tier_id: str, *, mode: ApplyMode, job_id: UUID, stamp: datetime | None = None
+    ) -> int:
+        """Moves the holders of `tier_id` (still stored) as deleting it in `mode` does, at
+        `stamp` (None: now); how many moved."""
         # (imported here: the engine module imports this one for the job columns)
         from campaign_service.adapters.postgres.tier_change_jobs import Configuration, apply_chunk, now_ms, setup_of
 
         programme, ladder = await setup_of(self._conn, self._merchant)
         config = Configuration.deleting(programme, ladder, mode, tier_id)
         _, _, moved, _ = await apply_chunk(
-            self._conn, self._merchant, config, now_ms(), job_id, chunk=2**31 - 1, holders_only=True
+            self._conn, self._merchant, config, stamp or now_ms(), job_id, chunk=2**31 - 1, holders_only=True
         )
         return moved
