@@ -6,9 +6,10 @@ A batch goes out as ONE write: its publishes are encoded here (frames.py) and qu
 connection's writer in outbox order under the channel's lock, each with the delivery tag aiormq's
 channel would have given it and a confirmation future in its table, so aiormq's reader settles
 them as it settles its own publishes (acks, `multiple` acks, nacks, mandatory returns by message
-id); a closing channel ends the wait (_Written). aio-pika's per-message publish cost ~0.3 ms of client CPU and ~0.25 ms of the
-broker's (a socket write and a drain per message): ~800 confirmed messages/s; see
-bench/relay.py --bus rabbitmq for what this does."""
+id); a closing channel ends the wait (_Written). aio-pika's per-message publish cost ~0.3 ms of
+client CPU and ~0.3 ms of the broker's (a socket write and a drain per message; ~550-900
+confirmed messages/s); see README "Events on RabbitMQ" for what this does (bench.relay --bus
+rabbitmq)."""
 
 from __future__ import annotations
 
