@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from confluent_kafka import Consumer, TopicPartition
 
 from campaign_service import topics
-from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable
+from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable, schema_text
 from campaign_service.adapters.rabbitmq import topology
+from campaign_service.adapters.schema_registry import registry_client
 from tests.dependencies import dependency_sh
 from tests.kafka_support import CustomerEvents, Received, TopicReader
 
@@ -48,7 +50,8 @@ def created_payload(merchant_id: uuid.UUID, customer_id: uuid.UUID | None, event
 class RabbitTopicReader:
     """Reads a topic's queues (or a dead-letter queue) from what arrives after it was made: the
     queues are purged first. It is the topic's downstream consumer while it lives; after a broker
-    restart it reconnects and reads on (what the queues kept)."""
+    restart it reconnects and reads on (what the queues kept, and what it had not acked yet, which
+    may so be received twice)."""
 
     def __init__(self, url: str, topic: str, codec: AvroWireCodec, queues: int) -> None:
         self.topic = topic
@@ -77,7 +80,9 @@ class RabbitTopicReader:
             queue = await channel.get_queue(name, ensure=False)
             if purge:
                 await queue.purge()
-            await queue.consume(arrived, no_ack=True)
+            # Acked once recorded (poll): a message the broker had sent when it was SIGKILLed may
+            # never arrive (the kernel resets the connection), and with no_ack it would be gone.
+            await queue.consume(arrived, no_ack=False)
 
     async def poll(self) -> None:
         # A plain connection's is_closed stays False when the broker goes away; its channel's does not.
@@ -102,6 +107,8 @@ class RabbitTopicReader:
                     for k, v in (m.headers or {}).items()
                 }
                 self.received.append(Received(self.topic, 0, m.routing_key, headers, m.body, payload, time.monotonic()))
+                with contextlib.suppress(Exception):  # its connection is gone: it comes again
+                    await m.ack()
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -141,6 +148,7 @@ class Bus:
         self._kafka_readers: list[TopicReader] = []
         self._rabbit_readers: list[RabbitTopicReader] = []
         self._kafka_producer: CustomerEvents | None = None
+        self._upstream: AvroWireCodec | None = None
 
     def service_env(self) -> dict[str, str]:
         """What a service process needs to use this bus (besides the registry)."""
@@ -183,19 +191,38 @@ class Bus:
         await self.raw(value, key=key or str(merchant_id), headers=headers, message_id=str(event_id))
         return event_id
 
+    async def event(self, topic: str, payload: dict[str, Any], *, key: str) -> uuid.UUID:
+        """Produces one event of an upstream topic (points.recorded as the Points service,
+        customer.deleted as the Core Service; their schemas are our reader copies) and waits for
+        the broker's ack. The payload's event_id."""
+        if self._upstream is None:
+            self._upstream = AvroWireCodec(
+                registry_client(self._env("CAMPAIGN_SCHEMA_REGISTRY_URL")),
+                produces={t: schema_text(t) for t in (topics.POINTS_RECORDED, topics.CUSTOMER_DELETED)},
+            )
+        value = await self._upstream.encode(topic, payload)
+        await self.raw(value, key=key, topic=topic, message_id=str(payload["event_id"]))
+        return uuid.UUID(str(payload["event_id"]))
+
     async def raw(
-        self, value: bytes, *, key: str, headers: dict[str, str] | None = None, message_id: str | None = None
+        self,
+        value: bytes,
+        *,
+        key: str,
+        headers: dict[str, str] | None = None,
+        message_id: str | None = None,
+        topic: str = topics.CUSTOMER_CREATED,
     ) -> None:
-        """Produces bytes as customer.created (poison, when they are not a valid record)."""
+        """Produces bytes as an event of `topic` (poison, when they are not a valid record)."""
         if self.name == "kafka":
             if self._kafka_producer is None:
                 self._kafka_producer = CustomerEvents(self._env("KAFKA_BROKER"), self._core)
-            await self._kafka_producer.raw(value, key=key, headers=list((headers or {}).items()))
+            await self._kafka_producer.raw(value, key=key, headers=list((headers or {}).items()), topic=topic)
             return
         connection = await aio_pika.connect(self._env("CAMPAIGN_TEST_RABBITMQ_URL"), timeout=10)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            exchange, _ = await topology.declare(channel, topics.CUSTOMER_CREATED, QUEUES)
+            exchange, _ = await topology.declare(channel, topic, QUEUES)
             message = aio_pika.Message(
                 value,
                 headers=dict(headers or {}),
@@ -206,6 +233,41 @@ class Bus:
             await exchange.publish(message, routing_key=key, mandatory=True, timeout=15)
         finally:
             await connection.close()
+
+    async def start_at_end(self, groups: Mapping[str, str]) -> None:
+        """Makes consumers that start later begin at what comes after now: `groups` maps each
+        consumed topic to the (new) Kafka consumer group that will read it. On Kafka the group's
+        offsets are committed at the topic's end (a new group would otherwise start at the
+        earliest offset and wade through every earlier test's events, dead-lettering those of
+        merchants its database does not know); on RabbitMQ the topic's queues are purged."""
+        if self.name == "kafka":
+            await asyncio.to_thread(self._commit_ends, groups)
+            return
+        connection = await aio_pika.connect(self._env("CAMPAIGN_TEST_RABBITMQ_URL"), timeout=10)
+        try:
+            channel = await connection.channel()
+            for topic in groups:
+                await topology.declare(channel, topic, QUEUES)
+                for name in topology.queue_names(topic, QUEUES):
+                    await (await channel.get_queue(name, ensure=False)).purge()
+        finally:
+            await connection.close()
+
+    def _commit_ends(self, groups: Mapping[str, str]) -> None:
+        for topic, group in groups.items():
+            consumer = Consumer(
+                {"bootstrap.servers": self._env("KAFKA_BROKER"), "group.id": group, "enable.auto.commit": False}
+            )
+            try:
+                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                ends = [
+                    TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+                    for p in partitions
+                ]
+                if ends:  # a topic not made yet has no backlog
+                    consumer.commit(offsets=ends, asynchronous=False)
+            finally:
+                consumer.close()
 
     def kill(self) -> None:
         dependency_sh(self.name, f"{self.name}_kill")
@@ -234,3 +296,6 @@ class Bus:
         if self._kafka_producer is not None:
             self._kafka_producer.close()
             self._kafka_producer = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None

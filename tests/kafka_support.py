@@ -186,9 +186,14 @@ class CustomerEvents:
         assert remaining == 0, "customer.created not acknowledged by the broker"
 
     async def raw(
-        self, value: bytes | None, *, key: str, headers: list[tuple[str, str | bytes | None]] | None = None
+        self,
+        value: bytes | None,
+        *,
+        key: str,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        topic: str = topics.CUSTOMER_CREATED,
     ) -> None:
-        self._producer.produce(topics.CUSTOMER_CREATED, value, key.encode(), headers=headers or [])
+        self._producer.produce(topic, value, key.encode(), headers=headers or [])
         await self.flush(15)
 
     def close(self) -> None:

@@ -1,6 +1,8 @@
 """The RabbitMQ adapters on the real broker: per-key order through publisher, consistent-hash
 exchange, single-active-consumer queues and the subscriber's retry of a failed message; and a
-publish the broker did not confirm is reported failed (so the relay does not mark it)."""
+publish the broker did not confirm is reported failed (so the relay does not mark it); an
+unroutable one in a batch is reported failed on its own (the publisher writes a batch in one go
+and matches each confirm and return to its message)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import aio_pika
 import pytest
 
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
+from campaign_service.adapters.rabbitmq import topology
 from campaign_service.adapters.rabbitmq.connection import LazyChannel
 from campaign_service.adapters.rabbitmq.consumer import RabbitEventSubscriber
 from campaign_service.adapters.rabbitmq.publisher import RabbitEventPublisher
@@ -116,3 +120,45 @@ async def test_a_publish_the_broker_never_confirmed_is_reported_failed() -> None
     assert len(results) == 4
     assert all(r is not None and "unreachable" in r for r in results), results
     assert publisher.broker_down
+
+
+async def test_an_unroutable_message_in_a_batch_fails_alone_and_the_others_are_confirmed() -> None:
+    routed, lost = f"test.routed.{uuid.uuid4().hex[:8]}", f"test.unroutable.{uuid.uuid4().hex[:8]}"
+    codec = AvroWireCodec(
+        registry_client(required_env("CAMPAIGN_SCHEMA_REGISTRY_URL")),
+        produces={routed: schema_text(topics.VIP_TIER_UPDATED), lost: schema_text(topics.VIP_TIER_UPDATED)},
+    )
+    url = required_env("CAMPAIGN_TEST_RABBITMQ_URL")
+    publisher = RabbitEventPublisher(LazyChannel(url), codec, queues_per_topic=2, confirm_timeout_s=15)
+    admin = await aio_pika.connect(url, timeout=10)
+    try:
+        # Both topics declared by a first publish; then the queues of one go: its exchange routes nowhere.
+        first = [*messages(routed, keys=1, per_key=1), *messages(lost, keys=1, per_key=1)]
+        assert await publisher.publish(first) == [None, None]
+        channel = await admin.channel()
+        for name in topology.queue_names(lost, 2):
+            await channel.queue_delete(name)
+        ok, bad = messages(routed, keys=3, per_key=100), messages(lost, keys=1, per_key=1)
+        batch = [*ok[:150], *bad, *ok[150:]]
+        results = await publisher.publish(batch)
+        assert results[:150] == [None] * 150
+        assert results[150] is not None
+        assert "PublishError" in results[150]
+        assert results[151:] == [None] * 150
+        # The channel stays usable: the next batch goes out and is confirmed.
+        assert await publisher.publish(messages(routed, keys=2, per_key=5)) == [None] * 10
+        counts = [
+            (await channel.declare_queue(name, passive=True)).declaration_result.message_count or 0
+            for name in topology.queue_names(routed, 2)
+        ]
+        assert sum(counts) == 1 + 300 + 10
+    finally:
+        channel = await admin.channel()
+        for topic in (routed, lost):
+            for name in [*topology.queue_names(topic, 2), topology.dead_letters(topic)]:
+                await channel.queue_delete(name)
+            await channel.exchange_delete(topic)
+            await channel.exchange_delete(topology.dead_letters(topic))
+        await admin.close()
+        await publisher.close()
+        await codec.close()

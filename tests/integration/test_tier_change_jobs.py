@@ -1,4 +1,7 @@
-"""Re-assessment jobs (issue 14): the queue (tier_change_jobs, migration 0030)."""
+"""Re-assessment jobs (issue 14): the queue (tier_change_jobs, migration 0030).
+
+On a database of this module's own (tests/module_database.py): the main session's service
+processes run the re-assessment jobs of the shared database and would claim these tests' chunks."""
 
 from __future__ import annotations
 
@@ -30,6 +33,14 @@ from campaign_service.domain.tier_changes import APPLY_MODES, ApplyMode, Matrix
 from campaign_service.events.tier_change_jobs import JobRunnerSettings, TierChangeJobRunner
 from campaign_service.service.errors import Unavailable
 from tests.conftest import start_service
+from tests.module_database import (  # noqa: F401  (fixtures: this module's own database)
+    module_app_pool,
+    module_database,
+    module_owner_conn,
+    module_relay_pool,
+    module_superuser_conn,
+    module_tier_service,
+)
 
 
 async def test_enqueue_inside_a_unit_of_work_is_idempotent_per_change(app_pool: Any, new_merchant: Any) -> None:
