@@ -43,7 +43,8 @@ from campaign_service.service.tiers import TierService
 
 
 class AssignedWatcher:
-    """Reads vip_tier.assigned from its current end in a thread; records when each cause arrived."""
+    """Reads vip_tier.assigned from its current end in a thread; records when each cause arrived
+    (`arrived`: monotonic; `stamps`: wall clock and the message's CreateTime, the relay's produce())."""
 
     def __init__(self, broker: str) -> None:
         self._consumer = Consumer(
@@ -56,6 +57,7 @@ class AssignedWatcher:
             start_at.append(TopicPartition(topic, p, high))
         self._consumer.assign(start_at)
         self.arrived: dict[str, float] = {}
+        self.stamps: dict[str, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -65,12 +67,13 @@ class AssignedWatcher:
             first = self._consumer.poll(0.05)
             if first is None:
                 continue
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time()
             for m in [first, *self._consumer.consume(500, 0)]:
                 if m.error() is None:
                     cause = dict(m.headers() or []).get("cause_event_id")
                     if isinstance(cause, bytes):
                         self.arrived.setdefault(cause.decode(), now)
+                        self.stamps.setdefault(cause.decode(), (wall, m.timestamp()[1] / 1000))
 
     def wait_for(self, ids: list[str], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

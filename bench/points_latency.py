@@ -42,7 +42,6 @@ import random
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -50,10 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from bench.events import Bench, cpu_seconds, percentile
+from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
 from bench.harness import ROOT, fresh_database, save_result, services
 from bench.points import PARTITIONS, cluster_cpu_seconds, encoded, seed
 from campaign_service import topics
@@ -70,51 +69,6 @@ STEPS = [
     ("relayed->marked", "relayed", "marked"),
     ("TOTAL produce->read back", "produce", "read_back"),
 ]
-
-
-class Watcher:
-    """Reads vip_tier.assigned from its current end in a thread: when each cause arrived (wall
-    clock) and the message's CreateTime (the relay's produce() call)."""
-
-    def __init__(self, broker: str) -> None:
-        self._consumer = Consumer(
-            {"bootstrap.servers": broker, "group.id": f"bench-{uuid.uuid4()}", "enable.auto.commit": False}
-        )
-        topic = topics.VIP_TIER_ASSIGNED
-        start_at = []
-        for p in self._consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            start_at.append(TopicPartition(topic, p, high))
-        self._consumer.assign(start_at)
-        self.arrived: dict[str, tuple[float, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            first = self._consumer.poll(0.05)
-            if first is None:
-                continue
-            now = time.time()
-            for m in [first, *self._consumer.consume(500, 0)]:
-                if m.error() is None:
-                    cause = dict(m.headers() or []).get("cause_event_id")
-                    if isinstance(cause, bytes):
-                        self.arrived.setdefault(cause.decode(), (now, m.timestamp()[1] / 1000))
-
-    def wait_for(self, ids: list[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(i in self.arrived for i in ids):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._consumer.close()
 
 
 def produce_paced(producer: Producer, events: list[tuple[str, str, bytes]], rate: float) -> dict[str, list[float]]:
@@ -333,7 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         bench = Bench(env, db, "warning", Path(tempfile.mkdtemp(prefix="bench-points-latency.")))
         recreate_topic(env["KAFKA_BROKER"])
-        watcher = Watcher(env["KAFKA_BROKER"])
+        watcher = AssignedWatcher(env["KAFKA_BROKER"])
         statements = StatementStats(db.superuser_dsn, db.name)
         result: dict[str, Any] = {
             "merchants": args.merchants,
@@ -407,9 +361,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     stages = await db_stages(db.superuser_dsn, db.name, list(sent))
                     points: dict[str, dict[str, float]] = {}
                     for event_id, t in sent.items():
-                        if event_id not in watcher.arrived or event_id not in stages or len(t) < 2:
+                        if event_id not in watcher.stamps or event_id not in stages or len(t) < 2:
                             continue
-                        read_back, relayed = watcher.arrived[event_id]
+                        read_back, relayed = watcher.stamps[event_id]
                         points[event_id] = {
                             "produce": t[0], "appended": t[1], "read_back": read_back, "relayed": relayed,
                             **stages[event_id],

@@ -30,18 +30,11 @@ from campaign_service.service.progression_api import ProgressionApi
 from campaign_service.service.scheduled import ScheduledChanges
 from campaign_service.service.tier_changes import TierChangePreviewer
 from campaign_service.service.tiers import TierService
+from tests.integration.test_scheduled_changes import Clock
 
 T0 = datetime(2032, 5, 1, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 NO_CONTEXT = cast(Any, None)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
