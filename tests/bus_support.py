@@ -23,7 +23,7 @@ from campaign_service.adapters.kafka.wire import AvroWireCodec, Undecodable, sch
 from campaign_service.adapters.rabbitmq import topology
 from campaign_service.adapters.schema_registry import registry_client
 from tests.dependencies import dependency_sh
-from tests.kafka_support import CustomerEvents, Received, TopicReader
+from tests.kafka_support import CustomerEvents, Reading, Received, TopicReader
 
 # The tests' queue count per topic (the service processes get the same through their environment).
 QUEUES = 3
@@ -47,7 +47,7 @@ def created_payload(merchant_id: uuid.UUID, customer_id: uuid.UUID | None, event
     }
 
 
-class RabbitTopicReader:
+class RabbitTopicReader(Reading):
     """Reads a topic's queues (or a dead-letter queue) from what arrives after it was made: the
     queues are purged first. It is the topic's downstream consumer while it lives; after a broker
     restart it reconnects and reads on (what the queues kept, and what it had not acked yet, which
@@ -114,27 +114,6 @@ class RabbitTopicReader:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
-
-    async def wait_for(self, done: Callable[[list[Received]], bool], within: float = 30.0) -> list[Received]:
-        deadline = time.monotonic() + within
-        while not done(self.received):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.topic}: condition not met in {within}s; got {self.received!r}"[:3000])
-            await self.poll()
-        return self.received
-
-    async def settle(self, seconds: float) -> list[Received]:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            await self.poll()
-        return self.received
-
-    def matching(self, **payload_fields: Any) -> list[Received]:
-        return [
-            r
-            for r in self.received
-            if r.payload is not None and all(str(r.payload.get(k)) == str(v) for k, v in payload_fields.items())
-        ]
 
 
 class Bus:

@@ -56,7 +56,41 @@ class Received:
         return str(self.payload["event_id"]) if self.payload else None
 
 
-class TopicReader:
+class Reading:
+    """What every test reader offers on top of its `poll()` (read what has arrived, waiting up to
+    0.2 s) and `received`: waiting for a condition, reading on for a while, and filtering."""
+
+    topic: str
+    received: list[Received]
+
+    async def poll(self) -> None:
+        raise NotImplementedError
+
+    async def wait_for(self, done: Callable[[list[Received]], bool], within: float = 30.0) -> list[Received]:
+        """Reads until `done(all received so far)` holds; fails after `within` seconds."""
+        deadline = time.monotonic() + within
+        while not done(self.received):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.topic}: condition not met in {within}s; got {self.received!r}"[:3000])
+            await self.poll()
+        return self.received
+
+    async def settle(self, seconds: float) -> list[Received]:
+        """Keeps reading for `seconds` more (to see duplicates that would come late)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await self.poll()
+        return self.received
+
+    def matching(self, **payload_fields: Any) -> list[Received]:
+        return [
+            r
+            for r in self.received
+            if r.payload is not None and all(str(r.payload.get(k)) == str(v) for k, v in payload_fields.items())
+        ]
+
+
+class TopicReader(Reading):
     """Reads a topic from the offsets it had when the reader was made: only what comes after."""
 
     def __init__(self, broker: str, topic: str, codec: AvroWireCodec) -> None:
@@ -103,29 +137,6 @@ class TopicReader:
                     raw_headers,
                 )
             )
-
-    async def wait_for(self, done: Callable[[list[Received]], bool], within: float = 30.0) -> list[Received]:
-        """Reads until `done(all received so far)` holds; fails after `within` seconds."""
-        deadline = time.monotonic() + within
-        while not done(self.received):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.topic}: condition not met in {within}s; got {self.received!r}"[:3000])
-            await self.poll()
-        return self.received
-
-    async def settle(self, seconds: float) -> list[Received]:
-        """Keeps reading for `seconds` more (to see duplicates that would come late)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            await self.poll()
-        return self.received
-
-    def matching(self, **payload_fields: Any) -> list[Received]:
-        return [
-            r
-            for r in self.received
-            if r.payload is not None and all(str(r.payload.get(k)) == str(v) for k, v in payload_fields.items())
-        ]
 
     def close(self) -> None:
         self._consumer.close()
