@@ -296,6 +296,7 @@ async def test_relay_killed_between_publish_and_mark_publishes_again_with_the_sa
     assert copies[0].value == copies[1].value, "the same bytes"
     assert copies[0].key == copies[1].key
     assert copies[0].headers["event_id"] == copies[1].headers["event_id"] == event_id
+    assert len({c.event_id for c in copies}) == 1, "a consumer deduplicating on event_id sees one event"
 
 
 @pytest.mark.timeout(420)
