@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
@@ -27,14 +27,6 @@ from tests.kafka_support import CustomerEvents, Reading, Received, TopicReader
 
 # The tests' queue count per topic (the service processes get the same through their environment).
 QUEUES = 3
-
-
-class Reader(Protocol):
-    received: list[Received]
-
-    async def wait_for(self, done: Callable[[list[Received]], bool], within: float = 30.0) -> list[Received]: ...
-    async def settle(self, seconds: float) -> list[Received]: ...
-    def matching(self, **payload_fields: Any) -> list[Received]: ...
 
 
 def created_payload(merchant_id: uuid.UUID, customer_id: uuid.UUID | None, event_id: uuid.UUID) -> dict[str, Any]:
@@ -139,7 +131,7 @@ class Bus:
             "CAMPAIGN_RABBITMQ_QUEUES_PER_TOPIC": str(QUEUES),
         }
 
-    async def reader(self, topic: str) -> Reader:
+    async def reader(self, topic: str) -> Reading:
         if self.name == "kafka":
             reader = TopicReader(self._env("KAFKA_BROKER"), topic, self._service_codec)
             self._kafka_readers.append(reader)
