@@ -23,9 +23,8 @@ Variants (`--variant NAME[:KEY=VALUE,...]`, repeatable) run the same measurement
 database with other service settings, one after the other and then again
 (`--rounds`, every other round in reverse order), so that their ratios come from one run on one
 machine state; the ratios are printed per round and as the median over rounds. `--baseline-src DIR`
-runs the variants named `base*` from another checkout's src/ (e.g. `git archive main src`), and
-against the schema before this branch's migration 0024 (the bench sets the function back and
-forth): the before/after of the change in the same run.
+runs the variants named `base*` from another checkout's src/ (e.g. `git archive main src`), on
+the same (current) schema: the before/after of a code change in the same run.
 
     .venv/bin/python -m bench.points_latency [--merchants 10000] [--customers 1000000] [--rate 500]
         [--events 5000] [--warmup 1000] [--settle-s 20] [--rounds 1] [--variant NAME[:K=V,...]]
@@ -53,7 +52,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
-from bench.harness import ROOT, fresh_database, save_result, services
+from bench.harness import fresh_database, save_result, services
 from bench.points import PARTITIONS, cluster_cpu_seconds, encoded, seed
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
@@ -181,31 +180,6 @@ class StatementStats:
         return [dict(r) for r in rows]
 
 
-MIGRATIONS = ROOT / "src" / "campaign_service" / "migrations"
-
-
-def check_tiers_before_0024() -> str:
-    """The tier reference check as it was before migration 0024 (0021's function, 0023's settings):
-    what the base variants run against, so that a same-run comparison compares the schema too."""
-    text = (MIGRATIONS / "0021_progression_speed.sql").read_text()
-    start = text.index("CREATE OR REPLACE FUNCTION customer_tiers_check_tiers()")
-    end = text.index("END $$;", start) + len("END $$;")
-    return (
-        text[start:end] + "\nALTER FUNCTION customer_tiers_check_tiers() SET enable_seqscan = on;"
-        "\nALTER FUNCTION customer_tiers_check_tiers() SET enable_sort = on;"
-    )
-
-
-async def set_schema(superuser_dsn: str, db_name: str, *, before: bool) -> None:
-    """The schema of the base variants (before this branch's migration 0024) or the current one."""
-    sql = check_tiers_before_0024() if before else (MIGRATIONS / "0024_points_latency.sql").read_text()
-    conn = await asyncpg.connect(superuser_dsn, database=db_name)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 STEP_METRICS = ("campaign_consumer_step_seconds", "campaign_relay_step_seconds")
 
 
@@ -308,7 +282,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # ANALYZE). Without it the first variant measured ran slower than the same one later.
                 name, settings = variants[0]
                 bench.extra_env = dict(settings)
-                await set_schema(db.superuser_dsn, db.name, before=False)
                 service = bench.start_service()
                 try:
                     n = int(args.settle_s * args.rate)
@@ -326,10 +299,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # A B, B A, A B, ...: a drift of the machine's load favours no variant.
                 for name, settings in variants if round_no % 2 == 0 else variants[::-1]:
                     bench.extra_env = dict(settings)
-                    base = bool(args.baseline_src) and name.startswith("base")
-                    if base:
+                    if args.baseline_src and name.startswith("base"):
                         bench.extra_env["PYTHONPATH"] = str(Path(args.baseline_src).resolve())
-                    await set_schema(db.superuser_dsn, db.name, before=base)
                     service = bench.start_service()
                     try:
                         warm = await encoded(codec, fresh(args.warmup), args.warmup, rng, in_order=True)
