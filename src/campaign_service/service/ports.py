@@ -138,6 +138,11 @@ class LocaleRepository(Protocol):
         it (a removed locale still holds tier text)."""
         ...
 
+    async def scheduled_uses(self) -> list[tuple[str, frozenset[str]]]:
+        """(what, locales) of each pending scheduled tier change that will write text: the
+        locales it writes (migration 0041 keeps them in the set, as tier text keeps its own)."""
+        ...
+
 
 class Repositories(Protocol):
     """What one database transaction scoped to one merchant holds (RLS applies to every

@@ -181,7 +181,8 @@ class TierService:
         self, merchant_id: UUID, locales: list[str], expected_version: int = 0
     ) -> tuple[MerchantLocales, bool]:
         """Sets the locales the merchant stores text in; (the stored set, whether it changed).
-        A locale that still holds tier text cannot go (FAILED_PRECONDITION, naming the texts).
+        A locale that still holds tier text, or that a pending scheduled change will write, cannot
+        go (FAILED_PRECONDITION, naming the texts and changes).
         Announced as `vip_tier.updated` of `_locales`; every cached answer of the merchant goes."""
         violations = locales_violations(locales, "locales") or [
             FieldViolation(f"locales[{i}]", f"no letter of {tag!r}'s script is known to this server")
@@ -200,6 +201,8 @@ class TierService:
             tiers = await uow.tiers.all()
             removed = set(current.locales) - set(locales)
             uses = [f"{tier.tier_id} {what}" for tier in tiers for what, tags in _texts(tier) if removed & tags]
+            if removed:
+                uses += [what for what, tags in await uow.locales.scheduled_uses() if removed & tags]
             if uses:
                 raise FailedPrecondition(
                     f"removed locale(s) {', '.join(sorted(removed))} still hold text: {'; '.join(uses[:5])}"
