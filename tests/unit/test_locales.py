@@ -266,6 +266,34 @@ async def test_changing_the_set_is_validated_versioned_announced_and_invalidates
     assert len(listener.heard) == 1
 
 
+async def test_the_cldr_locales_that_cannot_be_enabled_are_refused_naming_the_field() -> None:
+    """Of CLDR's locales only these six cannot be enabled: the four with a variant subtag (a stored
+    tag is language[-Script][-REGION]) and Sunuwar, whose letters this Python's Unicode data lacks
+    (no name in it could pass the script check)."""
+    assert sorted(t for t in CLDR_LOCALES if t not in STORABLE) == [
+        "be-TARASK",
+        "ca-ES-VALENCIA",
+        "el-POLYTON",
+        "en-US-POSIX",
+        "suz-Sunu",
+        "suz-Sunu-NP",
+    ]
+    db = FakeUnitOfWork()
+    service = TierService(db)
+    merchant = db.provision()
+    with pytest.raises(InvalidArgument) as raised:
+        await service.update_locales(merchant, ["en", "ca-ES-VALENCIA"])
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("locales[1]", "locales with a variant subtag are not supported")
+    ]
+    with pytest.raises(InvalidArgument) as raised:
+        await service.update_locales(merchant, ["en", "fr", "suz-Sunu"])
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("locales[2]", "no letter of 'suz-Sunu''s script is known to this server")
+    ]
+    assert await service.locales(merchant) == MerchantLocales()
+
+
 def test_locales_message_describes_each_locale() -> None:
     msg = locales_to_proto(uuid.UUID(int=1), MerchantLocales(("en", "ar", "zh-Hant-TW"), 3, datetime.now(UTC)))
     assert [(d.locale, d.direction, d.script) for d in msg.details] == [
@@ -340,6 +368,15 @@ def test_a_copied_default_name_in_another_script_counts_as_missing() -> None:
         ("ar", 0.0, "rtl"),
         ("fr", 100.0, "ltr"),
     ]
+
+
+async def test_a_copied_perk_label_in_another_script_counts_as_missing() -> None:
+    perks = Benefits(custom_perks=(Perk("lounge", {"en": "Lounge", "he": "Lounge", "ar": "صالة"}),))
+    tier = _tier("gold", TierSpec(name="Gold", translations={"ar": "ذهبي", "he": "זהב"}, benefits=perks))
+    entries = {e.locale: e for e in report([tier], ["en", "ar", "he"])}
+    assert [(g.perk_code, g.fallback_locale, g.copied) for g in entries["he"].gaps] == [("lounge", "en", True)]
+    assert (entries["he"].present, entries["he"].total) == (1, 2)
+    assert entries["ar"].gaps == ()
 
 
 async def test_report_metric_is_per_locale_not_per_merchant() -> None:
