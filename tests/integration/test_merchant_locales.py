@@ -92,6 +92,22 @@ async def test_the_database_refuses_text_in_a_locale_the_merchant_has_not_enable
         await as_app(
             app_pool, merchant, "UPDATE merchant_locales SET locales = '{en,fr,EN_us}' WHERE merchant_id = $1", merchant
         )
+    # Only locales CLDR knows (migration 0042): a well-shaped tag it does not know is refused too.
+    for unknown in ("xx", "de-US", "qq-Latn-ZZ"):
+        with pytest.raises(asyncpg.CheckViolationError, match=f"{unknown} is not a locale tag CLDR knows"):
+            await as_app(
+                app_pool,
+                merchant,
+                "UPDATE merchant_locales SET locales = array_append(locales, $2) WHERE merchant_id = $1",
+                merchant,
+                unknown,
+            )
+    await as_app(
+        app_pool,
+        merchant,
+        "UPDATE merchant_locales SET locales = array_append(locales, 'zh-Hant-TW') WHERE merchant_id = $1",
+        merchant,
+    )
     with pytest.raises(FailedPrecondition, match="fr still hold text"):
         await tier_service.update_locales(merchant, ["en"])
 

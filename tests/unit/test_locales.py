@@ -9,6 +9,7 @@ import unicodedata
 import uuid
 from datetime import UTC, datetime
 from functools import cache
+from importlib import resources
 from uuid import UUID
 
 import pytest
@@ -292,6 +293,14 @@ async def test_the_cldr_locales_that_cannot_be_enabled_are_refused_naming_the_fi
         ("locales[2]", "no letter of 'suz-Sunu''s script is known to this server")
     ]
     assert await service.locales(merchant) == MerchantLocales()
+
+
+def test_the_database_knows_the_locales_the_service_knows() -> None:
+    """Migration 0042 lists the locales a merchant can enable; Babel's data must give the same list
+    (a Babel upgrade that changes it needs a migration redefining campaign_locale_supported)."""
+    sql = (resources.files("campaign_service.migrations") / "0042_cldr_locales.sql").read_text(encoding="utf-8")
+    listed = sql.split("ANY ('{", 1)[1].split("}'", 1)[0]
+    assert sorted(t.strip() for t in listed.split(",")) == STORABLE
 
 
 def test_locales_message_describes_each_locale() -> None:

@@ -51,7 +51,7 @@ DECLARE
 BEGIN
     FOREACH tag IN ARRAY NEW.locales LOOP
         IF NOT campaign_locale_supported(tag) THEN
-            RAISE EXCEPTION 'locales: % is not a locale tag (language[-Script][-REGION])', left(tag, 35)
+            RAISE EXCEPTION 'locales: % is not a locale tag CLDR knows (language[-Script][-REGION])', left(tag, 35)
                 USING ERRCODE = 'check_violation';
         END IF;
     END LOOP;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -200,12 +201,16 @@ class TierService:
                 return current, False
             tiers = await uow.tiers.all()
             removed = set(current.locales) - set(locales)
-            uses = [f"{tier.tier_id} {what}" for tier in tiers for what, tags in _texts(tier) if removed & tags]
+            texts: list[tuple[str, AbstractSet[str]]] = [
+                (f"{tier.tier_id} {what}", tags) for tier in tiers for what, tags in _texts(tier)
+            ]
             if removed:
-                uses += [what for what, tags in await uow.locales.scheduled_uses() if removed & tags]
+                texts += await uow.locales.scheduled_uses()
+            uses = [(what, removed & tags) for what, tags in texts if removed & tags]
             if uses:
+                held = sorted({tag for _, tags in uses for tag in tags})  # not the removed ones without text
                 raise FailedPrecondition(
-                    f"removed locale(s) {', '.join(sorted(removed))} still hold text: {'; '.join(uses[:5])}"
+                    f"removed locale(s) {', '.join(held)} still hold text: {'; '.join(w for w, _ in uses[:5])}"
                     + (f" and {len(uses) - 5} more" if len(uses) > 5 else "")
                 )
             saved = await uow.locales.save(tuple(locales))
