@@ -169,6 +169,19 @@ def test_numbers_are_written_as_the_locale_writes_them() -> None:
     assert format_percent(15, "ar-EG").startswith("١٥")
 
 
+def test_every_locale_whose_cldr_digits_are_not_latin_gets_its_own_digits() -> None:
+    """Babel formats grouping and symbols by the numbering system but leaves the digits Latin;
+    format_integer maps them. A numbering system it does not know would silently stay Latin."""
+    for tag in STORABLE:
+        system = Locale.parse(tag, sep="-").default_numbering_system
+        written = format_integer(1234567890, tag)
+        if system == "latn":
+            assert any(ch in "0123456789" for ch in written), tag
+        else:
+            assert not any(ch in "0123456789" for ch in written), (tag, system, written)
+            assert all(unicodedata.numeric(ch, -1) >= 0 for ch in written if unicodedata.category(ch) == "Nd"), tag
+
+
 # -- the round trip: enable, write in the locale's script, read back with direction -------------
 
 
