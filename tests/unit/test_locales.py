@@ -392,7 +392,20 @@ def test_a_copied_default_name_in_another_script_counts_as_missing() -> None:
     ]
 
 
-async def test_a_copied_perk_label_in_another_script_counts_as_missing() -> None:
+async def test_the_same_han_name_in_chinese_and_japanese_is_no_copy() -> None:
+    """Jpan, Hans and Hant are different script codes but all write Han: an identical name may be
+    the translation. Latin text in `ja` is still a copy."""
+    tier = _tier(
+        "gold", TierSpec(name="黄金", locale="zh", translations={"ja": "黄金", "zh-Hant": "黄金", "ko": "黄金"})
+    )
+    entries = {e.locale: e for e in report([tier], ["zh", "ja", "zh-Hant", "ko"])}
+    assert (entries["ja"].gaps, entries["zh-Hant"].gaps, entries["ko"].gaps) == ((), (), ())
+    latin = _tier("gold", TierSpec(name="Gold", translations={"ja": "Gold"}))
+    [gap] = report([latin], ["ja"])[0].gaps
+    assert (gap.copied, gap.fallback_locale) == (True, "en")
+
+
+def test_a_copied_perk_label_in_another_script_counts_as_missing() -> None:
     perks = Benefits(custom_perks=(Perk("lounge", {"en": "Lounge", "he": "Lounge", "ar": "صالة"}),))
     tier = _tier("gold", TierSpec(name="Gold", translations={"ar": "ذهبي", "he": "זהב"}, benefits=perks))
     entries = {e.locale: e for e in report([tier], ["en", "ar", "he"])}
