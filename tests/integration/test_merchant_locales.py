@@ -84,7 +84,7 @@ async def test_the_database_refuses_text_in_a_locale_the_merchant_has_not_enable
             merchant,
         )
     # Removing a locale that holds text: refused by the database too, whoever writes.
-    with pytest.raises(asyncpg.CheckViolationError, match="locales: fr still holds tier text"):
+    with pytest.raises(asyncpg.RestrictViolationError, match="locales: fr still holds tier text"):
         await as_app(
             app_pool, merchant, "UPDATE merchant_locales SET locales = '{en}' WHERE merchant_id = $1", merchant
         )
@@ -283,6 +283,28 @@ async def test_a_set_change_waits_for_a_tier_write_in_flight_and_then_sees_its_t
         await asyncio.sleep(0.5)
         assert not removal.done()  # blocked behind the write's FOR SHARE lock
         await tx.commit()
-        with pytest.raises(asyncpg.CheckViolationError, match="fr still holds tier text"):
+        with pytest.raises(asyncpg.RestrictViolationError, match="fr still holds tier text"):
             await asyncio.wait_for(removal, 10)
     assert (await tier_service.locales(merchant)).locales == ("en", "fr")
+
+
+async def test_the_first_set_change_racing_the_first_tier_write_is_a_failed_precondition(
+    app_pool: Any, new_merchant: Callable[[], Any], tier_service: TierService
+) -> None:
+    """A merchant with no stored set (the default) has no row for the service to lock: its check
+    sees no text, then the database finds the text the racing write committed. The answer is
+    still FAILED_PRECONDITION naming the locale (the database's restrict_violation, 0041), not
+    INVALID_ARGUMENT."""
+    merchant = await new_merchant()
+    async with app_pool.acquire() as writer:
+        tx = writer.transaction()
+        await tx.start()
+        await writer.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        await writer.execute(INSERT_TIER, merchant, "gold", "זהב", "he", {})  # inserts the default set
+        change = asyncio.ensure_future(tier_service.update_locales(merchant, ["en", "ar"]))
+        await asyncio.sleep(0.5)
+        assert not change.done()  # its INSERT waits for the write's row of the set
+        await tx.commit()
+        with pytest.raises(FailedPrecondition, match="he still holds tier text"):
+            await asyncio.wait_for(change, 10)
+    assert (await tier_service.locales(merchant)).locales == ("en", "ar", "he")

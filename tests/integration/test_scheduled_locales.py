@@ -110,7 +110,7 @@ async def test_a_locale_a_pending_change_will_write_cannot_leave_the_set(
         FailedPrecondition, match=f"fr still hold text: scheduled tier_create of or \\({change.change_id}\\)"
     ):
         await tier_service.update_locales(merchant, ["en"])
-    with pytest.raises(asyncpg.CheckViolationError, match="fr is used by a pending scheduled change"):
+    with pytest.raises(asyncpg.RestrictViolationError, match="fr is used by a pending scheduled change"):
         await as_app(
             app_pool, merchant, "UPDATE merchant_locales SET locales = '{en}' WHERE merchant_id = $1", merchant
         )

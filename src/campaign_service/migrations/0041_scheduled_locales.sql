@@ -42,7 +42,10 @@ END $$;
 CREATE TRIGGER trg_validate_locales BEFORE INSERT OR UPDATE OF payload ON tier_scheduled_changes
     FOR EACH ROW EXECUTE FUNCTION tier_scheduled_changes_validate_locales();
 
--- 0040's check of a new set, plus: no locale a pending scheduled change uses may go.
+-- 0040's check of a new set, plus: no locale a pending scheduled change uses may go. A locale
+-- still in use is `restrict_violation` (23001), not `check_violation`: the set is well-formed, the
+-- data it would orphan is the problem (the service answers FAILED_PRECONDITION, as its own check
+-- does, also when a concurrent first tier write made the text appear after that check).
 CREATE OR REPLACE FUNCTION merchant_locales_validate() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -69,14 +72,15 @@ BEGIN
         WHERE t.merchant_id = NEW.merchant_id
     ) AS uses WHERE NOT u = ANY (NEW.locales) LIMIT 1;
     IF used IS NOT NULL THEN
-        RAISE EXCEPTION 'locales: % still holds tier text', used USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'locales: % still holds tier text', used USING ERRCODE = 'restrict_violation';
     END IF;
     SELECT l INTO used FROM tier_scheduled_changes c, campaign_scheduled_locales(c.payload) AS l
     WHERE c.merchant_id = NEW.merchant_id AND c.state = 'pending' AND c.kind IN ('tier_create', 'tier_update')
         AND NOT l = ANY (NEW.locales)
     LIMIT 1;
     IF used IS NOT NULL THEN
-        RAISE EXCEPTION 'locales: % is used by a pending scheduled change', used USING ERRCODE = 'check_violation';
+        RAISE EXCEPTION 'locales: % is used by a pending scheduled change', used
+            USING ERRCODE = 'restrict_violation';
     END IF;
     IF TG_OP = 'UPDATE' THEN
         NEW.version := OLD.version + 1;

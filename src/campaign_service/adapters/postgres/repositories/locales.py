@@ -7,7 +7,7 @@ from uuid import UUID
 import asyncpg
 
 from campaign_service.adapters.postgres.repositories.rows import Connection
-from campaign_service.domain.errors import FieldViolation, InvalidArgument, NotFound
+from campaign_service.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from campaign_service.domain.locales import MerchantLocales
 
 
@@ -42,6 +42,8 @@ class PgLocaleRepository:
                 )
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("merchant is not provisioned") from None
+        except asyncpg.RestrictViolationError as exc:  # a removed locale is still used (0041)
+            raise FailedPrecondition(str(exc.message).removeprefix("locales: ")) from None
         except asyncpg.CheckViolationError as exc:
             # Trigger messages start with the field ("locales: fr still holds tier text").
             field, _, description = str(exc.message).partition(": ")
