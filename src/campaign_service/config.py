@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     # bench.points on a quiet host: 1000 drained 4,390/s with the service at 54 % of a core (waiting
     # on the batch's round trips), 3000 drained 5,163/s at 65 %; CPU per event the same.
     points_batch_size: int = Field(3000, ge=1, le=10_000)
+    # Transactions a points batch is split into (by customer) and run at once, each on a database
+    # connection of its own: one's Python work overlaps another's database work.
+    points_concurrency: int = Field(2, ge=1, le=16)
     # Deadline scheduler (tier downgrades): seconds between passes when nothing was due, and
     # customers per chunk transaction. 0 = off.
     scheduler_interval_s: float = Field(60.0, ge=0, le=86_400)

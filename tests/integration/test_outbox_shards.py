@@ -127,16 +127,43 @@ async def test_a_shard_is_held_by_one_claim_and_gives_its_oldest_rows_first(own_
         # the keys the first did not reach, and says that rows wait
         assert (len(first.messages), first.more) == (2 * SHARDS, True)
         assert (list(second.messages), second.more) == ([], True)
-    async with PgOutbox(own_db.relay_pool, shards_per_claim=4).claim(1000) as claim:
-        shards = await own_db.su.fetch(
-            "SELECT DISTINCT shard FROM outbox_events WHERE event_id = ANY($1::uuid[])",
-            [m.event_id for m in claim.messages],
-        )
-        assert len(shards) == 4
+    store = PgOutbox(own_db.relay_pool, shards_per_claim=4)
+    async with store.claim(SHARDS) as claim:
+        # no backlog seen yet: every shard with rows (one row each, the limit), so the claim is full
+        assert (len(await shards_of(own_db, claim.messages)), claim.more) == (SHARDS, True)
+    async with store.claim(1000) as claim:
+        # a backlog: the claim keeps to its 4 shards and leaves the others to other claims
+        assert len(await shards_of(own_db, claim.messages)) == 4
         per_key: dict[str, list[int]] = defaultdict(list)
         for m in claim.messages:
             per_key[m.key].append(order[m.event_id])
         assert all(seqs == sorted(seqs) and len(seqs) == 3 for seqs in per_key.values())
+
+
+async def shards_of(own: OwnDatabase, messages: Sequence[OutboxMessage]) -> set[int]:
+    rows = await own.su.fetch(
+        "SELECT DISTINCT shard FROM outbox_events WHERE event_id = ANY($1::uuid[])", [m.event_id for m in messages]
+    )
+    return {r["shard"] for r in rows}
+
+
+async def test_without_a_backlog_one_claim_takes_every_free_shard(own_db: OwnDatabase) -> None:
+    """Low rates: a consumer batch's rows spread over all shards, and one claim publishes them all
+    (4 shards per claim took 4 claims in turn: the relay's share of bench.points_latency)."""
+    await seed(own_db, keys=200, per_key=1)
+    store = PgOutbox(own_db.relay_pool, shards_per_claim=4)
+    async with store.claim(SHARDS) as full:  # one row of each shard: full, so a backlog
+        assert (len(await shards_of(own_db, full.messages)), full.more) == (SHARDS, True)
+        await full.mark_published([m.event_id for m in full.messages])
+    async with store.claim(1000) as backlog:  # 4 shards, all their rows: not full
+        assert (len(await shards_of(own_db, backlog.messages)), backlog.more) == (4, True)
+        await backlog.mark_published([m.event_id for m in backlog.messages])
+    async with store.claim(1000) as rest:  # no backlog any more: every shard left, in one claim
+        assert (len(await shards_of(own_db, rest.messages)), rest.more) == (SHARDS - 4, False)
+        await rest.mark_published([m.event_id for m in rest.messages])
+    await seed(own_db, keys=200, per_key=1)
+    async with store.claim(1000) as again:
+        assert (len(await shards_of(own_db, again.messages)), again.more) == (SHARDS, False)
 
 
 async def test_a_relay_of_before_the_shards_keeps_sharded_claims_out(own_db: OwnDatabase) -> None:

@@ -116,3 +116,46 @@ async def test_a_wake_with_a_loop_idle_costs_one_claim() -> None:
     assert store.claims == before + 3
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+@dataclass
+class HeldStore(Store):
+    """Rows in a shard that one claim at a time may take: a second claim meanwhile gets nothing
+    and says that rows wait (`more`), as PgOutbox's shard locks do."""
+
+    held: bool = False
+
+    @contextlib.asynccontextmanager
+    async def claim(self, limit: int) -> AsyncIterator[Claim]:
+        self.claims += 1
+        if self.held:
+            yield Claim([], more=bool(self.pending))
+            return
+        self.held = True
+        try:
+            taken, self.pending = self.pending[:limit], self.pending[limit:]
+            yield Claim(taken)
+        finally:
+            self.held = False
+
+
+async def test_a_loop_that_found_the_shards_held_claims_when_the_holding_claim_ends() -> None:
+    """Not after its busy retry (another replica's claims can only be waited out): the claim that
+    held the shards belongs to this relay, and its end is known at once."""
+    store, broker = HeldStore(), Broker()
+    relay = OutboxRelay(store, broker, RelaySettings(concurrency=2, poll_interval_s=300, busy_retry_s=60))
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await until(lambda: store.claims >= 2)
+    store.pending.append(message())
+    relay.wake()
+    await until(lambda: broker.in_flight == 1)  # one loop publishes, holding the shard
+    store.pending.append(message())
+    relay.wake()  # the other loop claims: the shard is held, it waits
+    await until(lambda: store.claims >= 4)
+    assert store.pending
+    broker.release.set()  # the first claim ends
+    await until(lambda: not store.pending, timeout=2.0)  # far sooner than the 60 s busy retry
+    stop.set()
+    relay.wake()
+    await asyncio.wait_for(task, 5)

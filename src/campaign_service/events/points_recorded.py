@@ -5,9 +5,8 @@ that set), in a fixed number of set-based statements whatever the batch holds:
   1. programme and tiers of the batch's merchants (unknown merchants are absent: dead-lettered)
   2. dedupe rows in processed_events (the events recorded for the first time go on), and in the
      same statement their qualifying points added to per-customer per-local-day buckets (the day
-     of `occurred_at`)
-  3. the touched customers' tier rows locked, with their window sums
-  4. the new states of the customers who moved (history rows come from the table's triggers) and
+     of `occurred_at`), and the touched customers' tier rows locked, with their window sums
+  3. the new states of the customers who moved (history rows come from the table's triggers) and
      their `vip_tier.assigned` outbox rows, in one statement
 The Kafka offsets are committed by the transport after the commit. A redelivered event is a
 duplicate at step 2 and changes nothing. Within a batch, a customer's entries are summed and the
@@ -24,6 +23,7 @@ events are handled again one by one, so that a bad event fails alone.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import Counter
@@ -134,11 +134,19 @@ def parse(event: InboundEvent, now: datetime) -> PointsRecorded:
 
 class PointsRecordedHandler:
     def __init__(
-        self, progression: Progression, processed: ProcessedEvents | None = None, *, clock: Clock = system_clock
+        self,
+        progression: Progression,
+        processed: ProcessedEvents | None = None,
+        *,
+        clock: Clock = system_clock,
+        concurrency: int = 2,
     ) -> None:
+        """`concurrency`: transactions a batch is split into, by customer, run at once: while one
+        waits for the database, another's Python work runs (bench.points)."""
         self._progression = progression
         self._processed = processed
         self._clock = clock
+        self._concurrency = max(1, concurrency)
         self._one_by_one = one_by_one(self, concurrency=1)
 
     async def __call__(self, event: InboundEvent) -> None:
@@ -164,11 +172,18 @@ class PointsRecordedHandler:
         todo = {i: e for i, e in parsed.items() if e.event_id not in known}
         tally: Counter[str] = Counter(duplicate=len(parsed) - len(todo))
         if todo:
-            applied = await self._run(batch, todo, outcomes, now)
-            if applied is None:
-                return outcomes  # handled one by one: each call counted and remembered itself
-            tally += applied
-            committed = [todo[i] for i in todo if outcomes[i] is None]
+            # A customer's events are in one share (so in one transaction, in their order); shares
+            # touch different customers' rows, so they do not wait for one another.
+            shares: list[dict[int, PointsRecorded]] = [{} for _ in range(min(self._concurrency, len(todo)))]
+            for i, e in todo.items():
+                shares[e.customer_id.int % len(shares)][i] = e
+            committed: list[PointsRecorded] = []
+            applied = await asyncio.gather(*(self._run(batch, share, outcomes, now) for share in shares if share))
+            for share, counted in zip([share for share in shares if share], applied, strict=True):
+                if counted is None:
+                    continue  # handled one by one: each call counted and remembered itself
+                tally += counted
+                committed += [share[i] for i in share if outcomes[i] is None]
             if self._processed is not None and committed:
                 await self._processed.remember([(e.merchant_id, e.event_id) for e in committed])
         for label, n in tally.items():
@@ -233,7 +248,18 @@ class PointsRecordedHandler:
                 if counted:
                     day = setups[event.merchant_id][0].local_day(event.occurred_at)
                     contributions.append((event_id, event.merchant_id, event.customer_id, day, counted))
-            fresh = await tx.record_points([(e, todo[i].merchant_id) for e, i in candidates], SOURCE, contributions)
+            # Every candidate's customer is locked (a duplicate's too: harmless), in the statement
+            # that records the events and adds their points; only customers with an event recorded
+            # now are evaluated.
+            starts = {m: setup[0].window_start(now) for m, setup in setups.items() if setup[1]}  # with a ladder
+            windows = {
+                (todo[i].merchant_id, todo[i].customer_id): (starts[todo[i].merchant_id], None)
+                for _, i in candidates
+                if todo[i].merchant_id in starts
+            }
+            fresh, states = await tx.record_and_lock(
+                [(e, todo[i].merchant_id) for e, i in candidates], SOURCE, contributions, windows
+            )
             tally["duplicate"] += len(candidates) - len(fresh)
             entries = [todo[i] for e, i in candidates if e in fresh]
             if not entries:
@@ -242,7 +268,6 @@ class PointsRecordedHandler:
             for e in entries:
                 if setups[e.merchant_id][1]:  # a ladder
                     by_customer.setdefault((e.merchant_id, e.customer_id), []).append(e)
-            states = await tx.lock_customers({key: (setups[key[0]][0].window_start(now), None) for key in by_customer})
             writes: list[StateWrite] = []
             messages: list[OutboxMessage] = []
             at = millis(now)

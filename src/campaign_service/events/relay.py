@@ -58,6 +58,7 @@ class BatchResult:
 class _ClaimLoop:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     idle: bool = True
+    blocked: bool = False  # its last claim found rows in shards that another claim held
 
 
 class OutboxRelay:
@@ -154,6 +155,7 @@ class OutboxRelay:
             wake.clear()
             loop.idle = False
             result = await self._publish_one()
+            self._unblock(loop)
             if result.more and result.claimed:
                 self._wake_idle()  # another loop takes the shards this claim left
             if self.last_error and not result.error:
@@ -167,8 +169,18 @@ class OutboxRelay:
             if result.more and result.claimed:
                 continue  # more is waiting
             loop.idle = True
-            # Pending rows in shards that other claims hold: look again soon; else wait for a wake.
+            # Pending rows in shards that other claims hold: look again when a claim of this relay
+            # ends (or soon: another replica's); else wait for a wake.
+            loop.blocked = result.more
             await first_of(stop.wait(), wake.wait(), within=s.busy_retry_s if result.more else s.poll_interval_s)
+            loop.blocked = False
+
+    def _unblock(self, done: _ClaimLoop) -> None:
+        """A claim ended, its shards are free: the loops that found rows in them look again now."""
+        for loop in self._loops:
+            if loop is not done and loop.blocked:
+                loop.blocked = False
+                loop.wake.set()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """The backlog gauges every stats interval, and the purges every purge interval."""

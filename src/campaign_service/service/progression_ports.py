@@ -36,26 +36,17 @@ class ProgressionTransaction(Protocol):
         """Programme and tiers of each provisioned merchant among `merchants` (others are absent)."""
         ...
 
-    async def mark_processed(self, events: Sequence[tuple[UUID, UUID]], event_type: str) -> set[UUID]:
-        """Records (event_id, merchant_id) pairs; the event ids recorded now (the rest are duplicates)."""
-        ...
-
-    async def add_points(self, buckets: Mapping[tuple[UUID, UUID, date], int]) -> None: ...
-
-    async def record_points(
+    async def record_and_lock(
         self,
         events: Sequence[tuple[UUID, UUID]],
         event_type: str,
         points: Sequence[tuple[UUID, UUID, UUID, date, int]],
-    ) -> set[UUID]:
-        """mark_processed(events, event_type), then the (event_id, merchant, customer, day, points)
-        contributions of the events recorded now added to their days; the event ids recorded now."""
-        ...
-
-    async def lock_customers(
-        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
-    ) -> dict[CustomerKey, tuple[TierState | None, int]]:
-        """Locks the customers' states; each state (None: no tier) and its points over [first, end)."""
+        customers: Mapping[CustomerKey, tuple[date | None, date | None]],
+    ) -> tuple[set[UUID], dict[CustomerKey, tuple[TierState | None, int]]]:
+        """Records (event_id, merchant_id) pairs as processed, adds the (event_id, merchant,
+        customer, day, points) contributions of the events recorded now to their days, and locks
+        the customers' states: the event ids recorded now (the rest are duplicates), and each
+        customer's state (None: no tier) with its points over [first, end), these included."""
         ...
 
     async def write_states(self, writes: Sequence[StateWrite]) -> None:

@@ -310,7 +310,7 @@ async def pipeline(
         created = CustomerCreatedHandler(PgUnitOfWork(pool), processed, concurrency=settings.consumer_concurrency)
         # No Redis fast path for points: the database dedupes each batch in one INSERT anyway; the
         # fast path would add two Redis round trips of up to a batch of keys each.
-        points = PointsRecordedHandler(PgProgression(pool))
+        points = PointsRecordedHandler(PgProgression(pool), concurrency=settings.points_concurrency)
         deleted = CustomerDeletedHandler(PgProgressionApi(pool))
         consumers = [
             consumer(

@@ -13,6 +13,14 @@ async def init_connection(conn: asyncpg.Connection[Any]) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """A released connection keeps its session as it is: asyncpg's default reset (advisory
+    unlock, CLOSE ALL, UNLISTEN, RESET ALL) is a round trip after every transaction, and nothing
+    here leaves session state behind: settings are set_config(..., true), locks are xact locks,
+    LISTEN has a connection of its own. An open transaction is still rolled back (asyncpg does
+    that before calling this)."""
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -28,6 +36,7 @@ async def create_pool(
         timeout=connect_timeout_s,
         command_timeout=statement_timeout_ms / 1000 + 1,
         init=init_connection,
+        reset=keep_session,
         server_settings={
             "statement_timeout": str(statement_timeout_ms),
             "idle_in_transaction_session_timeout": str(statement_timeout_ms * 2),

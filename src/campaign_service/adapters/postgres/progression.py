@@ -9,6 +9,7 @@ Each method is one statement for all the customers it is given, whatever their n
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -156,41 +157,54 @@ class PgProgressionTransaction:
             out[r["id"]] = cached[1]
         return out
 
-    async def mark_processed(self, events: Sequence[tuple[UUID, UUID]], event_type: str) -> set[UUID]:
-        """Records (event_id, merchant_id) pairs as processed; the ids recorded now (the rest are duplicates)."""
-        if not events:
-            return set()
-        rows = await self._conn.fetch(
-            "INSERT INTO processed_events (event_id, merchant_id, event_type)"
-            " SELECT e, m, $3 FROM unnest($1::uuid[], $2::uuid[]) AS x(e, m)"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            [e for e, _ in events],
-            [m for _, m in events],
-            event_type,
-        )
-        return {r["event_id"] for r in rows}
-
-    async def record_points(
+    async def record_and_lock(
         self,
         events: Sequence[tuple[UUID, UUID]],
         event_type: str,
         points: Sequence[tuple[UUID, UUID, UUID, date, int]],
-    ) -> set[UUID]:
-        """mark_processed(events) and add_points of the (event_id, merchant, customer, day, points)
-        contributions of the events recorded now only, in one statement (a round trip fewer in
-        every points batch: bench.points_latency); the event ids recorded now."""
+        customers: Mapping[CustomerKey, tuple[date | None, date | None]],
+    ) -> tuple[set[UUID], dict[CustomerKey, tuple[TierState | None, int]]]:
+        """In ONE statement (a points batch's transaction is a handful of round trips, each part of
+        its latency: bench.points_latency):
+          - records the (event_id, merchant_id) pairs as processed (the rest are duplicates);
+          - adds the (event_id, merchant, customer, local day, points) contributions of the events
+            recorded now to their days' buckets;
+          - locks the customers' tier rows (key order) and sums their points over [first, end)
+            days (None: unbounded), this statement's additions included.
+        The event ids recorded now, and each customer's state (None: no tier yet) and sum.
+
+        The statement's snapshot does not see its own additions (every part of a statement reads
+        the same snapshot), so a sum is the stored buckets' plus the fresh contributions in the
+        window; a customer's buckets are written by the one consumer that holds its key."""
         if not events:
-            return set()
+            return set(), {}
+        keys = sorted(customers, key=_key_order)
         rows = await self._conn.fetch(
             "WITH fresh AS (INSERT INTO processed_events (event_id, merchant_id, event_type)"
-            "  SELECT e, m, $3 FROM unnest($1::uuid[], $2::uuid[]) AS x(e, m)"
+            "  SELECT e, m, $3 FROM unnest($1::uuid[], $2::uuid[]) AS x(e, m) ORDER BY e"  # one lock order
             "  ON CONFLICT (event_id) DO NOTHING RETURNING event_id),"
+            " delta AS (SELECT p.m, p.c, p.d, sum(p.n)::bigint AS n"
+            "  FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::date[], $8::bigint[]) AS p(e, m, c, d, n)"
+            "  JOIN fresh f ON f.event_id = p.e GROUP BY p.m, p.c, p.d HAVING sum(p.n) <> 0),"
             " added AS (INSERT INTO qualifying_points_daily AS q (merchant_id, customer_id, day, points)"
-            "  SELECT p.m, p.c, p.d, sum(p.n) FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::date[], $8::bigint[])"
-            "  AS p(e, m, c, d, n) JOIN fresh f ON f.event_id = p.e"
-            "  GROUP BY p.m, p.c, p.d HAVING sum(p.n) <> 0 ORDER BY p.m, p.c, p.d"  # key order: lock order
-            "  ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET points = q.points + EXCLUDED.points)"
-            " SELECT event_id FROM fresh",
+            "  SELECT m, c, d, n FROM delta ORDER BY m, c, d"  # key order: lock order
+            "  ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET points = q.points + EXCLUDED.points),"
+            " windows AS (SELECT * FROM unnest($9::uuid[], $10::uuid[], $11::date[], $12::date[]) AS x(m, c, f, e)),"
+            " fresh_sums AS (SELECT w.m, w.c, sum(d.n)::bigint AS n FROM windows w"
+            "  JOIN delta d ON d.m = w.m AND d.c = w.c AND (w.f IS NULL OR d.d >= w.f) AND (w.e IS NULL OR d.d < w.e)"
+            "  GROUP BY w.m, w.c),"
+            # A nested loop of key lookups (LATERAL): a join let the planner hash every row of the
+            # scope's merchants. Rows are locked in the order of `keys` (sorted: one lock order).
+            f" locked AS (SELECT x.m, x.c, {_STATE_COLUMNS},"
+            "  (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
+            "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
+            "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS stored"
+            "  FROM windows x LEFT JOIN LATERAL (SELECT * FROM customer_tiers t"
+            "   WHERE t.merchant_id = x.m AND t.customer_id = x.c FOR UPDATE) ct ON true)"
+            " SELECT NULL::uuid AS event_id, l.*, l.stored + coalesce(s.n, 0) AS points"
+            " FROM locked l LEFT JOIN fresh_sums s ON s.m = l.m AND s.c = l.c"
+            " UNION ALL SELECT event_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+            " FROM fresh",
             [e for e, _ in events],
             [m for _, m in events],
             event_type,
@@ -199,48 +213,14 @@ class PgProgressionTransaction:
             [p[2] for p in points],
             [p[3] for p in points],
             [p[4] for p in points],
-        )
-        return {r["event_id"] for r in rows}
-
-    async def add_points(self, buckets: Mapping[tuple[UUID, UUID, date], int]) -> None:
-        """Adds points to (merchant, customer, local day) buckets; rows in key order (lock order)."""
-        if not buckets:
-            return
-        keys = sorted(buckets, key=lambda k: (k[0].int, k[1].int, k[2]))
-        await self._conn.execute(
-            "INSERT INTO qualifying_points_daily AS q (merchant_id, customer_id, day, points)"
-            " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::bigint[])"
-            " ON CONFLICT (merchant_id, customer_id, day) DO UPDATE SET points = q.points + EXCLUDED.points",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            [k[2] for k in keys],
-            [buckets[k] for k in keys],
-        )
-
-    async def lock_customers(
-        self, customers: Mapping[CustomerKey, tuple[date | None, date | None]]
-    ) -> dict[CustomerKey, tuple[TierState | None, int]]:
-        """Locks the customers' tier rows (key order) and sums their points over [first, end) days
-        (None: unbounded); the state (None: no tier yet) and the sum of each."""
-        if not customers:
-            return {}
-        keys = sorted(customers, key=_key_order)
-        # A nested loop of key lookups (LATERAL): a join let the planner hash every row of the
-        # scope's merchants. Rows are locked in the order of `keys` (sorted: one lock order).
-        rows = await self._conn.fetch(
-            f"SELECT x.m, x.c, {_STATE_COLUMNS},"
-            " (SELECT coalesce(sum(q.points), 0) FROM qualifying_points_daily q"
-            "   WHERE q.merchant_id = x.m AND q.customer_id = x.c"
-            "   AND (x.f IS NULL OR q.day >= x.f) AND (x.e IS NULL OR q.day < x.e))::bigint AS points"
-            " FROM unnest($1::uuid[], $2::uuid[], $3::date[], $4::date[]) AS x(m, c, f, e)"
-            " LEFT JOIN LATERAL (SELECT * FROM customer_tiers t WHERE t.merchant_id = x.m AND t.customer_id = x.c"
-            "   FOR UPDATE) ct ON true",
             [k[0] for k in keys],
             [k[1] for k in keys],
             [customers[k][0] for k in keys],
             [customers[k][1] for k in keys],
         )
-        return {(r["m"], r["c"]): (state_from_row(r), int(r["points"])) for r in rows}
+        fresh = {r["event_id"] for r in rows if r["event_id"] is not None}
+        states = {(r["m"], r["c"]): (state_from_row(r), int(r["points"])) for r in rows if r["event_id"] is None}
+        return fresh, states
 
     async def write_states(self, writes: Sequence[StateWrite]) -> None:
         """Inserts or updates the customers' tier rows in one statement; the history triggers
@@ -312,13 +292,34 @@ class PgProgression:
 
     @asynccontextmanager
     async def __call__(self, merchants: Sequence[UUID]) -> AsyncIterator[PgProgressionTransaction]:
-        scope = json.dumps(dict.fromkeys(map(str, sorted(set(merchants))), True))  # see migration 0020
         async with (
             translated(),  # acquiring (pool exhausted, server down)
             self._pool.acquire(timeout=self._acquire_timeout_s) as conn,
             translated(conn),  # the transaction, while we hold the connection to ask about it
-            conn.transaction(),
         ):
+            # BEGIN and the scope in one round trip (a simple query of two statements; the scope
+            # is a literal of canonical UUIDs, see _scope), where asyncpg's transaction() and a
+            # parameterised set_config are two: a points batch is a handful of round trips, each
+            # of them part of its latency (bench.points_latency).
             # jit off: a batch's statements are short, and compiling them cost more than running them.
-            await conn.execute("SELECT set_config('app.merchant_ids', $1, true), set_config('jit', 'off', true)", scope)
-            yield PgProgressionTransaction(conn, self._setups)
+            try:
+                await conn.execute(
+                    "BEGIN; SELECT set_config('app.merchant_ids', '" + _scope(merchants) + "', true),"
+                    " set_config('jit', 'off', true)"
+                )
+                yield PgProgressionTransaction(conn, self._setups)
+            except BaseException:
+                if conn.is_in_transaction():
+                    # The error that ended the transaction is the one to raise; a connection that
+                    # cannot roll back is broken, and the pool drops it.
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+
+
+def _scope(merchants: Sequence[UUID]) -> str:
+    """The `app.merchant_ids` scope (migration 0020) as the text of a JSON object keyed by the
+    merchants' canonical UUID texts: hex digits and hyphens only, so it is safe inside quotes."""
+    ids = sorted({m if isinstance(m, UUID) else UUID(str(m)) for m in merchants})
+    return json.dumps(dict.fromkeys(map(str, ids), True))
