@@ -6,6 +6,7 @@ set, and a change that no longer fits the set at its time fails instead of block
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -93,8 +94,8 @@ async def test_a_scheduled_change_in_a_locale_not_enabled_is_refused_and_stores_
         await as_app(
             app_pool,
             merchant,
-            "INSERT INTO tier_scheduled_changes (merchant_id, change_id, target, kind, payload, effective_at)"
-            " VALUES ($1, $2, 'basic', 'tier_update', $3, now() + interval '1 day')",
+            "INSERT INTO tier_scheduled_changes (merchant_id, change_id, target, kind, payload, mode, effective_at)"
+            " VALUES ($1, $2, 'basic', 'tier_update', $3, 'upgrades_only', now() + interval '1 day')",
             merchant,
             uuid.uuid4(),
             payload,
@@ -148,3 +149,36 @@ async def test_a_change_whose_locale_left_the_set_fails_at_its_time_and_does_not
     assert "'ar' is not enabled" in states[early.change_id][1] or "ar is not enabled" in states[early.change_id][1]
     assert states[later.change_id] == ("applied", None)
     assert (await tier_service.get_tier(merchant, "basic")).spec.name == "Base"
+
+
+async def test_a_set_change_waits_for_a_change_being_scheduled_and_then_sees_it(
+    new_merchant: Any, tier_service: TierService, app_pool: Any
+) -> None:
+    """No write skew: storing a pending change reads the set FOR SHARE (0041's trigger), so a
+    removal of the locale it writes waits for its commit, then finds it and is refused."""
+    merchant = await french_merchant(new_merchant, tier_service)
+    payload = {"spec": {"locale": "fr", "translations": {}}, "mask": ["locale"], "id": None}
+    async with app_pool.acquire() as scheduler, app_pool.acquire() as remover:
+        tx = scheduler.transaction()
+        await tx.start()
+        await scheduler.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+        await scheduler.execute(
+            "INSERT INTO tier_scheduled_changes (merchant_id, change_id, target, kind, payload, mode, effective_at)"
+            " VALUES ($1, $2, 'basic', 'tier_update', $3, 'upgrades_only', now() + interval '1 day')",
+            merchant,
+            uuid.uuid4(),
+            payload,
+        )
+
+        async def remove_fr() -> None:
+            async with remover.transaction():
+                await remover.execute("SELECT set_config('app.merchant_id', $1, true)", str(merchant))
+                await remover.execute("UPDATE merchant_locales SET locales = '{en}' WHERE merchant_id = $1", merchant)
+
+        removal = asyncio.ensure_future(remove_fr())
+        await asyncio.sleep(0.5)
+        assert not removal.done()  # blocked behind the scheduling's FOR SHARE lock
+        await tx.commit()
+        with pytest.raises(asyncpg.RestrictViolationError, match="fr is used by a pending scheduled change"):
+            await asyncio.wait_for(removal, 10)
+    assert (await tier_service.locales(merchant)).locales == ("en", "fr")
