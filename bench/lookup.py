@@ -16,6 +16,7 @@ single-node row.
 
     .venv/bin/python -m bench.lookup [--seconds 10] [--concurrency 32] [--rate 1000] [--only redis,tracing]
     .venv/bin/python -m bench.lookup --only "Redis cache,Cluster"   # single node vs cluster
+    .venv/bin/python -m bench.lookup --only "Redis cache" --locale ar-SA   # a regional tag (issue 16)
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--only", default="", help="comma-separated parts of target names (the no-op always runs)")
+    parser.add_argument("--locale", default="ar", help="the requested tag (e.g. ar-SA: a regional tag, issue 16)")
     args = parser.parse_args()
     binary = ghz_binary()
     rows: list[dict[str, Any]] = []
@@ -96,7 +98,7 @@ async def main() -> None:
             "GetVIPTier, in-process cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "memory"},
             "GetVIPTier, no cache": {**base, **UNLIMITED, "CAMPAIGN_CACHE": "off"},
         }
-        request = {"merchant_id": str(merchant), "tier_id": "gold", "locale": "ar"}
+        request = {"merchant_id": str(merchant), "tier_id": "gold", "locale": args.locale}
         # Every call carries a merchant token (the no-op too, so both parse the same metadata).
         auth = {"authorization": f"Bearer {mint_token(merchant, ['tiers:read'], 'bench', ttl_s=3600)}"}
         only = [part for part in args.only.split(",") if part]

@@ -257,6 +257,9 @@ class FakeLocaleRepository:
         rows.locales = MerchantLocales(locales, rows.locales.version + 1, _now())
         return rows.locales
 
+    async def scheduled_uses(self) -> list[tuple[str, frozenset[str]]]:
+        return []  # the in-memory store keeps no scheduled changes
+
 
 @dataclass(frozen=True)
 class FakeRepositories:

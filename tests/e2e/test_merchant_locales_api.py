@@ -4,6 +4,7 @@ locales gets back: resolved locale, direction and numbers, through the cache."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
@@ -56,6 +57,21 @@ async def test_locales_rpcs_round_trip(stub: Any, new_merchant: Any, superuser_c
         "100",
         "rtl",
     )
+
+    # Every display answer carries the direction beside resolved_locale, not only GetVIPTier's.
+    evaluated = await stub.EvaluateTier(pb.EvaluateTierRequest(merchant_id=m, points=1500, locale="zh-TW"))
+    assert (evaluated.resolved_locale, evaluated.resolved_direction) == ("zh-Hant-TW", "ltr")
+    customer = str(uuid.uuid4())
+    await stub.SetCustomerTier(
+        pb.SetCustomerTierRequest(merchant_id=m, customer_id=customer, tier_id="gold", reason="goodwill")
+    )
+    held = await stub.GetCustomerTier(pb.GetCustomerTierRequest(merchant_id=m, customer_id=customer, locale="he-IL"))
+    assert (held.tier.resolved_locale, held.tier.resolved_direction) == ("he", "rtl")
+    assert [(p.locale, p.direction) for p in held.tier.display_perks] == [("he", "rtl")]
+    status = await stub.GetCustomerTierStatus(
+        pb.GetCustomerTierStatusRequest(merchant_id=m, customer_id=customer, locale="ar-EG")
+    )
+    assert (status.tier.resolved_locale, status.tier.resolved_direction) == ("ar", "rtl")
 
     report = await stub.GetTranslationReport(pb.GetTranslationReportRequest(merchant_id=m))
     assert report.locales_version == 1

@@ -9,6 +9,7 @@ import unicodedata
 import uuid
 from datetime import UTC, datetime
 from functools import cache
+from importlib import resources
 from uuid import UUID
 
 import pytest
@@ -168,6 +169,19 @@ def test_numbers_are_written_as_the_locale_writes_them() -> None:
     assert format_percent(15, "ar-EG").startswith("١٥")
 
 
+def test_every_locale_whose_cldr_digits_are_not_latin_gets_its_own_digits() -> None:
+    """Babel formats grouping and symbols by the numbering system but leaves the digits Latin;
+    format_integer maps them. A numbering system it does not know would silently stay Latin."""
+    for tag in STORABLE:
+        system = Locale.parse(tag, sep="-").default_numbering_system
+        written = format_integer(1234567890, tag)
+        if system == "latn":
+            assert any(ch in "0123456789" for ch in written), tag
+        else:
+            assert not any(ch in "0123456789" for ch in written), (tag, system, written)
+            assert all(unicodedata.numeric(ch, -1) >= 0 for ch in written if unicodedata.category(ch) == "Nd"), tag
+
+
 # -- the round trip: enable, write in the locale's script, read back with direction -------------
 
 
@@ -266,6 +280,42 @@ async def test_changing_the_set_is_validated_versioned_announced_and_invalidates
     assert len(listener.heard) == 1
 
 
+async def test_the_cldr_locales_that_cannot_be_enabled_are_refused_naming_the_field() -> None:
+    """Of CLDR's locales only these six cannot be enabled: the four with a variant subtag (a stored
+    tag is language[-Script][-REGION]) and Sunuwar, whose letters this Python's Unicode data lacks
+    (no name in it could pass the script check)."""
+    assert sorted(t for t in CLDR_LOCALES if t not in STORABLE) == [
+        "be-TARASK",
+        "ca-ES-VALENCIA",
+        "el-POLYTON",
+        "en-US-POSIX",
+        "suz-Sunu",
+        "suz-Sunu-NP",
+    ]
+    db = FakeUnitOfWork()
+    service = TierService(db)
+    merchant = db.provision()
+    with pytest.raises(InvalidArgument) as raised:
+        await service.update_locales(merchant, ["en", "ca-ES-VALENCIA"])
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("locales[1]", "locales with a variant subtag are not supported")
+    ]
+    with pytest.raises(InvalidArgument) as raised:
+        await service.update_locales(merchant, ["en", "fr", "suz-Sunu"])
+    assert [(v.field, v.description) for v in raised.value.violations] == [
+        ("locales[2]", "no letter of 'suz-Sunu''s script is known to this server")
+    ]
+    assert await service.locales(merchant) == MerchantLocales()
+
+
+def test_the_database_knows_the_locales_the_service_knows() -> None:
+    """Migration 0042 lists the locales a merchant can enable; Babel's data must give the same list
+    (a Babel upgrade that changes it needs a migration redefining campaign_locale_supported)."""
+    sql = (resources.files("campaign_service.migrations") / "0042_cldr_locales.sql").read_text(encoding="utf-8")
+    listed = sql.split("ANY ('{", 1)[1].split("}'", 1)[0]
+    assert sorted(t.strip() for t in listed.split(",")) == STORABLE
+
+
 def test_locales_message_describes_each_locale() -> None:
     msg = locales_to_proto(uuid.UUID(int=1), MerchantLocales(("en", "ar", "zh-Hant-TW"), 3, datetime.now(UTC)))
     assert [(d.locale, d.direction, d.script) for d in msg.details] == [
@@ -340,6 +390,28 @@ def test_a_copied_default_name_in_another_script_counts_as_missing() -> None:
         ("ar", 0.0, "rtl"),
         ("fr", 100.0, "ltr"),
     ]
+
+
+async def test_the_same_han_name_in_chinese_and_japanese_is_no_copy() -> None:
+    """Jpan, Hans and Hant are different script codes but all write Han: an identical name may be
+    the translation. Latin text in `ja` is still a copy."""
+    tier = _tier(
+        "gold", TierSpec(name="黄金", locale="zh", translations={"ja": "黄金", "zh-Hant": "黄金", "ko": "黄金"})
+    )
+    entries = {e.locale: e for e in report([tier], ["zh", "ja", "zh-Hant", "ko"])}
+    assert (entries["ja"].gaps, entries["zh-Hant"].gaps, entries["ko"].gaps) == ((), (), ())
+    latin = _tier("gold", TierSpec(name="Gold", translations={"ja": "Gold"}))
+    [gap] = report([latin], ["ja"])[0].gaps
+    assert (gap.copied, gap.fallback_locale) == (True, "en")
+
+
+def test_a_copied_perk_label_in_another_script_counts_as_missing() -> None:
+    perks = Benefits(custom_perks=(Perk("lounge", {"en": "Lounge", "he": "Lounge", "ar": "صالة"}),))
+    tier = _tier("gold", TierSpec(name="Gold", translations={"ar": "ذهبي", "he": "זהב"}, benefits=perks))
+    entries = {e.locale: e for e in report([tier], ["en", "ar", "he"])}
+    assert [(g.perk_code, g.fallback_locale, g.copied) for g in entries["he"].gaps] == [("lounge", "en", True)]
+    assert (entries["he"].present, entries["he"].total) == (1, 2)
+    assert entries["ar"].gaps == ()
 
 
 async def test_report_metric_is_per_locale_not_per_merchant() -> None:

@@ -44,15 +44,18 @@ def has_entry_tier(tiers: Sequence[VIPTier]) -> bool:
     return any(t.spec.is_default or t.spec.min_points == 0 for t in tiers)
 
 
-def apply_tier_edit(tiers: Sequence[VIPTier], merchant_id: UUID, edit: TierEdit, at: datetime) -> list[VIPTier]:
+def apply_tier_edit(
+    tiers: Sequence[VIPTier], merchant_id: UUID, edit: TierEdit, at: datetime, *, enabled: tuple[str, ...]
+) -> list[VIPTier]:
     """The merchant's tiers after `edit` takes effect at `at`; raises InvalidArgument naming the
     field when it does not fit `tiers` (an unknown tier, a tier that exists already, a value the
-    tier rules refuse, or no tier left that a new customer can get)."""
+    tier rules refuse - text in a locale not among the merchant's `enabled` ones too -, or no tier
+    left that a new customer can get)."""
     by_id = {t.tier_id: t for t in tiers}
     if edit.kind == "tier_create":
-        new_default = _create(by_id, merchant_id, edit, at)
+        new_default = _create(by_id, merchant_id, edit, at, enabled)
     elif edit.kind == "tier_update":
-        new_default = _update(by_id, edit, at)
+        new_default = _update(by_id, edit, at, enabled)
     elif edit.kind == "tier_delete":
         if by_id.pop(edit.tier_id, None) is None:
             raise invalid("tier_id", f"unknown tier {edit.tier_id!r} at effective_at")
@@ -77,24 +80,26 @@ def apply_tier_edit(tiers: Sequence[VIPTier], merchant_id: UUID, edit: TierEdit,
     return after
 
 
-def _create(by_id: dict[str, VIPTier], merchant_id: UUID, edit: TierEdit, at: datetime) -> str | None:
+def _create(
+    by_id: dict[str, VIPTier], merchant_id: UUID, edit: TierEdit, at: datetime, enabled: tuple[str, ...]
+) -> str | None:
     assert edit.spec is not None
     assert edit.new_id is not None
     if edit.tier_id in by_id:
         raise invalid("tier.tier_id", f"tier {edit.tier_id!r} exists at effective_at")
     if len(by_id) >= MAX_TIERS_PER_MERCHANT:
         raise invalid("tier.tier_id", f"a merchant may have at most {MAX_TIERS_PER_MERCHANT} tiers")
-    spec = check_spec(edit.spec)
+    spec = check_spec(edit.spec, enabled=enabled)
     by_id[edit.tier_id] = VIPTier(edit.new_id, merchant_id, edit.tier_id, spec, 1, at, at)
     return edit.tier_id if spec.is_default else None
 
 
-def _update(by_id: dict[str, VIPTier], edit: TierEdit, at: datetime) -> str | None:
+def _update(by_id: dict[str, VIPTier], edit: TierEdit, at: datetime, enabled: tuple[str, ...]) -> str | None:
     assert edit.spec is not None
     current = by_id.get(edit.tier_id)
     if current is None:
         raise invalid("tier_id", f"unknown tier {edit.tier_id!r} at effective_at")
-    spec = check_spec(current.spec.patched(edit.spec, edit.mask))
+    spec = check_spec(current.spec.patched(edit.spec, edit.mask), enabled=enabled)
     changed = current.spec.changed_fields(spec)
     if not changed:
         return None

@@ -2,7 +2,8 @@
 perk labels are missing in it (a reader of it falls back), and the fraction present.
 
 A text identical to the tier's default-language text in a locale written in another script
-counts as missing (a copied "Gold" in `ar` is not a translation)."""
+counts as missing (a copied "Gold" in `ar` is not a translation); scripts that share letters (Han
+in `zh`, `zh-Hant` and `ja`) are not "another script" for this."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from campaign_service.domain.locales import direction, resolve, script_of
+from campaign_service.domain.text import SCRIPT_LETTERS
 from campaign_service.domain.tiers import VIPTier
 
 
@@ -36,12 +38,25 @@ class LocaleCompleteness:
         return self.present / self.total if self.total else 1.0
 
 
+def _other_writing(locale: str, original_locale: str) -> bool:
+    """Whether the two locales are written in different scripts, by the letters they use: `ja`
+    (Jpan), `zh-Hant` and `zh` (Hans) all write Han, so the same Han name in two of them may well
+    be a translation; `ar` and `en` share no letters."""
+    a, b = script_of(locale), script_of(original_locale)
+    if a == b:
+        return False
+    letters_a, letters_b = SCRIPT_LETTERS.get(a or ""), SCRIPT_LETTERS.get(b or "")
+    if letters_a is None or letters_b is None:
+        return True
+    return not set(letters_a[1]) & set(letters_b[1])
+
+
 def _is_copy(text: str, locale: str, original: str | None, original_locale: str) -> bool:
     return (
         original is not None
         and locale != original_locale
         and text == original
-        and script_of(locale) != script_of(original_locale)
+        and _other_writing(locale, original_locale)
     )
 
 

@@ -134,8 +134,14 @@ class LocaleRepository(Protocol):
         ...
 
     async def save(self, locales: tuple[str, ...]) -> MerchantLocales:
-        """Stores the set (its version moves on). Raises InvalidArgument when the database refuses
-        it (a removed locale still holds tier text)."""
+        """Stores the set (its version moves on). Raises FailedPrecondition when the database
+        refuses it because a removed locale is still used (tier text, a pending scheduled change),
+        InvalidArgument when it refuses a tag."""
+        ...
+
+    async def scheduled_uses(self) -> list[tuple[str, frozenset[str]]]:
+        """(what, locales) of each pending scheduled tier change that will write text: the
+        locales it writes (migration 0041 keeps them in the set, as tier text keeps its own)."""
         ...
 
 

@@ -73,20 +73,30 @@ class TierView:
 
 
 def _replayed(
-    tiers: Sequence[VIPTier], merchant_id: UUID, changes: Sequence[ScheduledChange], at: datetime
+    tiers: Sequence[VIPTier],
+    merchant_id: UUID,
+    changes: Sequence[ScheduledChange],
+    at: datetime,
+    enabled: tuple[str, ...],
 ) -> tuple[list[VIPTier], dict[UUID, CampaignError]]:
     """`tiers` after the pending tier changes due at `at`, in time order; a change that does not
-    fit is skipped (its activation fails the same way) and reported."""
+    fit (with the merchant's `enabled` locales) is skipped (its activation fails the same way)
+    and reported."""
     current = list(tiers)
     failed: dict[UUID, CampaignError] = {}
     for change in changes:
         if change.tier is None or change.effective_at > at:
             continue
         try:
-            current = apply_tier_edit(current, merchant_id, change.tier, change.effective_at)
+            current = apply_tier_edit(current, merchant_id, change.tier, change.effective_at, enabled=enabled)
         except CampaignError as exc:
             failed[change.change_id] = exc
     return current, failed
+
+
+def _replays(changes: Sequence[ScheduledChange], at: datetime) -> bool:
+    """Whether a read at `at` applies a pending tier change (and so needs the merchant's locales)."""
+    return any(c.tier is not None and c.effective_at <= at for c in changes)
 
 
 def _next_tier_change(changes: Sequence[ScheduledChange], at: datetime) -> datetime | None:
@@ -164,12 +174,15 @@ class ScheduledChanges:
         async with self._store(merchant_id) as tx:
             pending = await tx.pending()
             _refuse_collision(pending, change)
+            # Locked FOR SHARE until the commit: the set cannot lose a locale this change uses
+            # before it is stored (the database then refuses that removal, migration 0041).
+            enabled = await tx.locales(lock=True)
             tiers = await tx.tiers()
-            before, failing = _replayed(tiers, merchant_id, pending, at)
-            projected = apply_tier_edit(before, merchant_id, edit, at)  # raises naming the field
+            before, failing = _replayed(tiers, merchant_id, pending, at, enabled)
+            projected = apply_tier_edit(before, merchant_id, edit, at, enabled=enabled)  # raises naming the field
             if edit.kind == "tier_update" and not changed_tier_ids(before, projected):
                 raise invalid("update_mask", "changes nothing at effective_at")
-            _refuse_breaking(tiers, merchant_id, pending, change, failing)
+            _refuse_breaking(tiers, merchant_id, pending, change, failing, enabled)
             stored = await tx.insert(change)
             # Answers cached before now may live past effective_at: drop them (fills after this
             # commit see the pending change and expire by its time).
@@ -231,9 +244,10 @@ class ScheduledChanges:
             if change.tier is not None:
                 pending = await tx.pending()
                 tiers = await tx.tiers()
-                _, failing = _replayed(tiers, merchant_id, pending, pending[-1].effective_at)
+                enabled = await tx.locales()
+                _, failing = _replayed(tiers, merchant_id, pending, pending[-1].effective_at, enabled)
                 rest = [c for c in pending if c.change_id != change_id]
-                _, failing_without = _replayed(tiers, merchant_id, rest, pending[-1].effective_at)
+                _, failing_without = _replayed(tiers, merchant_id, rest, pending[-1].effective_at, enabled)
                 broken = sorted(set(failing_without) - set(failing), key=str)
                 if broken:
                     raise FailedPrecondition(
@@ -273,7 +287,8 @@ class ScheduledChanges:
         async with self._store(merchant_id, readonly=True) as tx:
             pending = await tx.pending()
             tiers = (await self._past(tx, at)).tiers if past else await tx.tiers()
-        current, _ = _replayed(tiers, merchant_id, pending, at)
+            enabled = await tx.locales() if _replays(pending, at) else ()
+        current, _ = _replayed(tiers, merchant_id, pending, at, enabled)
         return TierView(current, _next_tier_change(pending, at))
 
     async def tier_at(
@@ -284,11 +299,12 @@ class ScheduledChanges:
         at, past = self._as_of(as_of)
         async with self._store(merchant_id, readonly=True) as tx:
             pending = await tx.pending()
+            enabled = await tx.locales() if _replays(pending, at) else ()
             if past:
-                current, _ = _replayed((await self._past(tx, at)).tiers, merchant_id, pending, at)
+                current, _ = _replayed((await self._past(tx, at)).tiers, merchant_id, pending, at, enabled)
                 tier = next((t for t in current if t.tier_id == tier_id), None)
-            elif any(c.tier is not None and c.effective_at <= at for c in pending):
-                current, _ = _replayed(await tx.tiers(), merchant_id, pending, at)
+            elif _replays(pending, at):
+                current, _ = _replayed(await tx.tiers(), merchant_id, pending, at, enabled)
                 tier = next((t for t in current if t.tier_id == tier_id), None)
             else:  # the usual case: one row
                 tier = await tx.tier(tier_id)
@@ -378,7 +394,8 @@ class ScheduledChanges:
         await tx.take_effect_at(at)
         if change.tier is not None:
             before = await tx.tiers(for_update=True)
-            after = apply_tier_edit(before, change.merchant_id, change.tier, at)
+            enabled = await tx.locales(lock=True)
+            after = apply_tier_edit(before, change.merchant_id, change.tier, at, enabled=enabled)
             touched = changed_tier_ids(before, after)
             if change.kind == "tier_delete" and change.mode is not None:
                 # As an immediate delete with a mode: the holders move first, flagged with the
@@ -459,14 +476,15 @@ def _refuse_breaking(
     pending: Sequence[ScheduledChange],
     change: ScheduledChange,
     failing: dict[UUID, CampaignError],
+    enabled: tuple[str, ...],
 ) -> None:
     """A new change must not make a pending later change stop fitting."""
     if not pending:
         return
     horizon = max(pending[-1].effective_at, change.effective_at)
     merged = sorted([*pending, change], key=lambda c: c.effective_at)
-    _, failing_with = _replayed(tiers, merchant_id, merged, horizon)
-    _, failing_before = _replayed(tiers, merchant_id, pending, horizon)
+    _, failing_with = _replayed(tiers, merchant_id, merged, horizon, enabled)
+    _, failing_before = _replayed(tiers, merchant_id, pending, horizon, enabled)
     broken = sorted(set(failing_with) - set(failing_before) - set(failing) - {change.change_id}, key=str)
     if broken:
         raise FailedPrecondition(f"effective_at: pending change {broken[0]} would no longer fit after this one")

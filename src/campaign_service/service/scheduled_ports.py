@@ -68,6 +68,11 @@ class ScheduledTransaction(Protocol):
 
     async def tier(self, tier_id: str) -> VIPTier | None: ...
 
+    async def locales(self, *, lock: bool = False) -> tuple[str, ...]:
+        """The locales the merchant stores text in (issue 16); with `lock`, held FOR SHARE until
+        the transaction ends (the set cannot change under a write that relies on it)."""
+        ...
+
     async def configuration_at(self, at: datetime) -> PastConfiguration | NotKept:
         """The configuration version in force at `at` (the newest one in force from `at` or
         before), as committed; empty before the merchant's first configuration; NotKept before

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -181,7 +182,8 @@ class TierService:
         self, merchant_id: UUID, locales: list[str], expected_version: int = 0
     ) -> tuple[MerchantLocales, bool]:
         """Sets the locales the merchant stores text in; (the stored set, whether it changed).
-        A locale that still holds tier text cannot go (FAILED_PRECONDITION, naming the texts).
+        A locale that still holds tier text, or that a pending scheduled change will write, cannot
+        go (FAILED_PRECONDITION, naming the texts and changes).
         Announced as `vip_tier.updated` of `_locales`; every cached answer of the merchant goes."""
         violations = locales_violations(locales, "locales") or [
             FieldViolation(f"locales[{i}]", f"no letter of {tag!r}'s script is known to this server")
@@ -199,10 +201,16 @@ class TierService:
                 return current, False
             tiers = await uow.tiers.all()
             removed = set(current.locales) - set(locales)
-            uses = [f"{tier.tier_id} {what}" for tier in tiers for what, tags in _texts(tier) if removed & tags]
+            texts: list[tuple[str, AbstractSet[str]]] = [
+                (f"{tier.tier_id} {what}", tags) for tier in tiers for what, tags in _texts(tier)
+            ]
+            if removed:
+                texts += await uow.locales.scheduled_uses()
+            uses = [(what, removed & tags) for what, tags in texts if removed & tags]
             if uses:
+                held = sorted({tag for _, tags in uses for tag in tags})  # not the removed ones without text
                 raise FailedPrecondition(
-                    f"removed locale(s) {', '.join(sorted(removed))} still hold text: {'; '.join(uses[:5])}"
+                    f"removed locale(s) {', '.join(held)} still hold text: {'; '.join(w for w, _ in uses[:5])}"
                     + (f" and {len(uses) - 5} more" if len(uses) > 5 else "")
                 )
             saved = await uow.locales.save(tuple(locales))

@@ -15,6 +15,7 @@ import asyncpg
 from campaign_service.adapters.postgres.errors import _check_failed, translated
 from campaign_service.adapters.postgres.progression_reads import PgProgressionApiTransaction, _stored
 from campaign_service.adapters.postgres.repositories.cache_epoch import PgCacheEpochBump
+from campaign_service.adapters.postgres.repositories.locales import PgLocaleRepository
 from campaign_service.adapters.postgres.repositories.outbox import PgOutbox
 from campaign_service.adapters.postgres.repositories.rows import Connection
 from campaign_service.adapters.postgres.repositories.tier_change_jobs import PgTierChangeJobs
@@ -158,6 +159,12 @@ class PgScheduledTransaction:
     async def tier(self, tier_id: str) -> VIPTier | None:
         return await self._tiers.get(tier_id)
 
+    async def locales(self, *, lock: bool = False) -> tuple[str, ...]:
+        if lock:  # FOR SHARE (migration 0040's function; it stores the default set if none is)
+            locked: list[str] = await self._conn.fetchval("SELECT campaign_merchant_locales($1)", self._merchant)
+            return tuple(locked)
+        return (await PgLocaleRepository(self._conn, self._merchant).get()).locales
+
     async def configuration_at(self, at: datetime) -> PastConfiguration | NotKept:
         row = await self._conn.fetchrow(
             "SELECT version, programme IS NOT NULL AS has_programme FROM tier_config_versions"
@@ -223,11 +230,7 @@ class PgScheduledTransaction:
                     )
             except asyncpg.CheckViolationError as exc:
                 raise _check_failed(exc) from None
-            if t.spec.translations:
-                await self._conn.executemany(
-                    "INSERT INTO vip_tier_translations (merchant_id, tier_id, locale, name) VALUES ($1, $2, $3, $4)",
-                    [(self._merchant, tier_id, loc, name) for loc, name in t.spec.translations.items()],
-                )
+            await self._tiers.write_translations(tier_id, t.spec.translations)
 
     async def take_effect_at(self, effective_at: datetime) -> None:
         # Until the commit: read by vip_tiers_touch (tiers' updated_at) and by the configuration
@@ -285,6 +288,8 @@ class PgScheduledTransaction:
             ) from None
         except asyncpg.ForeignKeyViolationError:
             raise FailedPrecondition("merchant_id: merchant is not provisioned") from None
+        except asyncpg.CheckViolationError as exc:  # a locale not enabled (migration 0041)
+            raise _check_failed(exc) from None
         assert row is not None
         return _change(row)
 

@@ -7,7 +7,7 @@ from uuid import UUID
 import asyncpg
 
 from campaign_service.adapters.postgres.repositories.rows import Connection
-from campaign_service.domain.errors import FieldViolation, InvalidArgument, NotFound
+from campaign_service.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from campaign_service.domain.locales import MerchantLocales
 
 
@@ -42,8 +42,20 @@ class PgLocaleRepository:
                 )
         except asyncpg.ForeignKeyViolationError:
             raise NotFound("merchant is not provisioned") from None
+        except asyncpg.RestrictViolationError as exc:  # a removed locale is still used (0041)
+            raise FailedPrecondition(str(exc.message).removeprefix("locales: ")) from None
         except asyncpg.CheckViolationError as exc:
             # Trigger messages start with the field ("locales: fr still holds tier text").
             field, _, description = str(exc.message).partition(": ")
             raise InvalidArgument([FieldViolation(field if description else "locales", description or field)]) from None
         return _locales(row)
+
+    async def scheduled_uses(self) -> list[tuple[str, frozenset[str]]]:
+        rows = await self._conn.fetch(
+            "SELECT c.change_id, c.kind, c.target, array_agg(l) AS locales"
+            " FROM tier_scheduled_changes c, campaign_scheduled_locales(c.payload) AS l"
+            " WHERE c.merchant_id = $1 AND c.state = 'pending' AND c.kind IN ('tier_create', 'tier_update')"
+            " GROUP BY c.change_id, c.kind, c.target, c.effective_at ORDER BY c.effective_at, c.change_id",
+            self._merchant,
+        )
+        return [(f"scheduled {r['kind']} of {r['target']} ({r['change_id']})", frozenset(r["locales"])) for r in rows]

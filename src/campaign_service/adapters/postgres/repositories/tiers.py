@@ -116,7 +116,7 @@ class PgTierRepository:
             raise NotFound("merchant is not provisioned") from None
         except asyncpg.CheckViolationError as exc:
             raise _check_failed(exc) from None
-        await self._write_translations(tier_id, spec.translations)
+        await self.write_translations(tier_id, spec.translations)
         tier = await self.get(tier_id)
         assert tier is not None
         return tier
@@ -142,12 +142,12 @@ class PgTierRepository:
                 self._merchant,
                 tier_id,
             )
-            await self._write_translations(tier_id, spec.translations)
+            await self.write_translations(tier_id, spec.translations)
         tier = await self.get(tier_id)
         assert tier is not None
         return tier
 
-    async def _write_translations(self, tier_id: str, translations: dict[str, str]) -> None:
+    async def write_translations(self, tier_id: str, translations: dict[str, str]) -> None:
         if translations:
             try:
                 async with self._conn.transaction():
