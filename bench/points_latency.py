@@ -169,9 +169,10 @@ class StatementStats:
         conn = await asyncpg.connect(self._dsn, database=self._db)
         try:
             rows = await conn.fetch(
-                "SELECT calls, total_exec_time, mean_exec_time, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q"
+                "SELECT calls, total_exec_time, mean_exec_time, total_plan_time, rows,"
+                " left(regexp_replace(query, '\\s+', ' ', 'g'), 90) AS q"
                 " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1"
-                " ORDER BY total_exec_time DESC LIMIT $2",
+                " ORDER BY total_exec_time + total_plan_time DESC LIMIT $2",
                 self._db,
                 n,
             )
@@ -391,9 +392,12 @@ def print_run(r: dict[str, Any], rate: float) -> None:
         for series, c in sorted(r["cycle_steps"].items()):
             print(f"    {series:34} {c['count']:6.0f} {c['mean_ms']:9.2f} {c['p95_le_ms']:10.1f}")
     if r["statements"]:
-        print("  PostgreSQL statements (pg_stat_statements):  calls  total ms  mean ms   rows")
+        print("  PostgreSQL statements (pg_stat_statements):  calls  total ms  mean ms  plan ms   rows")
         for q in r["statements"]:
-            print(f"    {q['calls']:7} {q['total_exec_time']:9.1f} {q['mean_exec_time']:8.2f} {q['rows']:7}  {q['q']}")
+            print(
+                f"    {q['calls']:7} {q['total_exec_time']:9.1f} {q['mean_exec_time']:8.2f} {q['total_plan_time']:8.1f}"
+                f" {q['rows']:7}  {q['q']}"
+            )
 
 
 def print_ratios(result: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@ from uuid import UUID
 import pytest
 
 from campaign_service.adapters.postgres.progression import PgProgression, _scope
-from tests.integration.test_points_recorded import NOW, entry, handler, history, tier_of
+from campaign_service.events.points_recorded import PointsRecordedHandler
+from tests.integration.test_points_recorded import NOW, Clock, entry, handler, history, tier_of
 
 
 async def test_a_window_sum_counts_stored_points_and_the_batchs_own_once(
@@ -74,8 +75,7 @@ async def test_a_batch_runs_as_concurrent_transactions_split_by_customer_and_eac
     merchant = await ladder_merchant()
     customers = [uuid.uuid4() for _ in range(40)]
     watching = Watching(PgProgression(app_pool))
-    h = handler(app_pool)
-    h._progression = watching  # the same handler, its transactions watched
+    h = PointsRecordedHandler(watching, clock=Clock(), concurrency=2, min_share=40)
     # each customer: 600 then 600 (1,200: silver, as one move from nothing to silver)
     batch = [entry(merchant, c, 600) for c in customers] + [entry(merchant, c, 600) for c in customers]
     assert await h.batch(batch) == [None] * len(batch)
@@ -83,6 +83,17 @@ async def test_a_batch_runs_as_concurrent_transactions_split_by_customer_and_eac
     for c in customers:
         assert await tier_of(superuser_conn, merchant, c) == "silver"
         assert [row[4] for row in await history(superuser_conn, merchant, c)] == [1200]
+
+
+async def test_a_batch_smaller_than_two_shares_stays_one_transaction(
+    app_pool: Any, ladder_merchant: Any, superuser_conn: Any
+) -> None:
+    merchant = await ladder_merchant()
+    watching = Watching(PgProgression(app_pool))
+    h = PointsRecordedHandler(watching, clock=Clock(), concurrency=2, min_share=40)
+    batch = [entry(merchant, uuid.uuid4(), 600) for _ in range(79)]
+    assert await h.batch(batch) == [None] * len(batch)
+    assert (watching.most, len(watching.merchant_sets)) == (1, 1)
 
 
 def test_the_scope_literal_holds_canonical_uuids_only() -> None:

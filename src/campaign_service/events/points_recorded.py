@@ -140,13 +140,19 @@ class PointsRecordedHandler:
         *,
         clock: Clock = system_clock,
         concurrency: int = 2,
+        min_share: int = 500,
     ) -> None:
-        """`concurrency`: transactions a batch is split into, by customer, run at once: while one
-        waits for the database, another's Python work runs (bench.points)."""
+        """`concurrency`: transactions a batch is split into, by customer, run at once, each with
+        at least `min_share` events: while one waits for the database, another's Python work runs
+        (bench.points: a backlog drains ~1.45x faster). Small batches stay whole: a transaction's
+        fixed cost (5 round trips, the statements' set-up and triggers) is most of a small batch's,
+        and splitting batches of ~12 events at 500/s took the p99 from 68-74 ms to 121-207 ms
+        and PostgreSQL from 1.04 to 1.4-1.6 ms of CPU per event (bench.points_latency, same run)."""
         self._progression = progression
         self._processed = processed
         self._clock = clock
         self._concurrency = max(1, concurrency)
+        self._min_share = max(1, min_share)
         self._one_by_one = one_by_one(self, concurrency=1)
 
     async def __call__(self, event: InboundEvent) -> None:
@@ -174,7 +180,9 @@ class PointsRecordedHandler:
         if todo:
             # A customer's events are in one share (so in one transaction, in their order); shares
             # touch different customers' rows, so they do not wait for one another.
-            shares: list[dict[int, PointsRecorded]] = [{} for _ in range(min(self._concurrency, len(todo)))]
+            shares: list[dict[int, PointsRecorded]] = [
+                {} for _ in range(max(1, min(self._concurrency, len(todo) // self._min_share)))
+            ]
             for i, e in todo.items():
                 shares[e.customer_id.int % len(shares)][i] = e
             committed: list[PointsRecorded] = []
