@@ -245,7 +245,7 @@ def main() -> None:
     parser.add_argument("--relays", type=int, default=1)
     parser.add_argument("--batch", type=int, default=1000, help="CAMPAIGN_OUTBOX_BATCH_SIZE")
     parser.add_argument("--merchants", type=int, default=1000)
-    parser.add_argument("--linger-ms", type=int, default=5, help="CAMPAIGN_KAFKA_LINGER_MS")
+    parser.add_argument("--linger-ms", type=int, default=1, help="CAMPAIGN_KAFKA_LINGER_MS")
     parser.add_argument("--cores", default="", help="pin relay i to core cores[i %% len] (taskset)")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--profile", default="", help="write each relay's cProfile to PATH.<i>")

@@ -128,7 +128,9 @@ class Settings(BaseSettings):
     # the broker's group.min.session.timeout.ms (6 s by default) is the floor
     kafka_session_timeout_ms: int = Field(10_000, ge=6000, le=300_000)
     kafka_delivery_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
-    kafka_linger_ms: int = Field(5, ge=0, le=1000)
+    # The relay hands a claim's rows to the producer at once, so a batch forms without waiting;
+    # 5 ms added ~4 ms to every event's p50 (bench.points_latency: p99 0.61-0.82x with 1 ms).
+    kafka_linger_ms: int = Field(1, ge=0, le=1000)
     # At most this many ready messages per batch (the consumer never waits for a full one).
     consumer_batch_size: int = Field(200, ge=1, le=10_000)
     # Merchant transactions of a batch at once; each holds a database connection while it runs.
