@@ -1,4 +1,5 @@
-"""Fixtures of the progression tests (points.recorded and the deadline scheduler)."""
+"""Fixtures of the progression tests (points.recorded and the deadline scheduler) and of the
+scheduled-change tests (a controllable clock at T0 and the ScheduledChanges service on it)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from campaign_service.adapters.postgres.scheduled import PgScheduledChanges
 from campaign_service.domain.benefits import Benefits
 from campaign_service.domain.tiers import TierSpec
+from campaign_service.service.scheduled import ScheduledChanges
+from tests.integration.test_scheduled_changes import T0, Clock
 
 
 @pytest.fixture
@@ -35,3 +39,13 @@ async def ladder_merchant(new_merchant: Any, tier_service: Any, app_pool: Any) -
         return merchant
 
     return make
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def dated(app_pool: Any, clock: Clock) -> ScheduledChanges:
+    return ScheduledChanges(PgScheduledChanges(app_pool), clock=clock)

@@ -37,15 +37,6 @@ HOUR = timedelta(hours=1)
 NO_CONTEXT = cast(Any, None)
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def dated(app_pool: Any, clock: Clock) -> ScheduledChanges:
-    return ScheduledChanges(PgScheduledChanges(app_pool), clock=clock)
-
 
 @pytest.fixture
 def servicer(app_pool: Any, dated: ScheduledChanges) -> CampaignServicer:

@@ -42,15 +42,6 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def dated(app_pool: Any, clock: Clock) -> ScheduledChanges:
-    return ScheduledChanges(PgScheduledChanges(app_pool), clock=clock)
-
 
 @pytest.fixture
 async def ladder(new_merchant: Any, app_pool: Any) -> Callable[[], Awaitable[uuid.UUID]]:

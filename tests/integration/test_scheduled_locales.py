@@ -22,18 +22,6 @@ from tests.integration.test_merchant_locales import as_app
 from tests.integration.test_scheduled_changes import HOUR, T0, Clock, changes_of
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def dated(app_pool: Any, clock: Clock) -> ScheduledChanges:
-    from campaign_service.adapters.postgres.scheduled import PgScheduledChanges
-
-    return ScheduledChanges(PgScheduledChanges(app_pool), clock=clock)
-
-
 async def french_merchant(new_merchant: Any, tier_service: TierService) -> uuid.UUID:
     """A merchant with a default tier that chose en and fr (so ar and he are not enabled)."""
     merchant: uuid.UUID = await new_merchant()
