@@ -279,8 +279,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             if args.settle_s > 0:
                 # Steady state first, measured by nobody: a service of the first variant at the rate
-                # for a while, then ANALYZE (the tables the pipeline writes were empty at the seed's
-                # ANALYZE). Without it the first variant measured ran slower than the same one later.
+                # for a while, then VACUUM ANALYZE (the tables the pipeline writes were empty at the
+                # seed's). Without it the first variant measured ran slower than the same one later.
                 name, settings = variants[0]
                 bench.extra_env = dict(settings)
                 service = bench.start_service()
@@ -293,7 +293,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     service.stop()
                 conn = await asyncpg.connect(db.superuser_dsn, database=db.name)
                 try:
-                    await conn.execute("ANALYZE")
+                    await conn.execute("VACUUM ANALYZE")
                 finally:
                     await conn.close()
             for round_no in range(args.rounds):
@@ -438,7 +438,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--settle-s", type=float, default=20.0, help="unmeasured run at the rate first, then ANALYZE")
+    parser.add_argument("--settle-s", type=float, default=20.0, help="unmeasured run at the rate first, then VACUUM ANALYZE")
     parser.add_argument("--variant", action="append", default=[], help="NAME[:CAMPAIGN_X=1,CAMPAIGN_Y=2]")
     parser.add_argument("--py-spy", help="path of py-spy: profile the service during each measured window")
     parser.add_argument("--baseline-src", help="src/ of another checkout, for the variants named base*")
