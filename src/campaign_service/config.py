@@ -148,8 +148,8 @@ class Settings(BaseSettings):
     scheduler_chunk_size: int = Field(20_000, ge=1, le=100_000)
     scheduler_concurrency: int = Field(2, ge=1, le=16)  # chunks in flight at once, one pool connection each
     # Outbox relay: rows per claim, claims in flight per relay, and the outbox's 16 shards by key
-    # (migration 0050) one claim may hold; claims of other shards run in parallel (README "How a
-    # deployment grows").
+    # (migration 0050) one claim may hold while there is a backlog (without one it takes every free
+    # shard); claims of other shards run in parallel (README "How a deployment grows").
     outbox_batch_size: int = Field(1000, ge=1, le=10_000)
     outbox_concurrency: int = Field(2, ge=1, le=16)
     outbox_shards_per_claim: int = Field(4, ge=1, le=16)

@@ -109,7 +109,7 @@ class PgOutbox:
 
     @asynccontextmanager
     async def claim(self, limit: int) -> AsyncIterator[PgClaim]:
-        """The oldest unpublished rows of up to `shards_per_claim` shards no other claim holds,
+        """The oldest unpublished rows of shards no other claim holds (how many: see __init__),
         locked until the block ends; in seq order within each shard (so within each key)."""
         first = self._next_shard
         most = self._shards_per_claim if self._backlog else SHARDS
