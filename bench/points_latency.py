@@ -67,6 +67,9 @@ STEPS = [
     ("relayed->read back", "relayed", "read_back"),
     ("relayed->marked", "relayed", "marked"),
     ("TOTAL produce->read back", "produce", "read_back"),
+    # The part the service owns: from the broker's append of points.recorded to the relay's
+    # produce() of vip_tier.assigned (without the bench's producer and reader clients).
+    ("SERVICE appended->relayed", "appended", "relayed"),
 ]
 
 

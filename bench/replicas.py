@@ -25,15 +25,24 @@ relays of the N processes share the outbox's shards); the service's CPU and run-
 scripts/services directory) and what its backends were doing (pg_stat_activity sampled every 20
 ms). `--consumer-config BATCH[:CONCURRENCY]`, repeated, compares consumer settings in one run.
 
+`--pin-stack` (events) gives the run as many cores as it has consumers: with 1 consumer, the
+consumer, PostgreSQL, Kafka, Redis, the registry and the bench itself all on core 1; with 2, each
+consumer on a core of its own and the rest on both. One consumer cannot use a second core that
+PostgreSQL and Kafka already fill (with everything free to move, 1 consumer already keeps both
+cores busy), so the ratio of the unpinned runs shows the machine, not the service; pinned, it shows
+what a consumer and a core add together: the scaling per core, as the lookups' 2 processes on
+2 cores against 1 process on 1.
+
     .venv/bin/python -m bench.replicas [--seconds 10] [--concurrency 32] [--backlog 20000]
         [--partitions 4] [--only lookups|events] [--loadgen h2load|ghz]
-        [--consumer-config 200:8 ...] [--pin-consumers] [--logs DIR]
+        [--consumer-config 200:8 ...] [--pin-consumers] [--pin-stack] [--logs DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -68,6 +77,7 @@ from campaign_service.domain.tiers import TierSpec
 from campaign_service.service.tiers import TierService
 
 CORES = {1: ["1"], 2: ["0", "1"], 4: ["0", "1", "0", "1"]}
+ALL_CORES = set(range(os.cpu_count() or 1))
 METHOD = "GetVIPTier"
 
 
@@ -99,6 +109,34 @@ def run_queue_seconds(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
     return total / 1e9
+
+
+def stack_pids() -> list[int]:
+    """The dependencies scripts/services started (CAMPAIGN_TEST_SERVICES_DIR): PostgreSQL's
+    postmaster and its children, Kafka, the registry, Redis (each pid file's process)."""
+    services_dir = Path(os.environ["CAMPAIGN_TEST_SERVICES_DIR"])
+    pids = [int(f.read_text().split()[0]) for f in services_dir.glob("*/*.pid") if f.read_text().strip()]
+    postmaster = int((services_dir / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(proc.name))
+            except (OSError, ValueError):
+                continue  # ended meanwhile
+    return [postmaster, *pids]
+
+
+def pin(pids: list[int], cores: set[int]) -> None:
+    """Every thread of each process onto `cores` (threads and children started later inherit it)."""
+    for pid in pids:
+        try:
+            tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cores)
 
 
 def redis_cpu_seconds() -> float | None:
@@ -368,13 +406,15 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                 **({"CAMPAIGN_CONSUMER_CONCURRENCY": concurrency} if concurrency else {}),
             }
             procs: list[Process] = []
+            if args.pin_stack:  # the stack, and this process, on as many cores as there are consumers
+                pin([*stack_pids(), os.getpid()], {int(c) for c in CORES[n]})
             try:
                 for i in range(n):
                     port = free_port()
                     senv = service_env(db, env, port, extra)
                     cmd = [sys.executable, "-m", "campaign_service", "serve"]
                     log = tmp / f"events-{n}-{i}.log"
-                    core = int(CORES[n][i]) if args.pin_consumers else None
+                    core = int(CORES[n][i]) if args.pin_consumers or args.pin_stack else None
                     proc = start(cmd, port=port, core=core, env=senv, log=log)
                     proc.port = int(senv["CAMPAIGN_HTTP_PORT"])  # metrics from here on
                     procs.append(proc)
@@ -406,11 +446,14 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
             finally:
                 for p in procs:
                     p.stop()
+                if args.pin_stack:
+                    pin([*stack_pids(), os.getpid()], ALL_CORES)
                 await drop(db)
             rows.append(
                 {
                     "config": config,
-                    "pinned": args.pin_consumers,
+                    "pinned": args.pin_consumers or args.pin_stack,
+                    "stack_cores": len(set(CORES[n])) if args.pin_stack else None,
                     "consumers": n,
                     "partitions": partitions,
                     "group_stable_before_backlog": stable,
@@ -535,7 +578,10 @@ def report(result: dict[str, Any]) -> None:
             )
     if result.get("events"):
         one = result["events"][0]
-        print(f"\ncustomer.created backlog of {result['backlog']} ({one['partitions']} partitions)")
+        pinned = (
+            "; the stack and the bench on as many cores as consumers (--pin-stack)" if one.get("stack_cores") else ""
+        )
+        print(f"\ncustomer.created backlog of {result['backlog']} ({one['partitions']} partitions){pinned}")
         print(
             f"{'config':>8} {'consumers':>9} {'events/s':>9} {'x 1':>5} {'service':>7} {'svc ms/ev':>9} {'runq ms/ev':>10}"
             f" {'pg':>5} {'pg ms/ev':>8} {'ev/CPU-s':>8} {'x/core':>6} {'published/s':>11}  per process"
@@ -598,6 +644,12 @@ def main() -> None:
         action="store_true",
         help="events: one core each for the consumer processes, as the lookups (default: left to the scheduler,"
         " like PostgreSQL and Kafka; on a shared machine the core others pin to starves the process pinned there)",
+    )
+    parser.add_argument(
+        "--pin-stack",
+        action="store_true",
+        help="events: the stack (PostgreSQL, Kafka, Redis, registry, this bench) on as many cores as there are"
+        " consumers, each consumer on a core of its own: the scaling per core (needs CAMPAIGN_TEST_SERVICES_DIR)",
     )
     parser.add_argument("--loadgen", default="h2load", choices=["h2load", "ghz"], help="lookups: the load generator")
     parser.add_argument("--only", default="", choices=["", "lookups", "events"])
