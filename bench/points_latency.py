@@ -314,6 +314,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await statements.reset()
                         hist0 = step_histograms(service.port)
                         cpu0, db_cpu0, load0 = cpu_seconds(service.proc.pid), cluster_cpu_seconds(), os.getloadavg()
+                        machine0 = machine_ticks()
                         spy = None
                         if args.py_spy:  # a profile of the service during the measured window
                             out = bench.tmp / f"py-spy-{name}-{round_no}.txt"
@@ -328,6 +329,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             spy.wait(30)
                             print(f"py-spy profile: {out}")
                         cpu1, db_cpu1 = cpu_seconds(service.proc.pid), cluster_cpu_seconds()
+                        machine = machine_shares(machine0, machine_ticks())
                         cycle = step_summary(hist0, step_histograms(service.port))
                         sql = await statements.top()
                     finally:
@@ -370,6 +372,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         ),
                         "load_average_before": load0,
                         "load_average_after": load1,
+                        "machine_cpu_shares": machine,
                     }
                     result["runs"].append(run_result)
                     print_run(run_result, args.rate)
@@ -380,6 +383,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def machine_ticks() -> list[int]:
+    """The machine's CPU time so far by state (/proc/stat: user nice system idle iowait irq softirq steal)."""
+    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
+def machine_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(sum(d), 1)
+    return {"busy": (d[0] + d[1] + d[2] + d[5] + d[6]) / total, "iowait": d[4] / total, "steal": d[7] / total}
+
+
 def print_run(r: dict[str, Any], rate: float) -> None:
     print(
         f"\n== {r['variant']} (round {r['round']}) {r['settings'] or ''}: {r['received']} events at {rate:.0f}/s,"
@@ -387,6 +401,12 @@ def print_run(r: dict[str, Any], rate: float) -> None:
         f" PostgreSQL {r['postgres_cpu_ms_per_event'] or 0:.3f} ms/event,"
         f" load {r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}"
     )
+    m = r.get("machine_cpu_shares")
+    if m:
+        print(
+            f"  machine over the window: busy {m['busy']:.0%}, iowait {m['iowait']:.0%}, steal {m['steal']:.0%}"
+            " (steal: time the hypervisor gave this VM's cores to others)"
+        )
     print(f"  {'step':26} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  (ms)")
     for label, s in r["steps"].items():
         print(f"  {label:26} {s['p50_ms']:8.1f} {s['p95_ms']:8.1f} {s['p99_ms']:8.1f} {s['max_ms']:8.1f}")
@@ -441,7 +461,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--settle-s", type=float, default=20.0, help="unmeasured run at the rate first, then VACUUM ANALYZE")
+    parser.add_argument(
+        "--settle-s", type=float, default=20.0, help="unmeasured run at the rate first, then VACUUM ANALYZE"
+    )
     parser.add_argument("--variant", action="append", default=[], help="NAME[:CAMPAIGN_X=1,CAMPAIGN_Y=2]")
     parser.add_argument("--py-spy", help="path of py-spy: profile the service during each measured window")
     parser.add_argument("--baseline-src", help="src/ of another checkout, for the variants named base*")
