@@ -111,3 +111,14 @@ def save_result(name: str, result: object) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     return out
+
+
+def machine_ticks() -> list[int]:
+    """The machine's CPU time so far by state (/proc/stat: user nice system idle iowait irq softirq steal)."""
+    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+
+
+def machine_shares(before: list[int], after: list[int]) -> dict[str, float]:
+    d = [b - a for a, b in zip(before, after, strict=True)]
+    total = max(sum(d), 1)
+    return {"busy": (d[0] + d[1] + d[2] + d[5] + d[6]) / total, "iowait": d[4] / total, "steal": d[7] / total}

@@ -36,7 +36,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
-from bench.harness import fresh_database, save_result, services
+from bench.harness import fresh_database, machine_shares, machine_ticks, save_result, services
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
 from campaign_service.adapters.schema_registry import registry_client
@@ -203,7 +203,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch_size,
         }
         watcher = AssignedWatcher(env["KAFKA_BROKER"])
-        bench.extra_env = {"CAMPAIGN_POINTS_BATCH_SIZE": str(args.batch_size), **dict(kv.split("=", 1) for kv in args.env)}
+        bench.extra_env = {
+            "CAMPAIGN_POINTS_BATCH_SIZE": str(args.batch_size),
+            **dict(kv.split("=", 1) for kv in args.env),
+        }
         recreate_topic(env["KAFKA_BROKER"])  # events of earlier runs would be dead letters here
         service = None
         try:
@@ -211,7 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.to_thread(produce, producer, backlog, None)
             service = bench.start_service()
             progress = CommittedOffsets(env["KAFKA_BROKER"], f"{bench.group}.points", PARTITIONS)
-            db_cpu_start = cluster_cpu_seconds()
+            db_cpu_start, machine0 = cluster_cpu_seconds(), machine_ticks()
             samples: list[tuple[float, float, float]] = []
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
@@ -221,7 +224,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             started, _, cpu_start = next(s for s in samples if s[1] > 0)
             done_at, total, cpu_end = samples[-1]
-            db_cpu_end = cluster_cpu_seconds()
+            db_cpu_end, machine = cluster_cpu_seconds(), machine_shares(machine0, machine_ticks())
             progress.close()
             result["throughput"] = {
                 "backlog": args.backlog,
@@ -238,6 +241,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     else None
                 ),
                 "load_average": os.getloadavg(),
+                "machine_cpu_shares": machine,
             }
 
             # Latency: new customers of known merchants (each gets a first tier, so each is announced).
@@ -311,7 +315,8 @@ def main() -> None:
         f"throughput  backlog {thr['backlog']}: consumer {thr['consumer_events_per_s']:.0f} events/s, service CPU"
         f" {thr['service_cpu_share_while_draining']:.0%} of a core, peak RSS {thr['peak_rss_mib']:.0f} MiB\n"
         f"  CPU per event: service {thr['service_cpu_ms_per_event']:.3f} ms, PostgreSQL {thr['postgres_cpu_ms_per_event'] or 0:.3f} ms"
-        f" (machine load average {thr['load_average'][0]:.1f})\n"
+        f" (machine load average {thr['load_average'][0]:.1f}; over the drain busy"
+        f" {thr['machine_cpu_shares']['busy']:.0%}, steal {thr['machine_cpu_shares']['steal']:.0%})\n"
         f"latency  points.recorded -> vip_tier.assigned at {lat['rate_per_s']:.0f}/s, {lat['received']}/{lat['events']}:"
         f" p50 {lat['p50_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms  max {lat['max_ms']:.1f} ms"
     )

@@ -52,7 +52,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
-from bench.harness import fresh_database, save_result, services
+from bench.harness import fresh_database, machine_shares, machine_ticks, save_result, services
 from bench.points import PARTITIONS, cluster_cpu_seconds, encoded, seed
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
@@ -381,17 +381,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             producer.flush(5)
             await codec.close()
     return result
-
-
-def machine_ticks() -> list[int]:
-    """The machine's CPU time so far by state (/proc/stat: user nice system idle iowait irq softirq steal)."""
-    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-
-
-def machine_shares(before: list[int], after: list[int]) -> dict[str, float]:
-    d = [b - a for a, b in zip(before, after, strict=True)]
-    total = max(sum(d), 1)
-    return {"busy": (d[0] + d[1] + d[2] + d[5] + d[6]) / total, "iowait": d[4] / total, "steal": d[7] / total}
 
 
 def print_run(r: dict[str, Any], rate: float) -> None:
