@@ -65,7 +65,19 @@ from tests.tokens import mint_token
 
 from bench.events import consumed_total, encoded_events, produce
 from bench.grpc_suite import PROTO, UNLIMITED, ghz_binary, redis_env, seed, service_env
-from bench.harness import ROOT, Database, Process, auth_env, free_port, fresh_database, save_result, services, start
+from bench.harness import (
+    ROOT,
+    Database,
+    Process,
+    auth_env,
+    free_port,
+    fresh_database,
+    machine_shares,
+    machine_ticks,
+    save_result,
+    services,
+    start,
+)
 from bench.points import cluster_cpu_seconds
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
@@ -422,7 +434,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                 backlog = await encoded_events(codec, merchants, args.backlog)
                 cpu0 = [cpu_seconds(p.proc.pid) for p in procs]
                 wait0 = [run_queue_seconds(p.proc.pid) for p in procs]
-                pg0 = cluster_cpu_seconds()
+                pg0, machine0 = cluster_cpu_seconds(), machine_ticks()
                 sampler = asyncio.create_task(wait_events(db))
                 t0 = time.monotonic()
                 # Produced while the group waits, stable: 0.2 s for 30,000 here (~110,000/s), so the
@@ -439,7 +451,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                 consume_s = time.monotonic() - t0
                 cpu = [cpu_seconds(p.proc.pid) - c for p, c in zip(procs, cpu0, strict=True)]
                 runq = [run_queue_seconds(p.proc.pid) - w for p, w in zip(procs, wait0, strict=True)]
-                pg1 = cluster_cpu_seconds()
+                pg1, machine = cluster_cpu_seconds(), machine_shares(machine0, machine_ticks())
                 sampler.cancel()
                 waits = await sampler
                 published_s = await outbox_drained(db, t0)
@@ -464,6 +476,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                     "events_per_cpu_s": sum(consumed) / max(sum(cpu), 1e-9),
                     "postgres_cpu_cores": (pg1 - pg0) / consume_s if pg0 is not None and pg1 is not None else None,
                     "postgres_backends": waits,
+                    "machine_cpu_shares": machine,
                     # Seconds the service's threads were runnable but waited for a core, per event.
                     "run_queue_ms_per_event": 1000 * sum(runq) / max(sum(consumed), 1),
                     "per_process": [
@@ -602,7 +615,8 @@ def report(result: dict[str, Any]) -> None:
                 f" {pg:>5.2f} {1000 * pg / r['events_per_s']:>8.3f} {1 / both:>8,.0f} {both_one / both:>6.2f} {pub:>11}  {per}"
             )
             print(
-                f"{'':>9} backlog produced at {r['backlog_produced_per_s']:,.0f}/s;"
+                f"{'':>9} backlog produced at {r['backlog_produced_per_s']:,.0f}/s; machine busy"
+                f" {r['machine_cpu_shares']['busy']:.0%}, steal {r['machine_cpu_shares']['steal']:.0%};"
                 f" PostgreSQL backends (mean): {r.get('postgres_backends')}"
             )
         print(
