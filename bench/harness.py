@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 from tests.databases import ProvisionedDatabase, create_migrated
 from tests.tokens import ISSUER, SESSION_ISSUER
 
@@ -60,6 +61,16 @@ Database = ProvisionedDatabase
 
 async def fresh_database(superuser_dsn: str) -> Database:
     return await create_migrated(superuser_dsn, f"campaign_bench_{uuid.uuid4().hex[:8]}")
+
+
+async def drop_database(db: Database) -> None:
+    """Drops a bench database: left behind, autovacuum of old ones counts as PostgreSQL's CPU of
+    later runs."""
+    conn = await asyncpg.connect(db.superuser_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @dataclass

@@ -52,7 +52,7 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.events import AssignedWatcher, Bench, cpu_seconds, percentile
-from bench.harness import fresh_database, machine_shares, machine_ticks, save_result, services
+from bench.harness import drop_database, fresh_database, machine_shares, machine_ticks, save_result, services
 from bench.points import PARTITIONS, cluster_cpu_seconds, encoded, seed
 from campaign_service import topics
 from campaign_service.adapters.kafka.wire import AvroWireCodec, schema_text
@@ -380,6 +380,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             watcher.close()
             producer.flush(5)
             await codec.close()
+        await drop_database(db)  # a million customers: left behind, autovacuum visits them in later runs
     return result
 
 

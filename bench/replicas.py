@@ -70,6 +70,7 @@ from bench.harness import (
     Database,
     Process,
     auth_env,
+    drop_database,
     free_port,
     fresh_database,
     machine_shares,
@@ -341,7 +342,7 @@ async def lookups(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> l
             }
         )
         if n == 4:
-            await drop(db)
+            await drop_database(db)
         print(
             f"lookups  {n} process(es): {total / wall:,.0f} rps, servers {server_cpu / wall:.2f} cores,"
             f" {args.loadgen} {loadgen_cpu / wall:.2f} cores",
@@ -460,7 +461,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
                     p.stop()
                 if args.pin_stack:
                     pin([*stack_pids(), os.getpid()], ALL_CORES)
-                await drop(db)
+                await drop_database(db)
             rows.append(
                 {
                     "config": config,
@@ -490,16 +491,6 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
         producer.flush(10)
         await codec.close()
     return rows
-
-
-async def drop(db: Database) -> None:
-    """Drops a bench database: left behind, autovacuum of old ones counts as PostgreSQL's CPU of
-    later runs."""
-    conn = await asyncpg.connect(db.superuser_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def wait_events(db: Database, every_s: float = 0.02) -> dict[str, float]:
