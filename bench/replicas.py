@@ -55,6 +55,7 @@ import threading
 import time
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -402,7 +403,7 @@ async def events(env: dict[str, str], args: argparse.Namespace, tmp: Path) -> li
         for config, n in [(c, n) for c in args.consumer_config for n in (1, 2)]:
             batch, _, concurrency = config.partition(":")
             db = await fresh_database(env["CAMPAIGN_TEST_PG_DSN"])
-            merchants = await default_tier_merchants(db, args.merchants)
+            merchants = await default_tier_merchants(db, args.merchants, partitions)
             group = f"bench-replicas-{uuid.uuid4().hex[:8]}"
             start_group_at_end(broker, group, topics.CUSTOMER_CREATED)
             start_group_at_end(broker, f"{group}.points", topics.POINTS_RECORDED)  # the service's other groups
@@ -523,8 +524,24 @@ async def wait_events(db: Database, every_s: float = 0.02) -> dict[str, float]:
         await conn.close()
 
 
-async def default_tier_merchants(db: Database, count: int) -> list[uuid.UUID]:
-    merchants = [uuid.uuid4() for _ in range(count)]
+def balanced_merchants(count: int, partitions: int) -> list[uuid.UUID]:
+    """Merchant ids whose keys spread evenly over the partitions (the producer's default
+    partitioner, librdkafka's consistent_random, takes CRC-32 of the key modulo the partitions):
+    with 20 random merchants the consumers' shares were 7,000 against 13,000 events, and a drain
+    ends when the busier consumer does."""
+    quota = [count // partitions + (1 if i < count % partitions else 0) for i in range(partitions)]
+    merchants: list[uuid.UUID] = []
+    while len(merchants) < count:
+        m = uuid.uuid4()
+        p = zlib.crc32(str(m).encode()) % partitions
+        if quota[p]:
+            quota[p] -= 1
+            merchants.append(m)
+    return merchants
+
+
+async def default_tier_merchants(db: Database, count: int, partitions: int) -> list[uuid.UUID]:
+    merchants = balanced_merchants(count, partitions)
     owner = await asyncpg.connect(db.owner_dsn)
     await owner.executemany("INSERT INTO merchants (id) VALUES ($1)", [(m,) for m in merchants])
     await owner.close()
