@@ -196,6 +196,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             {"bootstrap.servers": env["KAFKA_BROKER"], "linger.ms": 5, "acks": "all", "enable.idempotence": True}
         )
         bench = Bench(env, db, "warning", Path(tempfile.mkdtemp(prefix="bench-points.")))
+        bench.skip_earlier_customer_events()
         result: dict[str, Any] = {
             "merchants": args.merchants,
             "customers": args.customers,

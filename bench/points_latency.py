@@ -264,6 +264,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             {"bootstrap.servers": env["KAFKA_BROKER"], "linger.ms": 5, "acks": "all", "enable.idempotence": True}
         )
         bench = Bench(env, db, "warning", Path(tempfile.mkdtemp(prefix="bench-points-latency.")))
+        bench.skip_earlier_customer_events()
         recreate_topic(env["KAFKA_BROKER"])
         watcher = AssignedWatcher(env["KAFKA_BROKER"])
         statements = StatementStats(db.superuser_dsn, db.name)

@@ -60,11 +60,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewPartitions  # type: ignore[attr-defined]
 from tests.tokens import mint_token
 
-from bench.events import consumed_total, encoded_events, produce
+from bench.events import consumed_total, encoded_events, produce, start_group_at_end
 from bench.grpc_suite import PROTO, UNLIMITED, ghz_binary, redis_env, seed, service_env
 from bench.harness import (
     ROOT,
@@ -360,20 +360,6 @@ def raise_partitions(broker: str, topic: str, partitions: int) -> int:
         time.sleep(2)
         return partitions
     return current
-
-
-def start_group_at_end(broker: str, group: str, topic: str) -> None:
-    """Commits the topic's end offsets for a new group: its members read only what comes next,
-    not the events earlier runs left on the topic."""
-    consumer = Consumer({"bootstrap.servers": broker, "group.id": group, "enable.auto.commit": False})
-    try:
-        ends = []
-        for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            ends.append(TopicPartition(topic, p, high))
-        consumer.commit(offsets=ends, asynchronous=False)
-    finally:
-        consumer.close()
 
 
 def group_stable(broker: str, group: str, members: int, timeout: float = 60) -> bool:
