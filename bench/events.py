@@ -216,6 +216,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         broker = env["KAFKA_BROKER"]
         producer = Producer({"bootstrap.servers": broker, "linger.ms": 0, "acks": "all", "enable.idempotence": True})
         bench = Bench(env, db, args.log_level, Path(tempfile.mkdtemp(prefix="bench-events.")))
+        bench.skip_earlier_customer_events()  # only this run's events count
         watcher = AssignedWatcher(broker)
         result: dict[str, Any] = {"merchants": args.merchants, "log_level": args.log_level, "warmup": args.warmup}
         service = bench.start_service()
